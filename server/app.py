@@ -1,0 +1,98 @@
+"""Run one server instance: WebSocket listener, REST control plane, signals, event log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass
+
+from .config import Config
+from .events import JsonlEventLog
+from .node import Node
+from .rest import start_rest
+
+EVENT_FLUSH_S = 1.0
+
+
+class StartupError(RuntimeError):
+    """The server could not start (port taken, bad address); phrased for the user."""
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    events_path: str | None = None
+    instance_id: str | None = None
+    retry_after_ms: int = 1000  # announced in going_away at shutdown
+
+
+def install_fast_loop() -> None:
+    """Use uvloop where it is installed; the stock loop otherwise."""
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve_forever(config: Config, options: ServeOptions,
+                        announce: bool = True) -> None:
+    events = JsonlEventLog(options.events_path, instance=options.instance_id) \
+        if options.events_path else None
+    node = Node(config, events=events, instance_id=options.instance_id)
+    host = config.server.host
+    try:
+        ws_port = await node.start(host, config.server.port)
+        runner, admin_port = await start_rest(node, host, config.server.admin_port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {host}: {exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if announce:
+        _announce(config, host, ws_port, admin_port)
+    flusher = asyncio.create_task(_flush_events(events)) if events else None
+    try:
+        await stop.wait()
+        print("rtmsim: stopping: going_away + 1001 to every connection", flush=True)
+        await node.shutdown(options.retry_after_ms)
+    finally:
+        if flusher is not None:
+            flusher.cancel()
+        await runner.cleanup()
+        if events is not None:
+            events.close()
+
+
+async def _flush_events(events: JsonlEventLog) -> None:
+    while True:
+        await asyncio.sleep(EVENT_FLUSH_S)
+        events.flush()
+
+
+def _announce(config: Config, host: str, ws_port: int, admin_port: int) -> None:
+    # The first line is stable and machine-readable: tests and the harness parse it.
+    print(f"rtmsim listening ws=ws://{host}:{ws_port}/v1 admin=http://{host}:{admin_port}",
+          flush=True)
+    print(f"  WebSocket  ws://{host}:{ws_port}/v1?key=<publishable key> or ?token=<JWT>")
+    print(f"  REST       http://{host}:{admin_port}/v1/...   sim controls "
+          f"http://{host}:{admin_port}/sim/v1/stats")
+    for app in config.apps:
+        print(f"  app {app.id}{' (suspended)' if app.suspended else ''}:")
+        for key in app.keys:
+            cred = f"{key.id}:{key.secret}" if key.secret else key.id
+            kind = "secret     " if key.secret else "publishable"
+            print(f"    {kind} {cred}  channels {list(key.channel_patterns)} "
+                  f"actions {list(key.actions)}")
+    print("  Ctrl-C stops: going_away + 1001 to every connection, then exit 0", flush=True)
+
+
+def run(config: Config, options: ServeOptions) -> int:
+    install_fast_loop()
+    try:
+        asyncio.run(serve_forever(config, options))
+    except StartupError as exc:
+        print(f"rtmsim: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,125 @@
+"""Plans, quotas and billing per app (PROTOCOL.md section 7).
+
+A `Ledger` is one app's usage in its current period: pure arithmetic over an injected
+`now`, so rollovers can be tested in virtual time. Overage is paid from the balance;
+auto-recharge tops the balance up when it runs short (choice: only where overages are
+allowed and enabled, since a recharge could not be spent otherwise).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import Plan
+
+MAX_RECHARGES_PER_CHARGE = 1_000_000  # a guard, not a business rule
+
+
+@dataclass(slots=True)
+class Ledger:
+    plan: Plan
+    period_start: float
+    balance: float
+    messages_used: int = 0
+    overage_messages: int = 0
+    overage_connections: int = 0
+    overage_charges: float = 0.0
+    recharges: int = 0
+    rejected_messages: int = 0
+    rejected_connections: int = 0
+    concurrent: int = 0
+    peak_concurrent: int = 0
+
+    @classmethod
+    def open(cls, plan: Plan, now: float) -> Ledger:
+        return cls(plan=plan, period_start=now, balance=plan.balance)
+
+    @property
+    def period_end(self) -> float:
+        return self.period_start + self.plan.period_seconds
+
+    def roll(self, now: float) -> None:
+        """Start a new period when `now` has passed the boundary (resets usage)."""
+        if now < self.period_end:
+            return
+        periods = math.floor((now - self.period_start) / self.plan.period_seconds)
+        self.period_start += periods * self.plan.period_seconds
+        self.messages_used = 0
+        self.overage_messages = 0
+        self.overage_connections = 0
+        self.overage_charges = 0.0
+        self.rejected_messages = 0
+        self.rejected_connections = 0
+        self.peak_concurrent = self.concurrent
+
+    @property
+    def overages_possible(self) -> bool:
+        return self.plan.overages_allowed and self.plan.overages_enabled
+
+    def _pay(self, price: float) -> bool:
+        """Pay one overage unit from the balance, recharging if allowed; False if not."""
+        if not self.overages_possible:
+            return False
+        if self.balance < price:
+            amount = self.plan.auto_recharge
+            if not amount:
+                return False
+            times = min(math.ceil((price - self.balance) / amount), MAX_RECHARGES_PER_CHARGE)
+            self.balance += times * amount
+            self.recharges += times
+        self.balance -= price
+        self.overage_charges += price
+        return True
+
+    def charge_message(self, now: float) -> bool:
+        """Count one publish/send attempt; False means `over_message_quota`."""
+        self.roll(now)
+        self.messages_used += 1
+        if self.messages_used <= self.plan.max_messages_per_period:
+            return True
+        if self._pay(self.plan.overage_price_per_message):
+            self.overage_messages += 1
+            return True
+        self.rejected_messages += 1
+        return False
+
+    def admit_connection(self, now: float) -> bool:
+        """Take one concurrent-connection slot; False means close 4010."""
+        self.roll(now)
+        if self.concurrent >= self.plan.max_concurrent_connections:
+            if not self._pay(self.plan.overage_price_per_connection):
+                self.rejected_connections += 1
+                return False
+            self.overage_connections += 1
+        self.concurrent += 1
+        if self.concurrent > self.peak_concurrent:
+            self.peak_concurrent = self.concurrent
+        return True
+
+    def release_connection(self, now: float) -> None:
+        self.roll(now)
+        self.concurrent = max(0, self.concurrent - 1)
+
+    def usage(self, app_id: str, now: float) -> dict[str, object]:
+        """The REST `/v1/usage` body."""
+        self.roll(now)
+        plan = self.plan
+        return {
+            "appId": app_id,
+            "periodStartUnix": int(self.period_start),
+            "periodEndUnix": int(self.period_end),
+            "concurrentNow": self.concurrent,
+            "peakConcurrent": self.peak_concurrent,
+            "messagesUsed": self.messages_used,
+            "overageMessages": self.overage_messages,
+            "overageConnections": self.overage_connections,
+            "balance": round(self.balance, 10),
+            "plan": {
+                "name": plan.name,
+                "maxConcurrentConnections": plan.max_concurrent_connections,
+                "maxMessagesPerPeriod": plan.max_messages_per_period,
+                "overagesAllowed": plan.overages_allowed,
+                "overagesEnabled": plan.overages_enabled,
+            },
+        }

@@ -1,0 +1,132 @@
+"""The error and close codes of PROTOCOL.md sections 5-6, as data.
+
+One table is the single source of truth: the server's error messages, the clients'
+default retry policy, the report's per-code table and the notebooks all read it, so
+adding a code is one line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Retry(StrEnum):
+    """Whether and how a client may retry after a code (the guidance column)."""
+
+    NEVER = "never"  # fix the client; retrying cannot help
+    NEVER_ON_CONNECTION = "never_on_connection"  # this credential will not do it
+    AFTER_UNSUBSCRIBE = "after_unsubscribe"  # free a subscription slot first
+    ONCE_AFTER_DELAY = "once_after_delay"  # sometimes works; do not loop
+    AFTER_PERIOD = "after_period"  # wait for the quota period boundary
+    BACKOFF = "backoff"  # transient: retry after a short backoff
+    RECONNECT_AFTER_HINT = "reconnect_after_hint"  # going_away.retryAfterMs + jitter
+    RECONNECT_NEW_TOKEN = "reconnect_new_token"  # fetch a fresh token first
+    RECONNECT_AFTER_WAIT = "reconnect_after_wait"  # wait (SDKs: >= 30 s)
+    RECONNECT_THROTTLED = "reconnect_throttled"  # back off and lower the send rate
+    TERMINAL = "terminal"  # do not reconnect
+    INSPECT = "inspect"  # read the reason
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    """A soft-drop `error` frame code: the connection stays open."""
+
+    code: str
+    meaning: str
+    retry: Retry
+    guidance: str
+
+    @property
+    def is_retryable(self) -> bool:
+        return self.retry not in (Retry.NEVER, Retry.NEVER_ON_CONNECTION)
+
+    @property
+    def is_client_fault(self) -> bool:
+        """True when the client sent something it should not have (the client's bug)."""
+        return self.retry in (Retry.NEVER, Retry.NEVER_ON_CONNECTION)
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCode:
+    """A WebSocket close code the service sends."""
+
+    code: int
+    name: str
+    meaning: str
+    retry: Retry
+    guidance: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.retry is Retry.TERMINAL
+
+
+ERROR_CODES: dict[str, ErrorCode] = {
+    e.code: e
+    for e in (
+        ErrorCode("malformed_message", "not JSON, not an object, no string `type`, bad "
+                  "`requestId`, or a binary frame", Retry.NEVER, "never - fix the client"),
+        ErrorCode("unknown_type", "`type` is a string the server does not know",
+                  Retry.NEVER, "never"),
+        ErrorCode("invalid_channel", "channel missing, empty, too long or with control "
+                  "characters", Retry.NEVER, "never"),
+        ErrorCode("invalid_peer_id", "`to` missing, empty, too long or not printable ASCII",
+                  Retry.NEVER, "never"),
+        ErrorCode("channel_not_authorized", "channel outside the key/token patterns",
+                  Retry.NEVER_ON_CONNECTION, "never on this connection"),
+        ErrorCode("channel_reserved", "channel has a reserved prefix", Retry.NEVER, "never"),
+        ErrorCode("channel_limit_exceeded", "connection already holds the maximum number "
+                  "of subscriptions", Retry.AFTER_UNSUBSCRIBE, "unsubscribe first"),
+        ErrorCode("peer_not_found", "`send` target has no connection", Retry.ONCE_AFTER_DELAY,
+                  "sometimes; don't loop"),
+        ErrorCode("missing_data", "`publish`/`send` without `data`", Retry.NEVER, "never"),
+        ErrorCode("action_not_permitted", "action not in the effective actions",
+                  Retry.NEVER_ON_CONNECTION, "never on this connection"),
+        ErrorCode("over_message_quota", "the app's message quota is used up and no "
+                  "overage is possible", Retry.AFTER_PERIOD,
+                  "after the period boundary, or after billing changes"),
+        ErrorCode("backend_error", "routing fault: backend unreachable or erroring",
+                  Retry.BACKOFF, "yes, after a short backoff"),
+        ErrorCode("internal_error", "unexpected failure while handling the frame",
+                  Retry.BACKOFF, "yes, after a short backoff"),
+    )
+}
+
+CLOSE_CODES: dict[int, CloseCode] = {
+    c.code: c
+    for c in (
+        CloseCode(1001, "going_away", "shutdown or simulated deploy, after `going_away`",
+                  Retry.RECONNECT_AFTER_HINT, "reconnect after retryAfterMs (+ jitter)"),
+        CloseCode(1008, "policy_violation", "policy violation (slow consumer)",
+                  Retry.INSPECT, "inspect reason"),
+        CloseCode(1009, "message_too_big", "inbound frame larger than 65536 bytes",
+                  Retry.NEVER, "split payloads"),
+        CloseCode(4001, "invalid_token", "authentication failed at connect",
+                  Retry.TERMINAL, "terminal: fix credentials"),
+        CloseCode(4002, "token_expired", "JWT `exp` reached",
+                  Retry.RECONNECT_NEW_TOKEN, "fetch a fresh token, reconnect"),
+        CloseCode(4003, "channel_not_authorized", "channel outside the credential's scope "
+                  "(only with close_on_unauthorized)", Retry.TERMINAL, "terminal"),
+        CloseCode(4010, "over_concurrent_limit", "app at max_concurrent_connections, no "
+                  "overage possible", Retry.RECONNECT_AFTER_WAIT,
+                  "wait (SDKs: >= 30 s), then retry"),
+        CloseCode(4011, "over_message_rate", "per-connection token bucket empty",
+                  Retry.RECONNECT_THROTTLED, "reconnect with backoff; throttle"),
+        CloseCode(4012, "account_suspended", "app suspended", Retry.TERMINAL, "terminal"),
+        CloseCode(4020, "admin_disconnect", "REST kick", Retry.TERMINAL,
+                  "terminal (application decides)"),
+    )
+}
+
+# Close codes by name, for readable call sites in the core.
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
+INVALID_TOKEN = 4001
+TOKEN_EXPIRED = 4002
+CHANNEL_NOT_AUTHORIZED = 4003
+OVER_CONCURRENT_LIMIT = 4010
+OVER_MESSAGE_RATE = 4011
+ACCOUNT_SUSPENDED = 4012
+ADMIN_DISCONNECT = 4020

@@ -1,0 +1,317 @@
+"""The config schema: frozen dataclasses validated once, at load.
+
+Errors name the key and the problem (`apps[1].plan.period_seconds: must be > 0, got -5`)
+so a bad file costs the user one line, never a traceback. Scenario files extend the
+same schema with their own sections; nothing else parses TOML for these keys.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ACTIONS = ("subscribe", "publish", "presence", "send")
+BACKENDS = ("memory", "redis")
+MONTH_SECONDS = 30 * 24 * 3600
+
+# Top-level sections owned by other parts of the harness (faults, swarm, scenario).
+# The server accepts and ignores them so one file can describe a whole run.
+EXTENSION_SECTIONS = frozenset({"faults", "swarm", "scenario", "analysis"})
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased for the user as `key: problem`."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    admin_port: int = 8766
+    backend: str = "memory"
+    seed: int = 0
+    sim_token: str | None = None
+    close_on_unauthorized: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    rate_per_second: float = 100.0
+    burst: float = 200.0
+    max_subscriptions: int = 100
+    max_frame_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    name: str = "demo"
+    max_concurrent_connections: int = 100_000
+    max_messages_per_period: int = 1_000_000_000
+    period_seconds: float = MONTH_SECONDS
+    overages_allowed: bool = False
+    overages_enabled: bool = False
+    balance: float = 0.0
+    overage_price_per_message: float = 0.0
+    overage_price_per_connection: float = 0.0
+    auto_recharge: float | None = None  # amount added when the balance runs short
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    id: str
+    channel_patterns: tuple[str, ...] = ("**",)
+    actions: tuple[str, ...] = ACTIONS
+    secret: str | None = None
+
+    @property
+    def is_secret(self) -> bool:
+        return self.secret is not None
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    id: str
+    plan: Plan = field(default_factory=Plan)
+    keys: tuple[Key, ...] = ()
+    suspended: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    limits: Limits = field(default_factory=Limits)
+    apps: tuple[App, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)  # extension sections, raw
+
+    def key(self, key_id: str) -> tuple[App, Key] | None:
+        """The app and key with this id, or None."""
+        for app in self.apps:
+            for key in app.keys:
+                if key.id == key_id:
+                    return app, key
+        return None
+
+    def app(self, app_id: str) -> App | None:
+        return next((a for a in self.apps if a.id == app_id), None)
+
+
+DEMO_APP = App(
+    id="app_demo",
+    plan=Plan(name="demo"),
+    keys=(
+        Key(id="pk_live_demo", channel_patterns=("**",), actions=ACTIONS),
+        Key(id="pk_live_readonly", channel_patterns=("public/*",),
+            actions=("subscribe", "presence")),
+        Key(id="sk_id_demo", secret="sk_secret_demo", channel_patterns=("**",),
+            actions=ACTIONS),
+    ),
+)
+
+
+def default_config() -> Config:
+    """The built-in demo config `rtmsim serve` uses without `--config`."""
+    return Config(apps=(DEMO_APP,))
+
+
+class _Table:
+    """Reads one TOML table, checking types and bounds, naming keys in errors."""
+
+    def __init__(self, data: object, path: str) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a table, got {_kind(data)}")
+        self.data = data
+        self.path = path
+        self.seen: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def get(self, key: str, default: Any) -> Any:
+        self.seen.add(key)
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str | None = None, *,
+               choices: tuple[str, ...] | None = None, required: bool = False) -> Any:
+        if required and key not in self.data:
+            raise ConfigError(f"{self._name(key)}: is required")
+        value = self.get(key, default)
+        if value is None and not required:
+            return value
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self._name(key)}: must be a non-empty string, got {value!r}")
+        if choices and value not in choices:
+            raise ConfigError(f"{self._name(key)}: must be one of {', '.join(choices)}, "
+                              f"got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self._name(key)}: must be true or false, got {value!r}")
+        return value
+
+    def number(self, key: str, default: float, *, minimum: float = 0,
+               exclusive: bool = False, integer: bool = False) -> Any:
+        value = self.get(key, default)
+        wanted = "a whole number" if integer else "a number"
+        ok_type = int if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, ok_type):
+            raise ConfigError(f"{self._name(key)}: must be {wanted}, got {value!r}")
+        if value < minimum or (exclusive and value == minimum):
+            op = ">" if exclusive else ">="
+            raise ConfigError(f"{self._name(key)}: must be {op} {minimum:g}, got {value!r}")
+        return value
+
+    def strings(self, key: str, default: tuple[str, ...], *,
+                choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+        value = self.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{self._name(key)}: must be a list of non-empty strings, "
+                              f"got {value!r}")
+        for v in value:
+            if choices and v not in choices:
+                raise ConfigError(f"{self._name(key)}: {v!r} is not one of "
+                                  f"{', '.join(choices)}")
+        return tuple(value)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise ConfigError(f"{self._name(unknown[0])}: unknown key")
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Build a validated Config from parsed TOML; raise ConfigError naming the key."""
+    top = _Table(data, "")
+    srv = _Table(top.get("server", {}), "server")
+    server = ServerConfig(
+        host=srv.string("host", "127.0.0.1"),
+        port=srv.number("port", 8765, integer=True),
+        admin_port=srv.number("admin_port", 8766, integer=True),
+        backend=srv.string("backend", "memory", choices=BACKENDS),
+        seed=srv.number("seed", 0, integer=True),
+        sim_token=srv.string("sim_token", None),
+        close_on_unauthorized=srv.boolean("close_on_unauthorized", False),
+    )
+    srv.done()
+    lim = _Table(top.get("limits", {}), "limits")
+    limits = Limits(
+        rate_per_second=lim.number("rate_per_second", 100.0, exclusive=True),
+        burst=lim.number("burst", 200.0, minimum=1),
+        max_subscriptions=lim.number("max_subscriptions", 100, minimum=1, integer=True),
+        max_frame_bytes=lim.number("max_frame_bytes", 65536, minimum=64, integer=True),
+    )
+    lim.done()
+    raw_apps = top.get("apps", None)
+    if raw_apps is None:
+        apps: tuple[App, ...] = (DEMO_APP,)
+    elif not isinstance(raw_apps, list) or not raw_apps:
+        raise ConfigError("apps: must be a non-empty array of tables ([[apps]])")
+    else:
+        apps = tuple(_parse_app(a, f"apps[{i}]") for i, a in enumerate(raw_apps))
+    _check_unique(apps)
+    extra = {k: top.get(k, None) for k in EXTENSION_SECTIONS if k in data}
+    top.done()
+    return Config(server=server, limits=limits, apps=apps, extra=extra)
+
+
+def _parse_app(data: object, path: str) -> App:
+    t = _Table(data, path)
+    app_id = t.string("id", required=True)
+    suspended = t.boolean("suspended", False)
+    plan = _parse_plan(t.get("plan", {}), f"{path}.plan")
+    raw_keys = t.get("keys", [])
+    if not isinstance(raw_keys, list) or not raw_keys:
+        raise ConfigError(f"{path}.keys: must be a non-empty array of tables ([[apps.keys]])")
+    keys = tuple(_parse_key(k, f"{path}.keys[{i}]") for i, k in enumerate(raw_keys))
+    t.done()
+    return App(id=app_id, plan=plan, keys=keys, suspended=suspended)
+
+
+def _parse_plan(data: object, path: str) -> Plan:
+    t = _Table(data, path)
+    d = Plan()
+    recharge = t.get("auto_recharge", False)
+    if recharge is False or recharge == "off":
+        auto_recharge = None
+    elif isinstance(recharge, bool) or not isinstance(recharge, int | float) or recharge <= 0:
+        raise ConfigError(f"{path}.auto_recharge: must be an amount > 0 or false, "
+                          f"got {recharge!r}")
+    else:
+        auto_recharge = float(recharge)
+    plan = Plan(
+        name=t.string("name", d.name),
+        max_concurrent_connections=t.number("max_concurrent_connections",
+                                            d.max_concurrent_connections, integer=True),
+        max_messages_per_period=t.number("max_messages_per_period",
+                                         d.max_messages_per_period, integer=True),
+        period_seconds=t.number("period_seconds", d.period_seconds, exclusive=True),
+        overages_allowed=t.boolean("overages_allowed", d.overages_allowed),
+        overages_enabled=t.boolean("overages_enabled", d.overages_enabled),
+        balance=float(t.number("balance", d.balance)),
+        overage_price_per_message=float(t.number("overage_price_per_message",
+                                                  d.overage_price_per_message)),
+        overage_price_per_connection=float(t.number("overage_price_per_connection",
+                                                    d.overage_price_per_connection)),
+        auto_recharge=auto_recharge,
+    )
+    t.done()
+    return plan
+
+
+def _parse_key(data: object, path: str) -> Key:
+    t = _Table(data, path)
+    key_id = t.string("id", required=True)
+    secret = t.string("secret", None)
+    if key_id.startswith("sk_id_"):
+        if secret is None:
+            raise ConfigError(f"{path}.secret: is required for a secret key ({key_id})")
+    elif key_id.startswith("pk_"):
+        if secret is not None:
+            raise ConfigError(f"{path}.secret: a publishable key ({key_id}) has no secret")
+    else:
+        raise ConfigError(f"{path}.id: must start with pk_ (publishable) or sk_id_ "
+                          f"(secret), got {key_id!r}")
+    key = Key(
+        id=key_id,
+        secret=secret,
+        channel_patterns=t.strings("channel_patterns", ("**",)),
+        actions=t.strings("actions", ACTIONS, choices=ACTIONS),
+    )
+    t.done()
+    return key
+
+
+def _check_unique(apps: tuple[App, ...]) -> None:
+    app_ids: set[str] = set()
+    key_ids: set[str] = set()
+    for i, app in enumerate(apps):
+        if app.id in app_ids:
+            raise ConfigError(f"apps[{i}].id: duplicate app id {app.id!r}")
+        app_ids.add(app.id)
+        for j, key in enumerate(app.keys):
+            if key.id in key_ids:
+                raise ConfigError(f"apps[{i}].keys[{j}].id: duplicate key id {key.id!r}")
+            key_ids.add(key.id)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; every problem is a ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_config(data)

@@ -1,0 +1,276 @@
+"""One connection's protocol state machine: the sans-I/O heart of the server.
+
+`receive(frame, now)` validates a client frame in the order of PROTOCOL.md section 3
+and returns actions; operations that need the backend come back as a `Route`, which
+the adapter hands to the backend before calling `complete` (or `fail`) for the reply.
+Nothing here reads a clock or touches a socket.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from . import codes
+from .actions import Close, Direct, Message, Route, Send
+from .patterns import channel_problem, is_reserved, peer_id_problem
+
+if TYPE_CHECKING:
+    from .auth import Credential
+    from .service import Service
+
+Action = Any  # Send | Deliver | Close | CloseAt | Route
+MAX_REQUEST_ID_BYTES = 128
+
+
+def error_frame(code: str, message: str, request_id: str | None) -> bytes:
+    frame = {"type": "error", "code": code, "message": message}
+    if request_id is not None:
+        frame["requestId"] = request_id
+    return orjson.dumps(frame)
+
+
+def _request_id_ok(rid: object) -> bool:
+    return isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_BYTES and (
+        rid.isascii() or len(rid.encode()) <= MAX_REQUEST_ID_BYTES)
+
+
+class Connection:
+    __slots__ = ("__weakref__", "app_id", "bucket", "close_code", "counters", "credential",
+                 "has_presence", "id", "ledger", "opened_at", "peer_id", "peer_metadata",
+                 "service", "subscriptions", "transport")
+
+    def __init__(self, service: Service, conn_id: int, credential: Credential,
+                 now: float) -> None:
+        from .tokenbucket import TokenBucket
+
+        self.service = service
+        self.id = conn_id
+        self.credential = credential
+        self.app_id = credential.app.id
+        self.peer_id = credential.peer_id
+        self.peer_metadata = credential.peer_metadata
+        self.has_presence = "presence" in credential.actions
+        self.subscriptions: dict[str, bool] = {}  # name -> includeSenderMetadata
+        limits = service.config.limits
+        self.bucket = TokenBucket(limits.rate_per_second, limits.burst, now)
+        self.ledger = service.ledgers[self.app_id]
+        self.counters = service.stats.app(self.app_id)
+        self.opened_at = now
+        self.close_code: int | None = None  # set once the core decided to close
+        self.transport: Any = None  # the adapter's handle; opaque to the core
+
+    def __repr__(self) -> str:
+        return f"<Connection {self.id} {self.app_id}/{self.peer_id}>"
+
+    @property
+    def is_closing(self) -> bool:
+        return self.close_code is not None
+
+    # -- inbound -------------------------------------------------------------------
+
+    def receive(self, frame: str | bytes, now: float) -> list[Action]:
+        """Handle one inbound WebSocket message (text as str, binary as bytes)."""
+        if self.close_code is not None:
+            return []
+        if not self.bucket.take(now):
+            self.counters.frames_in["rate_limited"] += 1
+            return self.close(codes.OVER_MESSAGE_RATE, "over message rate", now)
+        if frame.__class__ is not str:
+            self.counters.frames_in["binary"] += 1
+            return self._error("malformed_message", "binary frames are not accepted",
+                               None, None, now)
+        try:
+            msg = orjson.loads(frame)
+        except orjson.JSONDecodeError:
+            self.counters.frames_in["invalid"] += 1
+            return self._error("malformed_message", "frame is not valid JSON", None, None,
+                               now)
+        if msg.__class__ is not dict:
+            self.counters.frames_in["invalid"] += 1
+            return self._error("malformed_message", "frame must be a JSON object", None,
+                               None, now)
+        kind = msg.get("type")
+        if kind.__class__ is not str:
+            self.counters.frames_in["invalid"] += 1
+            return self._error("malformed_message", "frame needs a string `type`", None,
+                               None, now)
+        handler = _HANDLERS.get(kind)
+        rid = msg.get("requestId")
+        if handler is None:
+            self.counters.frames_in["unknown"] += 1
+            echo = rid if _request_id_ok(rid) else None
+            return self._error("unknown_type", f"unknown type: {kind[:64]}", echo, None, now)
+        self.counters.frames_in[kind] += 1
+        if rid is not None and not _request_id_ok(rid):
+            return self._error("malformed_message",
+                               f"requestId must be a string of 1..{MAX_REQUEST_ID_BYTES} bytes",
+                               None, kind, now)
+        return handler(self, msg, rid, now)
+
+    def _subscribe(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
+        name = msg.get("channel")
+        problem = self._channel_problem(name, "subscribe", rid, now)
+        if problem is not None:
+            return problem
+        if name not in self.subscriptions and (
+                len(self.subscriptions) >= self.service.config.limits.max_subscriptions):
+            return self._error("channel_limit_exceeded",
+                               f"subscription limit reached "
+                               f"({self.service.config.limits.max_subscriptions})",
+                               rid, "subscribe", now)
+        return [Route("subscribe", rid, name, msg.get("includeSenderMetadata") is True)]
+
+    def _unsubscribe(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
+        name = msg.get("channel")
+        problem = channel_problem(name)
+        if problem is not None:
+            return self._error("invalid_channel", problem, rid, "unsubscribe", now)
+        if is_reserved(name):
+            return self._error("channel_reserved", f"reserved channel: {name}", rid,
+                               "unsubscribe", now)
+        if name not in self.subscriptions:
+            return self._ack(rid, "unsubscribe", now)
+        return [Route("unsubscribe", rid, name)]
+
+    def _publish(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
+        name = msg.get("channel")
+        problem = channel_problem(name)
+        if problem is not None:
+            return self._error("invalid_channel", problem, rid, "publish", now)
+        if "data" not in msg:
+            return self._error("missing_data", "publish needs `data`", rid, "publish", now)
+        problem = self._channel_problem(name, "publish", rid, now, validated=True)
+        if problem is not None:
+            return problem
+        if not self.ledger.charge_message(now):
+            return self._error("over_message_quota", "message quota used up for this period",
+                               rid, "publish", now)
+        return [Route("publish", rid, Message(self.app_id, name, self.peer_id, msg["data"],
+                                               self.peer_metadata, self))]
+
+    def _send(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
+        to = msg.get("to")
+        problem = peer_id_problem(to)
+        if problem is not None:
+            return self._error("invalid_peer_id", problem, rid, "send", now)
+        if "data" not in msg:
+            return self._error("missing_data", "send needs `data`", rid, "send", now)
+        if "send" not in self.credential.actions:
+            return self._error("action_not_permitted", "action not permitted: send", rid,
+                               "send", now)
+        if not self.ledger.charge_message(now):
+            return self._error("over_message_quota", "message quota used up for this period",
+                               rid, "send", now)
+        return [Route("send", rid, Direct(self.app_id, to, self.peer_id, msg["data"],
+                                          self.peer_metadata))]
+
+    def _ping(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
+        return [Send(b'{"type":"pong"}', "pong")]
+
+    def _channel_problem(self, name: Any, op: str, rid: str | None, now: float, *,
+                         validated: bool = False) -> list[Action] | None:
+        """Checks shared by subscribe and publish, in protocol order after the fields."""
+        if not validated:
+            problem = channel_problem(name)
+            if problem is not None:
+                return self._error("invalid_channel", problem, rid, op, now)
+        if is_reserved(name):
+            return self._error("channel_reserved", f"reserved channel: {name}", rid, op, now)
+        if op not in self.credential.actions:
+            return self._error("action_not_permitted", f"action not permitted: {op}", rid,
+                               op, now)
+        if not self.credential.allows_channel(name):
+            if self.service.config.server.close_on_unauthorized:
+                return self.close(codes.CHANNEL_NOT_AUTHORIZED, f"not authorized: {name}"[:120],
+                                  now)
+            return self._error("channel_not_authorized", f"not authorized: {name}", rid, op,
+                               now)
+        return None
+
+    # -- routed replies --------------------------------------------------------------
+
+    def complete(self, route: Route, result: Any, now: float) -> list[Action]:
+        """The reply once the backend carried out `route`.
+
+        `result` is the presence snapshot for subscribe, and the number of local or
+        remote recipients for publish and send.
+        """
+        if self.close_code is not None:
+            return []
+        op = route.op
+        if op == "publish":
+            self.counters.published += 1
+            return self._ack(route.request_id, op, now)
+        if op == "send":
+            if not result:
+                to = route.body.to
+                where = "" if self.service.cross_instance_send else " on this instance"
+                return self._error("peer_not_found", f"peer {to} is not online{where}",
+                                   route.request_id, op, now)
+            self.counters.sent += 1
+            return self._ack(route.request_id, op, now)
+        if op == "subscribe":
+            self.subscriptions[route.body] = route.include_sender_metadata
+            out = self._ack(route.request_id, op, now)
+            if self.has_presence:
+                frame = {"type": "presence", "channel": _presence_name(route.body),
+                         "joined": result or [], "left": []}
+                out.append(Send(orjson.dumps(frame), "presence"))
+            return out
+        self.subscriptions.pop(route.body, None)  # unsubscribe
+        return self._ack(route.request_id, op, now)
+
+    def fail(self, route: Route, code: str, message: str, now: float) -> list[Action]:
+        """The error reply when the backend could not carry out `route`."""
+        if self.close_code is not None:
+            return []
+        return self._error(code, message, route.request_id, route.op, now)
+
+    # -- outbound helpers --------------------------------------------------------------
+
+    def _ack(self, rid: str | None, op: str, now: float) -> list[Action]:
+        events = self.service.events
+        if events is not None and events.wants_requests:
+            events.emit(now, "ok", conn=self.id, peer=self.peer_id, app=self.app_id, op=op,
+                        requestId=rid)
+        if rid is None:
+            return []
+        return [Send(b'{"type":"ack","requestId":' + orjson.dumps(rid) + b"}", "ack")]
+
+    def _error(self, code: str, message: str, rid: str | None, op: str | None,
+               now: float) -> list[Action]:
+        self.counters.errors[code] += 1
+        events = self.service.events
+        if events is not None:
+            events.emit(now, "error", conn=self.id, peer=self.peer_id, app=self.app_id,
+                        op=op, code=code, requestId=rid)
+        return [Send(error_frame(code, message, rid), "error")]
+
+    def close(self, code: int, reason: str, now: float) -> list[Action]:
+        """Decide to close this connection (once); counted and logged here."""
+        if self.close_code is not None:
+            return []
+        self.close_code = code
+        self.counters.closes[str(code)] += 1
+        events = self.service.events
+        if events is not None:
+            events.emit(now, "close", conn=self.id, peer=self.peer_id, app=self.app_id,
+                        code=code, reason=reason)
+        return [Close(code, reason)]
+
+
+def _presence_name(name: str) -> str:
+    from .hub import subscription_key
+
+    return subscription_key(name)[0]
+
+
+_HANDLERS = {
+    "subscribe": Connection._subscribe,
+    "unsubscribe": Connection._unsubscribe,
+    "publish": Connection._publish,
+    "send": Connection._send,
+    "ping": Connection._ping,
+}

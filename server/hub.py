@@ -1,0 +1,216 @@
+"""The local routing index of one server instance: who is subscribed to what.
+
+Pure bookkeeping, no I/O: it answers "which local connections receive this message",
+"which connections does this peer have here" and keeps presence counts per
+(channel, peer). Backends route between instances; each instance's hub delivers to
+its own connections. Presence is kept per subscription name as written, so a
+wildcard subscription `room/*` has its own presence set (choice).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .actions import Deliver, Direct, Message
+from .patterns import is_wildcard, match_channel, unescape
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+
+class AppIndex:
+    __slots__ = ("exact", "peers", "presence", "wildcard")
+
+    def __init__(self) -> None:
+        self.exact: dict[str, dict[Connection, bool]] = {}  # channel -> {conn: with_meta}
+        self.wildcard: dict[str, dict[Connection, bool]] = {}  # pattern -> {conn: ...}
+        self.peers: dict[str, dict[Connection, None]] = {}  # peerId -> its connections
+        self.presence: dict[str, dict[str, int]] = {}  # channel -> {peerId: conns}
+
+
+def subscription_key(name: str) -> tuple[str, bool]:
+    """(index key, is_wildcard) for a subscription name."""
+    if is_wildcard(name):
+        return name, True
+    return unescape(name), False
+
+
+class Hub:
+    def __init__(self) -> None:
+        self.apps: dict[str, AppIndex] = {}
+
+    def _index(self, app_id: str) -> AppIndex:
+        index = self.apps.get(app_id)
+        if index is None:
+            index = self.apps[app_id] = AppIndex()
+        return index
+
+    # -- connections -------------------------------------------------------------
+
+    def add(self, conn: Connection) -> None:
+        index = self._index(conn.app_id)
+        index.peers.setdefault(conn.peer_id, {})[conn] = None
+
+    def remove(self, conn: Connection) -> list[Deliver]:
+        """Forget a closed connection; the presence `left` deltas it causes."""
+        index = self.apps.get(conn.app_id)
+        if index is None:
+            return []
+        out = []
+        for name in list(conn.subscriptions):
+            out.extend(self.unsubscribe(conn, name))
+        peers = index.peers.get(conn.peer_id)
+        if peers is not None:
+            peers.pop(conn, None)
+            if not peers:
+                del index.peers[conn.peer_id]
+        return out
+
+    def peer_connections(self, app_id: str, peer_id: str) -> tuple[Connection, ...]:
+        index = self.apps.get(app_id)
+        if index is None:
+            return ()
+        return tuple(index.peers.get(peer_id, ()))
+
+    def connections(self) -> list[Connection]:
+        return [c for index in self.apps.values() for conns in index.peers.values()
+                for c in conns]
+
+    # -- subscriptions and presence ------------------------------------------------
+
+    def subscribe(self, conn: Connection, name: str, with_meta: bool, *,
+                  is_new: bool) -> list[Deliver]:
+        """Record a subscription; the presence `joined` delta it causes, if any.
+
+        A repeat subscribe (`is_new` false) only updates `includeSenderMetadata`.
+        """
+        index = self._index(conn.app_id)
+        key, wild = subscription_key(name)
+        table = index.wildcard if wild else index.exact
+        table.setdefault(key, {})[conn] = with_meta
+        if not is_new or not conn.has_presence:
+            return []
+        counts = index.presence.setdefault(key, {})
+        n = counts.get(conn.peer_id, 0)
+        counts[conn.peer_id] = n + 1
+        if n:
+            return []
+        return self._presence_delta(index, key, conn, joined=True)
+
+    def unsubscribe(self, conn: Connection, name: str) -> list[Deliver]:
+        """Drop a subscription; the presence `left` delta it causes, if any."""
+        index = self.apps.get(conn.app_id)
+        if index is None:
+            return []
+        key, wild = subscription_key(name)
+        table = index.wildcard if wild else index.exact
+        subs = table.get(key)
+        if subs is None or subs.pop(conn, "absent") == "absent":
+            return []
+        if not subs:
+            del table[key]
+        if not conn.has_presence:
+            return []
+        counts = index.presence.get(key)
+        if not counts or conn.peer_id not in counts:
+            return []
+        n = counts[conn.peer_id] - 1
+        if n:
+            counts[conn.peer_id] = n
+            return []
+        del counts[conn.peer_id]
+        if not counts:
+            del index.presence[key]
+        return self._presence_delta(index, key, conn, joined=False)
+
+    def _presence_delta(self, index: AppIndex, key: str, conn: Connection, *,
+                        joined: bool) -> list[Deliver]:
+        entry = presence_entry(conn.peer_id, conn.peer_metadata)
+        targets = tuple(c for c in self._subscribers_of_name(index, key)
+                        if c.has_presence and c.peer_id != conn.peer_id)
+        if not targets:
+            return []
+        frame = {"type": "presence", "channel": key,
+                 "joined": [entry] if joined else [], "left": [] if joined else [entry]}
+        return [Deliver(targets, orjson.dumps(frame), "presence")]
+
+    @staticmethod
+    def _subscribers_of_name(index: AppIndex, key: str) -> dict[Connection, bool]:
+        subs = index.wildcard.get(key) if is_wildcard(key) else index.exact.get(key)
+        return subs or {}
+
+    def presence_snapshot(self, app_id: str, name: str, exclude_peer: str | None
+                          ) -> list[dict[str, Any]]:
+        """Peers present in a channel (subscription name), as `presence.joined` entries."""
+        index = self.apps.get(app_id)
+        if index is None:
+            return []
+        key, _ = subscription_key(name)
+        counts = index.presence.get(key, {})
+        out = []
+        for peer_id in counts:
+            if peer_id == exclude_peer:
+                continue
+            conns = index.peers.get(peer_id)
+            meta = next(iter(conns)).peer_metadata if conns else None
+            out.append(presence_entry(peer_id, meta))
+        return out
+
+    # -- delivery --------------------------------------------------------------------
+
+    def deliver_message(self, msg: Message) -> list[Deliver]:
+        """The frames that carry one published message to local subscribers.
+
+        One copy per connection even when several subscriptions match (choice);
+        deliveries through a wildcard are filtered by the subscriber's own scope.
+        """
+        index = self.apps.get(msg.app_id)
+        if index is None:
+            return []
+        channel = msg.channel
+        exact = index.exact.get(channel)
+        if index.wildcard:
+            targets: dict[Connection, bool] = dict(exact) if exact else {}
+            for pattern, subs in index.wildcard.items():
+                if match_channel(pattern, channel):
+                    for conn, with_meta in subs.items():
+                        if conn.credential.allows_channel(channel):
+                            targets[conn] = targets.get(conn, False) or with_meta
+        elif exact:
+            targets = exact
+        else:
+            return []
+        origin = msg.origin
+        frame = {"type": "message", "channel": channel, "from": msg.sender, "data": msg.data}
+        if msg.sender_metadata is None:
+            plain = tuple(c for c in targets if c is not origin)
+            return [Deliver(plain, orjson.dumps(frame), "message")] if plain else []
+        plain_list, meta_list = [], []
+        for conn, with_meta in targets.items():
+            if conn is not origin:
+                (meta_list if with_meta else plain_list).append(conn)
+        out = []
+        if plain_list:
+            out.append(Deliver(tuple(plain_list), orjson.dumps(frame), "message"))
+        if meta_list:
+            frame["fromMetadata"] = msg.sender_metadata
+            out.append(Deliver(tuple(meta_list), orjson.dumps(frame), "message"))
+        return out
+
+    def deliver_direct(self, msg: Direct) -> list[Deliver]:
+        """The frame that carries a `send` to every local connection of the target peer."""
+        targets = self.peer_connections(msg.app_id, msg.to)
+        if not targets:
+            return []
+        frame: dict[str, Any] = {"type": "direct", "from": msg.sender, "data": msg.data}
+        if msg.sender_metadata is not None:
+            frame["fromMetadata"] = msg.sender_metadata
+        return [Deliver(targets, orjson.dumps(frame), "direct")]
+
+
+def presence_entry(peer_id: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    if metadata is None:
+        return {"peerId": peer_id}
+    return {"peerId": peer_id, "metadata": metadata}

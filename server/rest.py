@@ -1,0 +1,288 @@
+"""The REST control plane on the admin port (PROTOCOL.md section 8) and `/sim/v1`.
+
+`/v1` endpoints authenticate with an app's secret key; `/sim/v1` endpoints (simulation
+controls) are open on the loopback admin port unless a sim token is configured.
+Every error is `{"error": code, "message": text}`, including aiohttp's own 404/405/413.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import codes
+from .actions import Message
+from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
+from .backend import BackendError
+from .config import ACTIONS, App, Key
+from .node import Node
+from .patterns import channel_problem, is_reserved, peer_id_problem
+
+log = logging.getLogger("rtmsim.rest")
+BODY_LIMIT = 32 * 1024
+MAX_TOKEN_TTL_S = 86400
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+APP_KEY = web.AppKey("node", Node)
+AUTH_KEY = "rtmsim_auth"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status,
+                        content_type="application/json")
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    node = request.app[APP_KEY]
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _json({"error": exc.code, "message": exc.message}, exc.status)
+    except web.HTTPException as exc:
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = _json({"error": code, "message": exc.reason}, exc.status)
+    except Exception:
+        log.exception("REST handler failed")
+        response = _json({"error": "internal_error", "message": "internal error"}, 500)
+    events = node.service.events
+    if events is not None:
+        auth = request.get(AUTH_KEY)
+        events.emit(node.clock(), "rest", method=request.method, path=request.path,
+                    status=response.status, app=auth[0].id if auth else None)
+    return response
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+
+def _secret_key(request: web.Request) -> tuple[App, Key]:
+    """The app whose secret key signs this request, or 401."""
+    node = request.app[APP_KEY]
+    credential = _bearer(request) or ""
+    key_id, _, secret = credential.partition(":")
+    found = node.config.key(key_id)
+    if (found is None or found[1].secret is None
+            or not hmac.compare_digest(found[1].secret.encode(), secret.encode())):
+        raise ApiError(401, "unauthorized", "unauthorized")
+    request[AUTH_KEY] = found
+    return found
+
+
+def _check_sim_token(request: web.Request) -> None:
+    token = request.app[APP_KEY].config.server.sim_token
+    if token is None:
+        return
+    given = _bearer(request) or ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "unauthorized", "unauthorized")
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    if request.content_length is not None and request.content_length > BODY_LIMIT:
+        raise ApiError(413, "payload_too_large", f"body larger than {BODY_LIMIT} bytes")
+    raw = await request.read()
+    if len(raw) > BODY_LIMIT:
+        raise ApiError(413, "payload_too_large", f"body larger than {BODY_LIMIT} bytes")
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_request", "body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "body must be a JSON object")
+    return body
+
+
+def _channel(request: web.Request, key: Key) -> str:
+    channel = request.match_info["channel"]
+    problem = channel_problem(channel)
+    if problem:
+        raise ApiError(400, "invalid_channel", problem)
+    if is_reserved(channel):
+        raise ApiError(403, "channel_reserved", f"reserved channel: {channel}")
+    from .patterns import match_any
+
+    if not match_any(key.channel_patterns, channel):
+        raise ApiError(403, "channel_not_authorized", f"not authorized: {channel}")
+    return channel
+
+
+def _object_field(body: dict[str, Any], name: str, limit: int) -> dict[str, Any] | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ApiError(400, "invalid_request", f"{name}: must be an object")
+    if len(orjson.dumps(value)) > limit:
+        raise ApiError(400, "invalid_request", f"{name}: larger than {limit} bytes")
+    return value
+
+
+# -- /v1 ----------------------------------------------------------------------------------
+
+async def create_token(request: web.Request) -> web.Response:
+    _, key = _secret_key(request)
+    body = await _body(request)
+    peer_id = body.get("peerId")
+    problem = peer_id_problem(peer_id)
+    if problem:
+        raise ApiError(400, "invalid_peer_id", f"peerId: {problem}")
+    claims: dict[str, Any] = {"sub": peer_id}
+    channels = body.get("channels")
+    if channels is not None:
+        if not isinstance(channels, list) or not all(isinstance(c, str) and c
+                                                     for c in channels):
+            raise ApiError(400, "invalid_request", "channels: must be a list of non-empty "
+                                                   "strings")
+        claims["channels"] = channels
+    permissions = body.get("permissions")
+    if permissions is not None:
+        if not isinstance(permissions, list) or not all(p in ACTIONS for p in permissions):
+            raise ApiError(400, "invalid_request",
+                           f"permissions: must be a list drawn from {', '.join(ACTIONS)}")
+        claims["permissions"] = permissions
+    ttl = body.get("expiresInSec", 3600)
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= MAX_TOKEN_TTL_S:
+        raise ApiError(400, "invalid_request",
+                       f"expiresInSec: must be a whole number of 1..{MAX_TOKEN_TTL_S}")
+    for name, limit in (("metadata", MAX_METADATA_BYTES),
+                        ("peerMetadata", MAX_PEER_METADATA_BYTES)):
+        value = _object_field(body, name, limit)
+        if value is not None:
+            claims[name] = value
+    now = request.app[APP_KEY].clock()
+    claims["iat"] = int(now)
+    claims["exp"] = int(now) + ttl
+    return _json({"token": mint_token(key, claims), "expiresAt": claims["exp"]})
+
+
+async def channel_peers(request: web.Request) -> web.Response:
+    app, key = _secret_key(request)
+    channel = _channel(request, key)
+    node = request.app[APP_KEY]
+    try:
+        peers = await node.backend.channel_peers(app.id, channel)
+    except BackendError as exc:
+        raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None
+    return _json({"channel": channel, "peers": peers})
+
+
+async def publish(request: web.Request) -> web.Response:
+    app, key = _secret_key(request)
+    channel = _channel(request, key)
+    body = await _body(request)
+    if "data" not in body:
+        raise ApiError(400, "missing_data", "publish needs `data`")
+    sender = body.get("from", "system")
+    problem = peer_id_problem(sender)
+    if problem:
+        raise ApiError(400, "invalid_peer_id", f"from: {problem}")
+    meta = _object_field(body, "peerMetadata", MAX_PEER_METADATA_BYTES)
+    node = request.app[APP_KEY]
+    service = node.service
+    if not service.ledger(app.id).charge_message(node.clock()):
+        service.stats.app(app.id).errors["over_message_quota"] += 1
+        raise ApiError(429, "over_message_quota", "message quota used up for this period")
+    try:
+        delivered = await node.backend.publish(
+            Message(app.id, channel, sender, body["data"], meta, None))
+    except BackendError as exc:
+        service.stats.app(app.id).errors["backend_error"] += 1
+        raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None
+    service.stats.app(app.id).published += 1
+    return _json({"channel": channel, "delivered": delivered})
+
+
+async def kick_peer(request: web.Request) -> web.Response:
+    app, _ = _secret_key(request)
+    peer_id = request.match_info["peerId"]
+    problem = peer_id_problem(peer_id)
+    if problem:
+        raise ApiError(400, "invalid_peer_id", problem)
+    node = request.app[APP_KEY]
+    try:
+        closed = await node.backend.kick(app.id, peer_id, codes.ADMIN_DISCONNECT,
+                                         "admin disconnect")
+    except BackendError as exc:
+        raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None
+    return _json({"peerId": peer_id, "closed": closed})
+
+
+async def usage(request: web.Request) -> web.Response:
+    app, _ = _secret_key(request)
+    node = request.app[APP_KEY]
+    return _json(node.service.ledger(app.id).usage(app.id, node.clock()))
+
+
+# -- /sim/v1 --------------------------------------------------------------------------------
+
+async def sim_stats(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    node = request.app[APP_KEY]
+    now = node.clock()
+    body = node.service.stats.snapshot()
+    body["instance"] = node.service.instance_id
+    body["serverTime"] = int(now * 1000)
+    body["usage"] = {app_id: ledger.usage(app_id, now)
+                     for app_id, ledger in sorted(node.service.ledgers.items())}
+    return _json(body)
+
+
+async def sim_deploy(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    body = await _body(request)
+    retry = body.get("retryAfterMs", 1000)
+    if isinstance(retry, bool) or not isinstance(retry, int) or retry < 0:
+        raise ApiError(400, "invalid_request", "retryAfterMs: must be a whole number >= 0")
+    fraction = body.get("fraction", 1.0)
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
+            0 < fraction <= 1):
+        raise ApiError(400, "invalid_request", "fraction: must be a number in (0, 1]")
+    closed = await request.app[APP_KEY].going_away(float(fraction), retry)
+    return _json({"closed": closed, "retryAfterMs": retry, "fraction": fraction})
+
+
+def make_app(node: Node) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=BODY_LIMIT)
+    app[APP_KEY] = node
+    r = app.router
+    r.add_post("/v1/tokens", create_token)
+    r.add_get("/v1/channels/{channel}/peers", channel_peers)
+    r.add_post("/v1/channels/{channel}/publish", publish)
+    r.add_delete("/v1/peers/{peerId}", kick_peer)
+    r.add_get("/v1/usage", usage)
+    r.add_get("/sim/v1/stats", sim_stats)
+    r.add_post("/sim/v1/deploy", sim_deploy)
+    return app
+
+
+async def start_rest(node: Node, host: str, port: int) -> tuple[web.AppRunner, int]:
+    """Serve the control plane; return the runner and the bound port."""
+    runner = web.AppRunner(make_app(node), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets
+    return runner, server.sockets[0].getsockname()[1]

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serverproc import ServerProcess, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One `rtmsim serve` with the built-in demo config, shared by a test module."""
+    server = start_server(tmp=tmp_path_factory.mktemp("demo"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator:
+    """Start servers with custom configs; all are stopped after the test."""
+    started: list[ServerProcess] = []
+
+    def factory(config: str | None = None, *args: str) -> ServerProcess:
+        sub = tmp_path / f"srv{len(started)}"
+        sub.mkdir()
+        server = start_server(config, *args, tmp=sub)
+        started.append(server)
+        return server
+
+    yield factory
+    for server in started:
+        server.stop()
