@@ -1,0 +1,95 @@
+"""Drive the sans-I/O core by plain function calls: no sockets, no event loop.
+
+The memory backend never suspends, so its coroutines finish on the first `send`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from server.actions import Close, CloseAt, Deliver, Route, Send
+from server.config import Config, default_config
+from server.events import MemoryEventLog
+from server.memory import MemoryBackend
+from server.service import Service
+
+
+def finish(coro: Any) -> Any:
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the memory backend suspended")
+
+
+class Core:
+    """A service, its memory backend and an inbox per connection."""
+
+    def __init__(self, config: Config | None = None, now: float = 1_000.0) -> None:
+        self.now = now
+        self.events = MemoryEventLog()
+        self.service = Service(config or default_config(), now, events=self.events)
+        self.backend = MemoryBackend(self.service.hub, self)
+        self.inbox: dict[int, list[dict[str, Any]]] = {}
+        self.closed: dict[int, int] = {}
+        self.timers: list[CloseAt] = []
+
+    # LocalNode
+    def deliver(self, deliveries: list[Deliver]) -> None:
+        for d in deliveries:
+            for conn in d.targets:
+                self.inbox[conn.id].append(orjson.loads(d.payload))
+
+    def close_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        conns = self.service.hub.peer_connections(app_id, peer_id)
+        for c in conns:
+            self.perform(c, c.close(code, reason, self.now))
+        return len(conns)
+
+    def connect(self, **params: str):
+        conn, actions = self.service.open({k: [v] for k, v in params.items()}, self.now)
+        if conn is None:
+            assert isinstance(actions[0], Close)
+            return actions[0]
+        self.inbox[conn.id] = []
+        finish(self.backend.connect(conn))
+        self.perform(conn, actions)
+        return conn
+
+    def perform(self, conn, actions) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                self.inbox[conn.id].append(orjson.loads(a.payload))
+            elif isinstance(a, Deliver):
+                self.deliver([a])
+            elif isinstance(a, Close):
+                self.closed[conn.id] = a.code
+            elif isinstance(a, CloseAt):
+                self.timers.append(a)
+            elif isinstance(a, Route):
+                self.perform(conn, self.route(conn, a))
+
+    def route(self, conn, route: Route):
+        b = self.backend
+        coro = {"publish": lambda: b.publish(route.body), "send": lambda: b.send(route.body),
+                "subscribe": lambda: b.subscribe(conn, route.body,
+                                                 route.include_sender_metadata),
+                "unsubscribe": lambda: b.unsubscribe(conn, route.body)}[route.op]()
+        return conn.complete(route, finish(coro), self.now)
+
+    def send(self, conn, frame: Any) -> list[dict[str, Any]]:
+        """Send one frame (dict -> JSON text); return the frames it caused for `conn`."""
+        before = len(self.inbox[conn.id])
+        text = frame if isinstance(frame, str | bytes) else orjson.dumps(frame).decode()
+        self.perform(conn, conn.receive(text, self.now))
+        return self.inbox[conn.id][before:]
+
+    def disconnect(self, conn) -> None:
+        self.service.disconnected(conn, self.now)
+        finish(self.backend.disconnect(conn))
+
+    def take(self, conn) -> list[dict[str, Any]]:
+        out, self.inbox[conn.id] = self.inbox[conn.id], []
+        return out
