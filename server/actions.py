@@ -28,6 +28,7 @@ class Deliver:
     targets: tuple[Connection, ...]
     payload: bytes
     kind: str
+    channel: str | None = None  # for delivery faults targeted by channel
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +76,21 @@ class Route:
     """An operation the backend must carry out before the core can answer.
 
     `op` is subscribe, unsubscribe, publish or send; `body` is what the backend needs
-    (a channel name, a Message or a Direct). The adapter calls the backend, then
-    `Connection.complete(route, outcome, now)` for the ack or error.
+    (a channel name, a Message or a Direct). The adapter charges the quota when
+    `charge` is set, applies faults, calls the backend, then
+    `Connection.complete(route, result, now)` or `fail(...)` for the reply.
     """
 
     op: str
     request_id: str | None
     body: Any
     include_sender_metadata: bool = False
+    charge: bool = False  # counts against the app's message quota before routing
+
+    @property
+    def channel(self) -> str | None:
+        """The channel the operation is about (None for `send`)."""
+        body = self.body
+        if isinstance(body, str):
+            return body
+        return getattr(body, "channel", None)

@@ -6,11 +6,10 @@ so the rules are deterministic and run unchanged under a virtual clock.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import warnings
 
 import jwt
 import orjson

@@ -102,6 +102,9 @@ CLOSE_CODES: dict[int, CloseCode] = {
                   Retry.INSPECT, "inspect reason"),
         CloseCode(1009, "message_too_big", "inbound frame larger than 65536 bytes",
                   Retry.NEVER, "split payloads"),
+        CloseCode(1011, "internal_error", "the server could not serve the connection "
+                  "(backend failure at connect, keepalive timeout)", Retry.BACKOFF,
+                  "reconnect after a backoff"),
         CloseCode(4001, "invalid_token", "authentication failed at connect",
                   Retry.TERMINAL, "terminal: fix credentials"),
         CloseCode(4002, "token_expired", "JWT `exp` reached",
@@ -122,7 +125,9 @@ CLOSE_CODES: dict[int, CloseCode] = {
 # Close codes by name, for readable call sites in the core.
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
+ABNORMAL_CLOSURE = 1006  # never sent: recorded when a fault drops a socket
 MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
 INVALID_TOKEN = 4001
 TOKEN_EXPIRED = 4002
 CHANNEL_NOT_AUTHORIZED = 4003

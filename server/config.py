@@ -18,7 +18,7 @@ MONTH_SECONDS = 30 * 24 * 3600
 
 # Top-level sections owned by other parts of the harness (faults, swarm, scenario).
 # The server accepts and ignores them so one file can describe a whole run.
-EXTENSION_SECTIONS = frozenset({"faults", "swarm", "scenario", "analysis"})
+EXTENSION_SECTIONS = frozenset({"swarm", "scenario", "analysis"})
 
 
 class ConfigError(ValueError):
@@ -83,6 +83,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: Limits = field(default_factory=Limits)
     apps: tuple[App, ...] = ()
+    faults: tuple[dict[str, Any], ...] = ()  # validated [[faults]] specs
     extra: dict[str, Any] = field(default_factory=dict)  # extension sections, raw
 
     def key(self, key_id: str) -> tuple[App, Key] | None:
@@ -216,9 +217,20 @@ def parse_config(data: dict[str, Any]) -> Config:
     else:
         apps = tuple(_parse_app(a, f"apps[{i}]") for i, a in enumerate(raw_apps))
     _check_unique(apps)
+    faults = _parse_faults(top.get("faults", []), server.seed)
     extra = {k: top.get(k, None) for k in EXTENSION_SECTIONS if k in data}
     top.done()
-    return Config(server=server, limits=limits, apps=apps, extra=extra)
+    return Config(server=server, limits=limits, apps=apps, faults=faults, extra=extra)
+
+
+def _parse_faults(raw: object, seed: int) -> tuple[dict[str, Any], ...]:
+    """Validate `[[faults]]` once, here, by building them in a scratch engine."""
+    from .faults import FaultEngine
+
+    if not isinstance(raw, list):
+        raise ConfigError("faults: must be an array of tables ([[faults]])")
+    FaultEngine(seed, 0.0).load(raw, "faults")
+    return tuple(raw)
 
 
 def _parse_app(data: object, path: str) -> App:

@@ -38,7 +38,7 @@ def _request_id_ok(rid: object) -> bool:
 
 class Connection:
     __slots__ = ("__weakref__", "app_id", "bucket", "close_code", "counters", "credential",
-                 "has_presence", "id", "ledger", "opened_at", "peer_id", "peer_metadata",
+                 "has_presence", "id", "opened_at", "peer_id", "peer_metadata",
                  "service", "subscriptions", "transport")
 
     def __init__(self, service: Service, conn_id: int, credential: Credential,
@@ -55,7 +55,6 @@ class Connection:
         self.subscriptions: dict[str, bool] = {}  # name -> includeSenderMetadata
         limits = service.config.limits
         self.bucket = TokenBucket(limits.rate_per_second, limits.burst, now)
-        self.ledger = service.ledgers[self.app_id]
         self.counters = service.stats.app(self.app_id)
         self.opened_at = now
         self.close_code: int | None = None  # set once the core decided to close
@@ -144,11 +143,8 @@ class Connection:
         problem = self._channel_problem(name, "publish", rid, now, validated=True)
         if problem is not None:
             return problem
-        if not self.ledger.charge_message(now):
-            return self._error("over_message_quota", "message quota used up for this period",
-                               rid, "publish", now)
         return [Route("publish", rid, Message(self.app_id, name, self.peer_id, msg["data"],
-                                               self.peer_metadata, self))]
+                                               self.peer_metadata, self), charge=True)]
 
     def _send(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
         to = msg.get("to")
@@ -160,11 +156,8 @@ class Connection:
         if "send" not in self.credential.actions:
             return self._error("action_not_permitted", "action not permitted: send", rid,
                                "send", now)
-        if not self.ledger.charge_message(now):
-            return self._error("over_message_quota", "message quota used up for this period",
-                               rid, "send", now)
         return [Route("send", rid, Direct(self.app_id, to, self.peer_id, msg["data"],
-                                          self.peer_metadata))]
+                                          self.peer_metadata), charge=True)]
 
     def _ping(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
         return [Send(b'{"type":"pong"}', "pong")]
@@ -227,6 +220,11 @@ class Connection:
         if self.close_code is not None:
             return []
         return self._error(code, message, route.request_id, route.op, now)
+
+    def over_quota(self, route: Route, now: float) -> list[Action]:
+        """The reply when the app's ledger refused to charge a publish or send."""
+        return self.fail(route, "over_message_quota", "message quota used up for this period",
+                         now)
 
     # -- outbound helpers --------------------------------------------------------------
 

@@ -186,17 +186,17 @@ class Hub:
         frame = {"type": "message", "channel": channel, "from": msg.sender, "data": msg.data}
         if msg.sender_metadata is None:
             plain = tuple(c for c in targets if c is not origin)
-            return [Deliver(plain, orjson.dumps(frame), "message")] if plain else []
+            return [Deliver(plain, orjson.dumps(frame), "message", channel)] if plain else []
         plain_list, meta_list = [], []
         for conn, with_meta in targets.items():
             if conn is not origin:
                 (meta_list if with_meta else plain_list).append(conn)
         out = []
         if plain_list:
-            out.append(Deliver(tuple(plain_list), orjson.dumps(frame), "message"))
+            out.append(Deliver(tuple(plain_list), orjson.dumps(frame), "message", channel))
         if meta_list:
             frame["fromMetadata"] = msg.sender_metadata
-            out.append(Deliver(tuple(meta_list), orjson.dumps(frame), "message"))
+            out.append(Deliver(tuple(meta_list), orjson.dumps(frame), "message", channel))
         return out
 
     def deliver_direct(self, msg: Direct) -> list[Deliver]:

@@ -1,13 +1,15 @@
 """The asyncio adapter: `websockets` sockets in, core actions out.
 
 Thin on purpose: read a frame, call the core, perform the actions it returns. Every
-protocol rule lives in the core (`connection.py`, `service.py`); this file only knows
-sockets, timers and the backend.
+protocol rule lives in the core (`connection.py`, `service.py`) and every fault
+decision in the fault engine; this file only knows sockets, timers, the ledgers and
+the backend.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +28,10 @@ from .backend import Backend, BackendError
 from .config import Config
 from .connection import Connection
 from .events import EventSink
+from .faults import ConnectionStrike, FaultEngine
+from .ledgers import Ledgers, MemoryLedgers
 from .memory import MemoryBackend
+from .patterns import match_channel
 from .service import Service
 
 log = logging.getLogger("rtmsim.server")
@@ -39,14 +44,20 @@ class Node:
 
     def __init__(self, config: Config, *, clock: Callable[[], float] = time.time,
                  events: EventSink | None = None, instance_id: str | None = None,
-                 backend: Callable[[Any, Node], Backend] | None = None) -> None:
+                 backend: Callable[[Any, Node], Backend] | None = None,
+                 ledgers: Ledgers | None = None) -> None:
         self.clock = clock
         self.config = config
-        self.service = Service(config, clock(), events=events, instance_id=instance_id)
-        factory = backend or MemoryBackend
-        self.backend: Backend = factory(self.service.hub, self)
+        now = clock()
+        self.service = Service(config, now, events=events, instance_id=instance_id)
+        self.ledgers: Ledgers = ledgers or MemoryLedgers(config, now)
+        self.backend: Backend = (backend or MemoryBackend)(self.service.hub, self)
+        self.faults = FaultEngine(config.server.seed, now)
+        self.faults.load(config.faults)
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._faults_changed = asyncio.Event()
+        self._strikes: asyncio.Task[None] | None = None
         self.server: Server | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -61,28 +72,47 @@ class Node:
             ping_interval=30, ping_timeout=10,  # silent for 40 s -> closed (PROTOCOL 2.4)
             compression=None,
         )
+        self._strikes = asyncio.create_task(self._strike_loop())
         return self.server.sockets[0].getsockname()[1]
 
     async def shutdown(self, retry_after_ms: int = 1000) -> None:
         """Graceful stop: `going_away` + 1001 to everyone, then close the listener."""
+        if self._strikes is not None:
+            self._strikes.cancel()
         if self.server is not None:
             self.server.close(close_connections=False)
-        await self.going_away(1.0, retry_after_ms)
+        self.going_away(1.0, retry_after_ms)
         if self._closing:
             await asyncio.wait(list(self._closing), timeout=5)
         if self.server is not None:
             await self.server.wait_closed()
         await self.backend.stop()
 
+    def faults_changed(self) -> None:
+        """Call after adding faults or moving the origin: re-plans one-shot faults."""
+        self._faults_changed.set()
+
     # -- connections -------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
         service = self.service
         params = parse_qs(urlsplit(ws.request.path).query, keep_blank_values=True)
-        conn, actions = service.open(params, self.clock())
+        pending = service.authenticate(params, self.clock())
+        if isinstance(pending, list):
+            await ws.close(pending[0].code, pending[0].reason)
+            return
+        app_id = pending.credential.app.id
+        refused = None
+        if self.faults.has_route_faults:
+            fail, before, _ = self.faults.on_route("connect", app_id, None, self.clock())
+            if before:
+                await asyncio.sleep(before)
+            refused = fail.message if fail else None
+        admitted = refused is None and await self.ledgers.admit_connection(app_id,
+                                                                          self.clock())
+        conn, actions = service.admit(pending, admitted, self.clock(), refused)
         if conn is None:
-            close = actions[0]
-            await ws.close(close.code, close.reason)
+            await ws.close(actions[0].code, actions[0].reason)
             return
         conn.transport = ws
         try:
@@ -110,12 +140,13 @@ class Node:
         sent = ws.protocol.close_sent
         if conn.close_code is None and sent is not None and not ws.protocol.close_rcvd_then_sent:
             conn.close(sent.code, sent.reason, now)  # the library closed it (1009, 1011)
-        code = ws.close_code
-        if self.service.disconnected(conn, now, code):
-            try:
-                await self.backend.disconnect(conn)
-            except Exception:
-                log.exception("backend failed to forget a connection")
+        if not self.service.disconnected(conn, now, ws.close_code):
+            return
+        try:
+            await self.ledgers.release_connection(conn.app_id, now)
+            await self.backend.disconnect(conn)
+        except Exception:
+            log.exception("failed to forget a connection")
 
     async def _perform(self, conn: Connection, actions: list[Any]) -> None:
         ws: ServerConnection = conn.transport
@@ -138,6 +169,17 @@ class Node:
                     delay, self._close_later, conn, action.code, action.reason)
 
     async def _route(self, conn: Connection, route: Route) -> list[Any]:
+        """Quota, then faults, then the backend: the tail of the validation order."""
+        if route.charge and not await self.ledgers.charge_message(conn.app_id, self.clock()):
+            return conn.over_quota(route, self.clock())
+        after = 0.0
+        if self.faults.has_route_faults:
+            fail, before, after = self.faults.on_route(route.op, conn.app_id, route.channel,
+                                                       self.clock())
+            if before:
+                await asyncio.sleep(before)
+            if fail is not None:
+                return conn.fail(route, fail.code, fail.message, self.clock())
         backend = self.backend
         op = route.op
         try:
@@ -156,6 +198,8 @@ class Node:
         except Exception:
             log.exception("unexpected error routing %s", op)
             return conn.fail(route, "internal_error", "internal error", self.clock())
+        if after:
+            await asyncio.sleep(after)
         return conn.complete(route, result, self.clock())
 
     def _close_later(self, conn: Connection, code: int, reason: str) -> None:
@@ -173,14 +217,28 @@ class Node:
             ws.protocol.send_text(payload)
             ws.send_data()
             conn.counters.frames_out["going_away"] += 1
-        task = asyncio.ensure_future(ws.close(code, reason))
+        self._background(ws.close(code, reason))
+        return True
+
+    def drop_connection(self, conn: Connection, reason: str) -> bool:
+        """Cut the socket with no close frame (a crash, a network partition)."""
+        if not conn.close(codes.ABNORMAL_CLOSURE, reason, self.clock()):
+            return False
+        conn.transport.transport.abort()
+        return True
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-        return True
 
     # -- LocalNode: what backends call -------------------------------------------------
 
     def deliver(self, deliveries: list[Deliver]) -> None:
+        faults = self.faults
+        if faults.has_delivery_faults or faults.has_buffer_faults:
+            self._deliver_with_faults(deliveries)
+            return
         for d in deliveries:
             n = 0
             payload = d.payload
@@ -195,21 +253,82 @@ class Node:
                         continue
                     n += 1
             if n:
-                counters = d.targets[0].counters
-                counters.frames_out[d.kind] += n
-                if d.kind == "message" or d.kind == "direct":
-                    counters.delivered += n
+                self._count(d, n)
+
+    def _deliver_with_faults(self, deliveries: list[Deliver]) -> None:
+        """The slow path: per-recipient loss/duplication and outbound-buffer bounds."""
+        faults = self.faults
+        now = self.clock()
+        for d in deliveries:
+            n = 0
+            app_id = d.targets[0].app_id if d.targets else ""
+            limit = faults.buffer_limit(app_id, now) if faults.has_buffer_faults else None
+            counted = d.kind in ("message", "direct")
+            for conn in d.targets:
+                ws = conn.transport
+                if ws.protocol.state is not OPEN:
+                    continue
+                if limit is not None and ws.transport.get_write_buffer_size() > limit:
+                    self.close_connection(conn, codes.POLICY_VIOLATION, "slow consumer")
+                    continue
+                copies = faults.deliver_copies(app_id, d.channel, now) if counted else 1
+                for _ in range(copies):
+                    ws.protocol.send_text(d.payload)
+                    ws.send_data()
+                n += copies
+            if n:
+                self._count(d, n)
+
+    @staticmethod
+    def _count(d: Deliver, n: int) -> None:
+        counters = d.targets[0].counters
+        counters.frames_out[d.kind] += n
+        if d.kind == "message" or d.kind == "direct":
+            counters.delivered += n
 
     def close_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         conns = self.service.hub.peer_connections(app_id, peer_id)
         return sum(self.close_connection(c, code, reason) for c in conns)
 
-    async def going_away(self, fraction: float, retry_after_ms: int) -> int:
+    def going_away(self, fraction: float, retry_after_ms: int) -> int:
         """Simulated deploy: `going_away` then 1001 for a seeded fraction of connections."""
         conns = sorted(self.service.connections.values(), key=lambda c: c.id)
         chosen = self.service.pick_fraction(conns, fraction)
         return sum(self.close_connection(c, codes.GOING_AWAY, "going away", retry_after_ms)
                    for c in chosen)
+
+    # -- one-shot connection faults ----------------------------------------------------
+
+    async def _strike_loop(self) -> None:
+        while True:
+            wait = self.faults.next_strike_in(self.clock())
+            self._faults_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._faults_changed.wait(), wait)
+            for strike in self.faults.due_strikes(self.clock()):
+                try:
+                    self.strike(strike)
+                except Exception:
+                    log.exception("fault %s failed", strike.fault_id)
+
+    def strike(self, strike: ConnectionStrike) -> int:
+        """Drop, deploy or close a seeded fraction of the targeted connections."""
+        conns = [c for c in sorted(self.service.connections.values(), key=lambda c: c.id)
+                 if (strike.apps is None or c.app_id in strike.apps)
+                 and (strike.channels is None
+                      or any(match_channel(strike.channels, s) for s in c.subscriptions))]
+        chosen = self.faults.pick(strike, conns)
+        reason = f"fault {strike.fault_id}"
+        if strike.action == "drop":
+            n = sum(self.drop_connection(c, f"dropped ({reason})") for c in chosen)
+        elif strike.action == "going_away":
+            n = sum(self.close_connection(c, codes.GOING_AWAY, f"going away ({reason})",
+                                          strike.retry_after_ms) for c in chosen)
+        else:
+            n = sum(self.close_connection(c, strike.code, reason) for c in chosen)
+        log.info("fault %s: %s %d of %d connections", strike.fault_id, strike.action, n,
+                 len(conns))
+        return n
 
 
 async def _only_ws_path(connection: ServerConnection, request: Any) -> Any:

@@ -20,6 +20,7 @@ from .actions import Message
 from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
 from .backend import BackendError
 from .config import ACTIONS, App, Key
+from .faults import FaultSpecError
 from .node import Node
 from .patterns import channel_problem, is_reserved, peer_id_problem
 
@@ -201,7 +202,7 @@ async def publish(request: web.Request) -> web.Response:
     meta = _object_field(body, "peerMetadata", MAX_PEER_METADATA_BYTES)
     node = request.app[APP_KEY]
     service = node.service
-    if not service.ledger(app.id).charge_message(node.clock()):
+    if not await node.ledgers.charge_message(app.id, node.clock()):
         service.stats.app(app.id).errors["over_message_quota"] += 1
         raise ApiError(429, "over_message_quota", "message quota used up for this period")
     try:
@@ -232,7 +233,7 @@ async def kick_peer(request: web.Request) -> web.Response:
 async def usage(request: web.Request) -> web.Response:
     app, _ = _secret_key(request)
     node = request.app[APP_KEY]
-    return _json(node.service.ledger(app.id).usage(app.id, node.clock()))
+    return _json(await node.ledgers.usage(app.id, node.clock()))
 
 
 # -- /sim/v1 --------------------------------------------------------------------------------
@@ -244,8 +245,10 @@ async def sim_stats(request: web.Request) -> web.Response:
     body = node.service.stats.snapshot()
     body["instance"] = node.service.instance_id
     body["serverTime"] = int(now * 1000)
-    body["usage"] = {app_id: ledger.usage(app_id, now)
-                     for app_id, ledger in sorted(node.service.ledgers.items())}
+    body["usage"] = {app.id: await node.ledgers.usage(app.id, now)
+                     for app in node.config.apps}
+    body["faults"] = {"scenarioTime": round(node.faults.scenario_time(now), 6),
+                      "origin": node.faults.origin, "active": node.faults.describe()}
     return _json(body)
 
 
@@ -259,8 +262,60 @@ async def sim_deploy(request: web.Request) -> web.Response:
     if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not (
             0 < fraction <= 1):
         raise ApiError(400, "invalid_request", "fraction: must be a number in (0, 1]")
-    closed = await request.app[APP_KEY].going_away(float(fraction), retry)
+    closed = request.app[APP_KEY].going_away(float(fraction), retry)
     return _json({"closed": closed, "retryAfterMs": retry, "fraction": fraction})
+
+
+async def sim_faults(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    node = request.app[APP_KEY]
+    now = node.clock()
+    return _json({"scenarioTime": round(node.faults.scenario_time(now), 6),
+                  "faults": node.faults.describe()})
+
+
+async def sim_add_fault(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    body = await _body(request)
+    node = request.app[APP_KEY]
+    try:
+        fault = node.faults.add(body, "fault")
+    except FaultSpecError as exc:
+        raise ApiError(400, "invalid_fault", str(exc)) from None
+    node.faults_changed()
+    return _json(fault.describe(), 201)
+
+
+async def sim_delete_fault(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    node = request.app[APP_KEY]
+    fault_id = request.match_info["faultId"]
+    if not node.faults.remove(fault_id):
+        raise ApiError(404, "not_found", f"no fault with id {fault_id!r}")
+    node.faults_changed()
+    return _json({"deleted": fault_id})
+
+
+async def sim_clear_faults(request: web.Request) -> web.Response:
+    _check_sim_token(request)
+    node = request.app[APP_KEY]
+    n = node.faults.clear()
+    node.faults_changed()
+    return _json({"deleted": n})
+
+
+async def sim_clock(request: web.Request) -> web.Response:
+    """Set scenario time 0 (`origin`, unix ms) so faults line up with a load run."""
+    _check_sim_token(request)
+    body = await _body(request)
+    origin = body.get("origin")
+    if isinstance(origin, bool) or not isinstance(origin, int | float) or origin <= 0:
+        raise ApiError(400, "invalid_request", "origin: must be unix milliseconds > 0")
+    node = request.app[APP_KEY]
+    node.faults.set_origin(origin / 1000.0)
+    node.faults_changed()
+    now = node.clock()
+    return _json({"origin": origin, "scenarioTime": round(node.faults.scenario_time(now), 6)})
 
 
 def make_app(node: Node) -> web.Application:
@@ -274,6 +329,11 @@ def make_app(node: Node) -> web.Application:
     r.add_get("/v1/usage", usage)
     r.add_get("/sim/v1/stats", sim_stats)
     r.add_post("/sim/v1/deploy", sim_deploy)
+    r.add_get("/sim/v1/faults", sim_faults)
+    r.add_post("/sim/v1/faults", sim_add_fault)
+    r.add_delete("/sim/v1/faults", sim_clear_faults)
+    r.add_delete("/sim/v1/faults/{faultId}", sim_delete_fault)
+    r.add_post("/sim/v1/clock", sim_clock)
     return app
 
 

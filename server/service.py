@@ -1,21 +1,22 @@
 """The service-wide sans-I/O state: apps, ledgers, the local hub, counters, events.
 
-`open` turns an upgrade's query into a welcomed Connection (or a close), and
-`disconnected` does the bookkeeping when a socket is gone. Time is always passed in.
+`authenticate` + `admit` turn an upgrade's query into a welcomed Connection (or a
+close), and `disconnected` does the bookkeeping when a socket is gone. Time is always
+passed in.
 """
 
 from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from . import codes
 from .actions import Close, CloseAt, Send
-from .auth import EXPIRY_LEAD_S, AuthFailure, authenticate
-from .billing import Ledger
+from .auth import EXPIRY_LEAD_S, AuthFailure, Credential, authenticate
 from .config import Config
 from .connection import Connection
 from .events import EventSink
@@ -23,11 +24,18 @@ from .hub import Hub
 from .stats import UNAUTHENTICATED, Stats
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An authenticated upgrade waiting for its connection slot."""
+
+    conn_id: int
+    credential: Credential
+
+
 class Service:
     def __init__(self, config: Config, now: float, *, events: EventSink | None = None,
                  instance_id: str | None = None, cross_instance_send: bool = True) -> None:
         self.config = config
-        self.ledgers = {app.id: Ledger.open(app.plan, now) for app in config.apps}
         self.hub = Hub()
         self.stats = Stats()
         self.events = events
@@ -41,28 +49,45 @@ class Service:
         """A fresh UUID4 peerId drawn from the seeded RNG (reproducible runs)."""
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
-    def open(self, params: dict[str, list[str]], now: float
-             ) -> tuple[Connection | None, list[Any]]:
-        """Authenticate and admit an upgraded socket; welcome it or close it."""
+    def authenticate(self, params: dict[str, list[str]], now: float
+                     ) -> Pending | list[Any]:
+        """First half of an upgrade: who is it, and may its app connect at all?
+
+        Returns a Pending admission, or the close actions for a rejected socket. The
+        adapter then asks the ledgers for a connection slot and calls `admit`.
+        """
         self._next_id += 1
         conn_id = self._next_id
         cred = authenticate(self.config, params, now, self.new_peer_id)
         if isinstance(cred, AuthFailure):
-            return None, self._reject(conn_id, None, None, cred.close_code, cred.reason, now)
+            return self._reject(conn_id, None, None, cred.close_code, cred.reason, now)
+        if cred.app.suspended:
+            return self._reject(conn_id, cred.app.id, cred.peer_id, codes.ACCOUNT_SUSPENDED,
+                                "account suspended", now)
+        return Pending(conn_id, cred)
+
+    def admit(self, pending: Pending, admitted: bool, now: float,
+              refused: str | None = None) -> tuple[Connection | None, list[Any]]:
+        """Second half: welcome the connection, or close it.
+
+        `admitted` is the ledger's answer (False: close 4010); `refused` is a backend
+        failure at connect time (close 1011 with that reason).
+        """
+        cred = pending.credential
         app = cred.app
-        if app.suspended:
-            return None, self._reject(conn_id, app.id, cred.peer_id, codes.ACCOUNT_SUSPENDED,
-                                      "account suspended", now)
-        if not self.ledgers[app.id].admit_connection(now):
-            return None, self._reject(conn_id, app.id, cred.peer_id,
+        if refused is not None:
+            return None, self._reject(pending.conn_id, app.id, cred.peer_id,
+                                      codes.INTERNAL_ERROR, refused, now)
+        if not admitted:
+            return None, self._reject(pending.conn_id, app.id, cred.peer_id,
                                       codes.OVER_CONCURRENT_LIMIT, "over concurrent limit",
                                       now)
-        conn = Connection(self, conn_id, cred, now)
-        self.connections[conn_id] = conn
+        conn = Connection(self, pending.conn_id, cred, now)
+        self.connections[conn.id] = conn
         conn.counters.connected()
         self.stats.connected()
         if self.events is not None:
-            self.events.emit(now, "connect", conn=conn_id, peer=cred.peer_id, app=app.id,
+            self.events.emit(now, "connect", conn=conn.id, peer=cred.peer_id, app=app.id,
                              key=cred.key.id, keyType=cred.key_type)
         welcome: dict[str, Any] = {
             "type": "welcome", "peerId": cred.peer_id,
@@ -92,11 +117,10 @@ class Service:
     def disconnected(self, conn: Connection, now: float, code: int | None = None) -> bool:
         """Account for a connection whose socket is gone; False if already done.
 
-        The backend forgets its subscriptions (and announces `left`) separately.
+        The adapter releases the ledger slot and the backend forgets subscriptions.
         """
         if self.connections.pop(conn.id, None) is None:
             return False
-        conn.ledger.release_connection(now)
         conn.counters.connections_now -= 1
         self.stats.disconnected()
         if self.events is not None:
@@ -104,9 +128,6 @@ class Service:
                              app=conn.app_id, code=code if code is not None else conn.close_code,
                              durationS=round(now - conn.opened_at, 6))
         return True
-
-    def ledger(self, app_id: str) -> Ledger:
-        return self.ledgers[app_id]
 
     def pick_fraction(self, conns: list[Connection], fraction: float) -> list[Connection]:
         """A seeded random `fraction` of `conns` (all when fraction >= 1)."""

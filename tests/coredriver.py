@@ -12,6 +12,7 @@ import orjson
 from server.actions import Close, CloseAt, Deliver, Route, Send
 from server.config import Config, default_config
 from server.events import MemoryEventLog
+from server.ledgers import MemoryLedgers
 from server.memory import MemoryBackend
 from server.service import Service
 
@@ -32,6 +33,7 @@ class Core:
         self.events = MemoryEventLog()
         self.service = Service(config or default_config(), now, events=self.events)
         self.backend = MemoryBackend(self.service.hub, self)
+        self.ledgers = MemoryLedgers(self.service.config, now)
         self.inbox: dict[int, list[dict[str, Any]]] = {}
         self.closed: dict[int, int] = {}
         self.timers: list[CloseAt] = []
@@ -49,7 +51,11 @@ class Core:
         return len(conns)
 
     def connect(self, **params: str):
-        conn, actions = self.service.open({k: [v] for k, v in params.items()}, self.now)
+        pending = self.service.authenticate({k: [v] for k, v in params.items()}, self.now)
+        if isinstance(pending, list):
+            return pending[0]
+        admitted = finish(self.ledgers.admit_connection(pending.credential.app.id, self.now))
+        conn, actions = self.service.admit(pending, admitted, self.now)
         if conn is None:
             assert isinstance(actions[0], Close)
             return actions[0]
@@ -72,6 +78,8 @@ class Core:
                 self.perform(conn, self.route(conn, a))
 
     def route(self, conn, route: Route):
+        if route.charge and not finish(self.ledgers.charge_message(conn.app_id, self.now)):
+            return conn.over_quota(route, self.now)
         b = self.backend
         coro = {"publish": lambda: b.publish(route.body), "send": lambda: b.send(route.body),
                 "subscribe": lambda: b.subscribe(conn, route.body,
@@ -88,6 +96,7 @@ class Core:
 
     def disconnect(self, conn) -> None:
         self.service.disconnected(conn, self.now)
+        finish(self.ledgers.release_connection(conn.app_id, self.now))
         finish(self.backend.disconnect(conn))
 
     def take(self, conn) -> list[dict[str, Any]]:

@@ -381,10 +381,10 @@ def test_quota_counts_attempts_including_failed_sends():
         0] == {"type": "ack", "requestId": "2"}
     assert core.send(conn, {"type": "publish", "channel": "a", "data": 1, "requestId": "3"})[
         0]["code"] == "over_message_quota"
-    assert core.service.ledger("app_demo").messages_used == 3
+    assert core.ledgers.ledgers["app_demo"].messages_used == 3
     # invalid frames never reach the quota check
     core.send(conn, {"type": "publish", "channel": "", "data": 1})
-    assert core.service.ledger("app_demo").messages_used == 3
+    assert core.ledgers.ledgers["app_demo"].messages_used == 3
 
 
 def test_quota_rolls_over_with_the_period():
