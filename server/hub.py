@@ -9,6 +9,7 @@ wildcard subscription `room/*` has its own presence set (choice).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -18,6 +19,17 @@ from .patterns import is_wildcard, match_channel, unescape
 
 if TYPE_CHECKING:
     from .connection import Connection
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceChange:
+    """A peer's first connection joined, or its last one left, a channel here."""
+
+    app_id: str
+    key: str  # the subscription name as indexed
+    peer_id: str
+    metadata: dict[str, Any] | None
+    joined: bool
 
 
 class AppIndex:
@@ -53,14 +65,16 @@ class Hub:
         index = self._index(conn.app_id)
         index.peers.setdefault(conn.peer_id, {})[conn] = None
 
-    def remove(self, conn: Connection) -> list[Deliver]:
-        """Forget a closed connection; the presence `left` deltas it causes."""
+    def remove(self, conn: Connection) -> list[PresenceChange]:
+        """Forget a closed connection; the presence changes it causes."""
         index = self.apps.get(conn.app_id)
         if index is None:
             return []
         out = []
         for name in list(conn.subscriptions):
-            out.extend(self.unsubscribe(conn, name))
+            change = self.unsubscribe(conn, name)
+            if change is not None:
+                out.append(change)
         peers = index.peers.get(conn.peer_id)
         if peers is not None:
             peers.pop(conn, None)
@@ -81,8 +95,8 @@ class Hub:
     # -- subscriptions and presence ------------------------------------------------
 
     def subscribe(self, conn: Connection, name: str, with_meta: bool, *,
-                  is_new: bool) -> list[Deliver]:
-        """Record a subscription; the presence `joined` delta it causes, if any.
+                  is_new: bool) -> PresenceChange | None:
+        """Record a subscription; the presence change it causes, if any.
 
         A repeat subscribe (`is_new` false) only updates `includeSenderMetadata`.
         """
@@ -91,50 +105,69 @@ class Hub:
         table = index.wildcard if wild else index.exact
         table.setdefault(key, {})[conn] = with_meta
         if not is_new or not conn.has_presence:
-            return []
+            return None
         counts = index.presence.setdefault(key, {})
         n = counts.get(conn.peer_id, 0)
         counts[conn.peer_id] = n + 1
         if n:
-            return []
-        return self._presence_delta(index, key, conn, joined=True)
+            return None
+        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, True)
 
-    def unsubscribe(self, conn: Connection, name: str) -> list[Deliver]:
-        """Drop a subscription; the presence `left` delta it causes, if any."""
+    def unsubscribe(self, conn: Connection, name: str) -> PresenceChange | None:
+        """Drop a subscription; the presence change it causes, if any."""
         index = self.apps.get(conn.app_id)
         if index is None:
-            return []
+            return None
         key, wild = subscription_key(name)
         table = index.wildcard if wild else index.exact
         subs = table.get(key)
         if subs is None or subs.pop(conn, "absent") == "absent":
-            return []
+            return None
         if not subs:
             del table[key]
         if not conn.has_presence:
-            return []
+            return None
         counts = index.presence.get(key)
         if not counts or conn.peer_id not in counts:
-            return []
+            return None
         n = counts[conn.peer_id] - 1
         if n:
             counts[conn.peer_id] = n
-            return []
+            return None
         del counts[conn.peer_id]
         if not counts:
             del index.presence[key]
-        return self._presence_delta(index, key, conn, joined=False)
+        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, False)
 
-    def _presence_delta(self, index: AppIndex, key: str, conn: Connection, *,
-                        joined: bool) -> list[Deliver]:
-        entry = presence_entry(conn.peer_id, conn.peer_metadata)
-        targets = tuple(c for c in self._subscribers_of_name(index, key)
-                        if c.has_presence and c.peer_id != conn.peer_id)
+    def presence_deliveries(self, change: PresenceChange) -> list[Deliver]:
+        """The `presence` delta for this instance's subscribers of the channel.
+
+        Connections of the peer itself and connections without the presence action
+        are not told.
+        """
+        index = self.apps.get(change.app_id)
+        if index is None:
+            return []
+        targets = tuple(c for c in self._subscribers_of_name(index, change.key)
+                        if c.has_presence and c.peer_id != change.peer_id)
         if not targets:
             return []
-        frame = {"type": "presence", "channel": key,
-                 "joined": [entry] if joined else [], "left": [] if joined else [entry]}
+        entry = presence_entry(change.peer_id, change.metadata)
+        frame = {"type": "presence", "channel": change.key,
+                 "joined": [entry] if change.joined else [],
+                 "left": [] if change.joined else [entry]}
         return [Deliver(targets, orjson.dumps(frame), "presence")]
+
+    def local_presence(self) -> list[PresenceChange]:
+        """A `joined` change for every (app, channel, peer) present here (resync)."""
+        out = []
+        for app_id, index in self.apps.items():
+            for key, counts in index.presence.items():
+                for peer_id in counts:
+                    conns = index.peers.get(peer_id)
+                    meta = next(iter(conns)).peer_metadata if conns else None
+                    out.append(PresenceChange(app_id, key, peer_id, meta, True))
+        return out
 
     @staticmethod
     def _subscribers_of_name(index: AppIndex, key: str) -> dict[Connection, bool]:

@@ -29,15 +29,15 @@ class MemoryBackend:
     async def subscribe(self, conn: Connection, name: str, with_meta: bool
                         ) -> list[dict[str, Any]]:
         is_new = name not in conn.subscriptions
-        deltas = self.hub.subscribe(conn, name, with_meta, is_new=is_new)
-        if deltas:
-            self.node.deliver(deltas)
+        change = self.hub.subscribe(conn, name, with_meta, is_new=is_new)
+        if change is not None:
+            self.node.deliver(self.hub.presence_deliveries(change))
         return self.hub.presence_snapshot(conn.app_id, name, conn.peer_id)
 
     async def unsubscribe(self, conn: Connection, name: str) -> None:
-        deltas = self.hub.unsubscribe(conn, name)
-        if deltas:
-            self.node.deliver(deltas)
+        change = self.hub.unsubscribe(conn, name)
+        if change is not None:
+            self.node.deliver(self.hub.presence_deliveries(change))
 
     async def publish(self, msg: Message) -> int:
         deliveries = self.hub.deliver_message(msg)
@@ -54,9 +54,8 @@ class MemoryBackend:
         return len(deliveries[0].targets)
 
     async def disconnect(self, conn: Connection) -> None:
-        deltas = self.hub.remove(conn)
-        if deltas:
-            self.node.deliver(deltas)
+        for change in self.hub.remove(conn):
+            self.node.deliver(self.hub.presence_deliveries(change))
 
     async def channel_peers(self, app_id: str, channel: str) -> list[dict[str, Any]]:
         return self.hub.presence_snapshot(app_id, channel, None)
