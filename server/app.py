@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from dataclasses import dataclass
@@ -35,11 +36,34 @@ def install_fast_loop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def build_node(config: Config, events: JsonlEventLog | None,
+               instance_id: str | None) -> Node:
+    """A Node with the configured backend (memory, or Redis shared by instances)."""
+    if config.server.backend != "redis":
+        return Node(config, events=events, instance_id=instance_id)
+    from .redis_backend import RedisBackend
+    from .redis_ledgers import RedisLedgers
+    from .redis_link import RedisLink
+
+    inst = instance_id or f"i{config.server.port}"
+    link = RedisLink(config.server.redis_url, config.server.redis_prefix)
+    ledgers = RedisLedgers(config, link, inst)
+    apps = [a.id for a in config.apps]
+
+    def backend(hub: object, node: Node) -> RedisBackend:
+        return RedisBackend(hub, node, link, ledgers, inst, apps,  # type: ignore[arg-type]
+                            cross_instance_send=config.server.cross_instance_send,
+                            clock=node.clock)
+
+    return Node(config, events=events, instance_id=inst, backend=backend, ledgers=ledgers)
+
+
 async def serve_forever(config: Config, options: ServeOptions,
                         announce: bool = True) -> None:
-    events = JsonlEventLog(options.events_path, instance=options.instance_id) \
+    instance_id = options.instance_id or config.server.instance_id
+    events = JsonlEventLog(options.events_path, instance=instance_id) \
         if options.events_path else None
-    node = Node(config, events=events, instance_id=options.instance_id)
+    node = build_node(config, events, instance_id)
     host = config.server.host
     try:
         ws_port = await node.start(host, config.server.port)
@@ -51,7 +75,7 @@ async def serve_forever(config: Config, options: ServeOptions,
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if announce:
-        _announce(config, host, ws_port, admin_port)
+        _announce(config, host, ws_port, admin_port, node.service.instance_id)
     flusher = asyncio.create_task(_flush_events(events)) if events else None
     try:
         await stop.wait()
@@ -71,10 +95,15 @@ async def _flush_events(events: JsonlEventLog) -> None:
         events.flush()
 
 
-def _announce(config: Config, host: str, ws_port: int, admin_port: int) -> None:
+def _announce(config: Config, host: str, ws_port: int, admin_port: int,
+              instance_id: str | None) -> None:
     # The first line is stable and machine-readable: tests and the harness parse it.
-    print(f"rtmsim listening ws=ws://{host}:{ws_port}/v1 admin=http://{host}:{admin_port}",
-          flush=True)
+    tag = f" instance={instance_id}" if instance_id else ""
+    print(f"rtmsim listening ws=ws://{host}:{ws_port}/v1 admin=http://{host}:{admin_port}"
+          f"{tag}", flush=True)
+    if config.server.backend == "redis":
+        print(f"  backend    redis {config.server.redis_url} (prefix "
+              f"{config.server.redis_prefix!r})")
     print(f"  WebSocket  ws://{host}:{ws_port}/v1?key=<publishable key> or ?token=<JWT>")
     print(f"  REST       http://{host}:{admin_port}/v1/...   sim controls "
           f"http://{host}:{admin_port}/sim/v1/stats")
@@ -90,6 +119,8 @@ def _announce(config: Config, host: str, ws_port: int, admin_port: int) -> None:
 
 def run(config: Config, options: ServeOptions) -> int:
     install_fast_loop()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="rtmsim %(asctime)s %(name)s: %(message)s")
     try:
         asyncio.run(serve_forever(config, options))
     except StartupError as exc:

@@ -60,3 +60,7 @@ class Backend(Protocol):
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         """Close every connection of a peer, on every instance; how many closed."""
         ...
+
+    def state(self) -> dict[str, Any]:
+        """What `/sim/v1/stats` shows of the backend (kind, health)."""
+        ...

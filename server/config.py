@@ -34,6 +34,10 @@ class ServerConfig:
     seed: int = 0
     sim_token: str | None = None
     close_on_unauthorized: bool = False
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "rtmsim"
+    cross_instance_send: bool = True
+    instance_id: str | None = None  # default: i0, i1, ... (or i<port> when alone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +203,14 @@ def parse_config(data: dict[str, Any]) -> Config:
         seed=srv.number("seed", 0, integer=True),
         sim_token=srv.string("sim_token", None),
         close_on_unauthorized=srv.boolean("close_on_unauthorized", False),
+        redis_url=srv.string("redis_url", ServerConfig.redis_url),
+        redis_prefix=srv.string("redis_prefix", ServerConfig.redis_prefix),
+        cross_instance_send=srv.boolean("cross_instance_send", True),
+        instance_id=srv.string("instance_id", None),
     )
+    if not server.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"server.redis_url: must start with redis://, rediss:// or "
+                          f"unix://, got {server.redis_url!r}")
     srv.done()
     lim = _Table(top.get("limits", {}), "limits")
     limits = Limits(

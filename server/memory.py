@@ -62,3 +62,6 @@ class MemoryBackend:
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         return self.node.close_peer(app_id, peer_id, code, reason)
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "memory"}

@@ -49,7 +49,8 @@ class Node:
         self.clock = clock
         self.config = config
         now = clock()
-        self.service = Service(config, now, events=events, instance_id=instance_id)
+        self.service = Service(config, now, events=events, instance_id=instance_id,
+                               cross_instance_send=config.server.cross_instance_send)
         self.ledgers: Ledgers = ledgers or MemoryLedgers(config, now)
         self.backend: Backend = (backend or MemoryBackend)(self.service.hub, self)
         self.faults = FaultEngine(config.server.seed, now)
@@ -170,19 +171,20 @@ class Node:
 
     async def _route(self, conn: Connection, route: Route) -> list[Any]:
         """Quota, then faults, then the backend: the tail of the validation order."""
-        if route.charge and not await self.ledgers.charge_message(conn.app_id, self.clock()):
-            return conn.over_quota(route, self.clock())
-        after = 0.0
-        if self.faults.has_route_faults:
-            fail, before, after = self.faults.on_route(route.op, conn.app_id, route.channel,
-                                                       self.clock())
-            if before:
-                await asyncio.sleep(before)
-            if fail is not None:
-                return conn.fail(route, fail.code, fail.message, self.clock())
         backend = self.backend
         op = route.op
+        after = 0.0
         try:
+            if route.charge and not await self.ledgers.charge_message(conn.app_id,
+                                                                      self.clock()):
+                return conn.over_quota(route, self.clock())
+            if self.faults.has_route_faults:
+                fail, before, after = self.faults.on_route(op, conn.app_id, route.channel,
+                                                           self.clock())
+                if before:
+                    await asyncio.sleep(before)
+                if fail is not None:
+                    return conn.fail(route, fail.code, fail.message, self.clock())
             if op == "publish":
                 result: Any = await backend.publish(route.body)
             elif op == "send":

@@ -202,10 +202,10 @@ async def publish(request: web.Request) -> web.Response:
     meta = _object_field(body, "peerMetadata", MAX_PEER_METADATA_BYTES)
     node = request.app[APP_KEY]
     service = node.service
-    if not await node.ledgers.charge_message(app.id, node.clock()):
-        service.stats.app(app.id).errors["over_message_quota"] += 1
-        raise ApiError(429, "over_message_quota", "message quota used up for this period")
     try:
+        if not await node.ledgers.charge_message(app.id, node.clock()):
+            service.stats.app(app.id).errors["over_message_quota"] += 1
+            raise ApiError(429, "over_message_quota", "message quota used up for this period")
         delivered = await node.backend.publish(
             Message(app.id, channel, sender, body["data"], meta, None))
     except BackendError as exc:
@@ -233,7 +233,10 @@ async def kick_peer(request: web.Request) -> web.Response:
 async def usage(request: web.Request) -> web.Response:
     app, _ = _secret_key(request)
     node = request.app[APP_KEY]
-    return _json(await node.ledgers.usage(app.id, node.clock()))
+    try:
+        return _json(await node.ledgers.usage(app.id, node.clock()))
+    except BackendError as exc:
+        raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None
 
 
 # -- /sim/v1 --------------------------------------------------------------------------------
@@ -244,9 +247,14 @@ async def sim_stats(request: web.Request) -> web.Response:
     now = node.clock()
     body = node.service.stats.snapshot()
     body["instance"] = node.service.instance_id
+    body["backend"] = node.backend.state()
     body["serverTime"] = int(now * 1000)
-    body["usage"] = {app.id: await node.ledgers.usage(app.id, now)
-                     for app in node.config.apps}
+    body["usage"] = {}
+    for app in node.config.apps:
+        try:
+            body["usage"][app.id] = await node.ledgers.usage(app.id, now)
+        except BackendError:
+            body["usage"][app.id] = None  # the shared ledger is unreachable
     body["faults"] = {"scenarioTime": round(node.faults.scenario_time(now), 6),
                       "origin": node.faults.origin, "active": node.faults.describe()}
     return _json(body)

@@ -41,7 +41,10 @@ class Service:
         self.events = events
         self.instance_id = instance_id
         self.cross_instance_send = cross_instance_send
-        self.rng = random.Random(config.server.seed)
+        # Instances sharing a Redis must not mint the same peerIds: the instance id
+        # is part of the seed.
+        seed = config.server.seed
+        self.rng = random.Random(seed if instance_id is None else f"{seed}:{instance_id}")
         self.connections: dict[int, Connection] = {}
         self._next_id = 0
 

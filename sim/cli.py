@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=_int, help="seed for peerIds and fault decisions")
     serve.add_argument("--events", metavar="FILE", help="write the event log (JSON lines)")
     serve.add_argument("--sim-token", help="require `Authorization: Bearer T` on /sim/v1")
+    serve.add_argument("--redis-url", help="Redis for the redis backend "
+                       "(default redis://127.0.0.1:6379/0)")
+    serve.add_argument("--redis-prefix", help="namespace of every Redis key (default rtmsim)")
+    serve.add_argument("--instances", type=_int, default=1,
+                       help="run N instances on consecutive ports (needs --backend redis)")
+    serve.add_argument("--instance-id", help="this instance's id (welcome.metadata, events)")
     return parser
 
 
@@ -64,13 +70,24 @@ def serve_config(args: argparse.Namespace) -> Config:
     overrides = {name: value for name, value in (
         ("host", args.host), ("port", args.port), ("admin_port", args.admin_port),
         ("backend", args.backend), ("seed", args.seed), ("sim_token", args.sim_token),
+        ("redis_url", args.redis_url), ("redis_prefix", args.redis_prefix),
+        ("instance_id", args.instance_id),
     ) if value is not None}
     if overrides:
         config = dataclasses.replace(config,
                                      server=dataclasses.replace(config.server, **overrides))
-    if config.server.backend != "memory":
-        raise CliError(f"backend {config.server.backend!r} is not available yet; "
-                       "use --backend memory")
+    if args.redis_url is not None and not args.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")):
+        raise CliError(f"--redis-url must start with redis://, rediss:// or unix://, "
+                       f"got {args.redis_url!r}")
+    if args.instances < 1:
+        raise CliError(f"--instances must be >= 1, got {args.instances}")
+    if args.instances > 1 and config.server.backend != "redis":
+        raise CliError(f"--instances {args.instances} needs the Redis backend (instances "
+                       "share state through Redis): add --backend redis [--redis-url URL]")
+    if args.instances > 1 and args.instance_id:
+        raise CliError("--instance-id names one instance; with --instances they are "
+                       "named i0, i1, ...")
     return config
 
 
@@ -78,6 +95,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from server.app import ServeOptions, run
 
     config = serve_config(args)
+    if args.instances > 1:
+        from server.instances import run_instances
+
+        return run_instances(args, config)
     return run(config, ServeOptions(events_path=args.events))
 
 
