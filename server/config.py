@@ -203,8 +203,8 @@ def parse_config(data: dict[str, Any]) -> Config:
         seed=srv.number("seed", 0, integer=True),
         sim_token=srv.string("sim_token", None),
         close_on_unauthorized=srv.boolean("close_on_unauthorized", False),
-        redis_url=srv.string("redis_url", ServerConfig.redis_url),
-        redis_prefix=srv.string("redis_prefix", ServerConfig.redis_prefix),
+        redis_url=srv.string("redis_url", "redis://127.0.0.1:6379/0"),
+        redis_prefix=srv.string("redis_prefix", "rtmsim"),
         cross_instance_send=srv.boolean("cross_instance_send", True),
         instance_id=srv.string("instance_id", None),
     )
