@@ -53,7 +53,8 @@ def build_node(config: Config, events: JsonlEventLog | None,
     def backend(hub: object, node: Node) -> RedisBackend:
         return RedisBackend(hub, node, link, ledgers, inst, apps,  # type: ignore[arg-type]
                             cross_instance_send=config.server.cross_instance_send,
-                            clock=node.clock)
+                            ttl_s=config.server.redis_peer_ttl_s,
+                            heartbeat_s=config.server.redis_peer_ttl_s / 3, clock=node.clock)
 
     return Node(config, events=events, instance_id=inst, backend=backend, ledgers=ledgers)
 

@@ -37,6 +37,7 @@ class ServerConfig:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "rtmsim"
     cross_instance_send: bool = True
+    redis_peer_ttl_s: float = 3.0  # a silent instance's peers expire after this
     instance_id: str | None = None  # default: i0, i1, ... (or i<port> when alone)
 
 
@@ -206,6 +207,7 @@ def parse_config(data: dict[str, Any]) -> Config:
         redis_url=srv.string("redis_url", "redis://127.0.0.1:6379/0"),
         redis_prefix=srv.string("redis_prefix", "rtmsim"),
         cross_instance_send=srv.boolean("cross_instance_send", True),
+        redis_peer_ttl_s=srv.number("redis_peer_ttl_s", 3.0, minimum=0.3),
         instance_id=srv.string("instance_id", None),
     )
     if not server.redis_url.startswith(("redis://", "rediss://", "unix://")):

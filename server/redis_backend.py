@@ -306,9 +306,10 @@ class RedisBackend:
                         ) -> list[dict[str, Any]]:
         fields = await self.link.call(self.link.redis.hgetall,
                                       self.link.key("pres", app_id, key))
+        entries = [(*_text(field).rpartition(SEP)[::2], meta) for field, meta in fields.items()]
+        await self._learn_live({inst for _, inst, _ in entries})
         peers: dict[str, dict[str, Any] | None] = {}
-        for field, meta in fields.items():
-            peer_id, _, inst = _text(field).rpartition(SEP)
+        for peer_id, inst, meta in entries:
             if inst in self.live and peer_id != exclude_peer and peer_id not in peers:
                 peers[peer_id] = orjson.loads(meta) if meta not in (b"", "") else None
         return [presence_entry(p, m) for p, m in peers.items()]
@@ -320,9 +321,19 @@ class RedisBackend:
         self.node.deliver(deliveries)
         return sum(len(d.targets) for d in deliveries)
 
+    async def _learn_live(self, instances: set[str]) -> None:
+        """Check instances the heartbeat cache has not seen yet (just started ones)."""
+        unknown = sorted(instances - self.live)
+        if not unknown:
+            return
+        alive = await self.link.call(self.link.redis.mget,
+                                     [self.link.key("alive", i) for i in unknown])
+        self.live.update(i for i, a in zip(unknown, alive, strict=True) if a is not None)
+
     async def _remote_count(self, app_id: str, peer_id: str) -> int:
         counts = await self.link.call(self.link.redis.hgetall,
                                       self._peer_key(app_id, peer_id))
+        await self._learn_live({_text(i) for i in counts})
         return sum(int(n) for inst, n in counts.items()
                    if _text(inst) != self.instance and _text(inst) in self.live)
 

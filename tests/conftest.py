@@ -34,3 +34,13 @@ def server_factory(tmp_path: Path) -> Iterator:
     yield factory
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def redis_server() -> Iterator:
+    """A private redis-server on a free port, killed after the test."""
+    from redisproc import RedisProcess
+
+    proc = RedisProcess().start()
+    yield proc
+    proc.stop()
