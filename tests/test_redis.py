@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-
-import itertools
 from contextlib import ExitStack
 
 import pytest
@@ -142,6 +141,7 @@ def test_quotas_are_shared_across_instances(server_factory, redis_server, client
     with client_pool(b.ws_url) as pool:
         assert pool.rejected("key=pk_live_demo") == ([], 4010)
     status, usage = a.http("GET", "/v1/usage", token="sk_id_demo:sk_secret_demo")
+    assert status == 200
     assert (usage["messagesUsed"], usage["concurrentNow"]) == (4, 2)
 
 
