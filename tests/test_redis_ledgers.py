@@ -72,7 +72,8 @@ async def replay(url: str, plan: Plan, steps: list[tuple[str, float]]) -> tuple[
         await link.stop()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(plan=plans, steps=ops)
 def test_lua_and_python_ledgers_agree(redis_url, plan, steps):
     python, lua = asyncio.run(replay(redis_url, plan, steps))
