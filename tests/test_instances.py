@@ -1,0 +1,75 @@
+"""`rtmsim serve --instances N`: N processes on consecutive ports, all stopped by Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+from redisproc import free_port
+from wsclient import client_pool
+
+from serverproc import ROOT
+
+
+def test_instances_need_the_redis_backend():
+    proc = subprocess.run([sys.executable, "-m", "sim.cli", "serve", "--instances", "2"],
+                          capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("rtmsim: --instances 2 needs the Redis backend")
+    assert proc.stderr.count("\n") == 1
+
+
+def test_instances_share_redis_and_stop_together(redis_server):
+    port, admin = free_port(), free_port()
+    while admin in (port, port + 1, port - 1):
+        admin = free_port()
+    cmd = [sys.executable, "-m", "sim.cli", "serve", "--instances", "2", "--backend", "redis",
+           "--redis-url", redis_server.url, "--port", str(port), "--admin-port", str(admin)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    ready: list[re.Match[str]] = []
+    pids: list[int] = []
+    both = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if m := re.search(r"rtmsim listening ws=(\S+) admin=\S+ instance=(\S+)", line):
+                ready.append(m)
+            if m := re.search(r"pids ([\d, ]+)\)", line):
+                pids.extend(int(p) for p in m.group(1).split(", "))
+            if len(ready) == 2:
+                both.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        assert both.wait(30), "instances did not start"
+        urls = {m.group(2): m.group(1) for m in ready}
+        assert urls == {"i0": f"ws://127.0.0.1:{port}/v1", "i1": f"ws://127.0.0.1:{port + 1}/v1"}
+        with client_pool(urls["i0"]) as p0, client_pool(urls["i1"]) as p1:
+            a, b = p0.key(), p1.key()
+            assert a.welcome["metadata"] == {"instanceId": "i0"}
+            b.send({"type": "subscribe", "channel": "x", "requestId": "s"})
+            assert b.recv() == {"type": "ack", "requestId": "s"}
+            b.sync()
+            a.send({"type": "publish", "channel": "x", "data": 1})
+            assert b.recv()["data"] == 1
+            proc.send_signal(signal.SIGINT)
+            assert a.recv_until_closed(timeout=10)[1] == 1001
+            assert b.recv_until_closed(timeout=10)[1] == 1001
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(pids) == 2
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or _is_zombie(pid), f"instance {pid} left"
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] == "Z"
