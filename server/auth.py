@@ -26,7 +26,8 @@ CLOCK_SKEW_S = 5.0
 EXPIRY_LEAD_S = 0.25  # a JWT connection closes 250 ms before `exp`
 MAX_METADATA_BYTES = 8 * 1024
 MAX_PEER_METADATA_BYTES = 4 * 1024
-MAX_TOKEN_BYTES = 16 * 1024
+# metadata (8 KB) + peerMetadata (4 KB) + claims, base64url-encoded, fit in 32 KB.
+MAX_TOKEN_BYTES = 32 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ import orjson
 
 from . import codes
 from .actions import Close, Direct, Message, Route, Send
+from .hub import subscription_key
 from .patterns import channel_problem, is_reserved, peer_id_problem
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class Connection:
             self.subscriptions[route.body] = route.include_sender_metadata
             out = self._ack(route.request_id, op, now)
             if self.has_presence:
-                frame = {"type": "presence", "channel": _presence_name(route.body),
+                frame = {"type": "presence", "channel": subscription_key(route.body)[0],
                          "joined": result or [], "left": []}
                 out.append(Send(orjson.dumps(frame), "presence"))
             return out
@@ -257,12 +258,6 @@ class Connection:
             events.emit(now, "close", conn=self.id, peer=self.peer_id, app=self.app_id,
                         code=code, reason=reason)
         return [Close(code, reason)]
-
-
-def _presence_name(name: str) -> str:
-    from .hub import subscription_key
-
-    return subscription_key(name)[0]
 
 
 _HANDLERS = {

@@ -3,8 +3,9 @@
 Pure bookkeeping, no I/O: it answers "which local connections receive this message",
 "which connections does this peer have here" and keeps presence counts per
 (channel, peer). Backends route between instances; each instance's hub delivers to
-its own connections. Presence is kept per subscription name as written, so a
-wildcard subscription `room/*` has its own presence set (choice).
+its own connections. Presence is kept per concrete channel, and per pattern for
+wildcard subscriptions, so `room/*` (a wildcard) and `room/\\*` (the literal channel
+`room/*`) have separate presence sets (choice).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ class PresenceChange:
     """A peer's first connection joined, or its last one left, a channel here."""
 
     app_id: str
-    key: str  # the subscription name as indexed
+    key: str  # the concrete channel, or the pattern of a wildcard subscription
     peer_id: str
     metadata: dict[str, Any] | None
     joined: bool
+    wildcard: bool = False
 
 
 class AppIndex:
@@ -39,7 +41,8 @@ class AppIndex:
         self.exact: dict[str, dict[Connection, bool]] = {}  # channel -> {conn: with_meta}
         self.wildcard: dict[str, dict[Connection, bool]] = {}  # pattern -> {conn: ...}
         self.peers: dict[str, dict[Connection, None]] = {}  # peerId -> its connections
-        self.presence: dict[str, dict[str, int]] = {}  # channel -> {peerId: conns}
+        # (is_wildcard, channel or pattern) -> {peerId: connections}
+        self.presence: dict[tuple[bool, str], dict[str, int]] = {}
 
 
 def subscription_key(name: str) -> tuple[str, bool]:
@@ -106,12 +109,12 @@ class Hub:
         table.setdefault(key, {})[conn] = with_meta
         if not is_new or not conn.has_presence:
             return None
-        counts = index.presence.setdefault(key, {})
+        counts = index.presence.setdefault((wild, key), {})
         n = counts.get(conn.peer_id, 0)
         counts[conn.peer_id] = n + 1
         if n:
             return None
-        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, True)
+        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, True, wild)
 
     def unsubscribe(self, conn: Connection, name: str) -> PresenceChange | None:
         """Drop a subscription; the presence change it causes, if any."""
@@ -127,7 +130,7 @@ class Hub:
             del table[key]
         if not conn.has_presence:
             return None
-        counts = index.presence.get(key)
+        counts = index.presence.get((wild, key))
         if not counts or conn.peer_id not in counts:
             return None
         n = counts[conn.peer_id] - 1
@@ -136,8 +139,8 @@ class Hub:
             return None
         del counts[conn.peer_id]
         if not counts:
-            del index.presence[key]
-        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, False)
+            del index.presence[(wild, key)]
+        return PresenceChange(conn.app_id, key, conn.peer_id, conn.peer_metadata, False, wild)
 
     def presence_deliveries(self, change: PresenceChange) -> list[Deliver]:
         """The `presence` delta for this instance's subscribers of the channel.
@@ -148,7 +151,8 @@ class Hub:
         index = self.apps.get(change.app_id)
         if index is None:
             return []
-        targets = tuple(c for c in self._subscribers_of_name(index, change.key)
+        table = index.wildcard if change.wildcard else index.exact
+        targets = tuple(c for c in table.get(change.key, ())
                         if c.has_presence and c.peer_id != change.peer_id)
         if not targets:
             return []
@@ -162,26 +166,20 @@ class Hub:
         """A `joined` change for every (app, channel, peer) present here (resync)."""
         out = []
         for app_id, index in self.apps.items():
-            for key, counts in index.presence.items():
+            for (wild, key), counts in index.presence.items():
                 for peer_id in counts:
                     conns = index.peers.get(peer_id)
                     meta = next(iter(conns)).peer_metadata if conns else None
-                    out.append(PresenceChange(app_id, key, peer_id, meta, True))
+                    out.append(PresenceChange(app_id, key, peer_id, meta, True, wild))
         return out
 
-    @staticmethod
-    def _subscribers_of_name(index: AppIndex, key: str) -> dict[Connection, bool]:
-        subs = index.wildcard.get(key) if is_wildcard(key) else index.exact.get(key)
-        return subs or {}
-
-    def presence_snapshot(self, app_id: str, name: str, exclude_peer: str | None
-                          ) -> list[dict[str, Any]]:
-        """Peers present in a channel (subscription name), as `presence.joined` entries."""
+    def presence_snapshot(self, app_id: str, key: str, wildcard: bool,
+                          exclude_peer: str | None) -> list[dict[str, Any]]:
+        """Peers present in a channel (or wildcard pattern), as `presence.joined` entries."""
         index = self.apps.get(app_id)
         if index is None:
             return []
-        key, _ = subscription_key(name)
-        counts = index.presence.get(key, {})
+        counts = index.presence.get((wildcard, key), {})
         out = []
         for peer_id in counts:
             if peer_id == exclude_peer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backend import LocalNode
+from .hub import subscription_key
 
 if TYPE_CHECKING:
     from .actions import Direct, Message
@@ -32,7 +33,8 @@ class MemoryBackend:
         change = self.hub.subscribe(conn, name, with_meta, is_new=is_new)
         if change is not None:
             self.node.deliver(self.hub.presence_deliveries(change))
-        return self.hub.presence_snapshot(conn.app_id, name, conn.peer_id)
+        key, wild = subscription_key(name)
+        return self.hub.presence_snapshot(conn.app_id, key, wild, conn.peer_id)
 
     async def unsubscribe(self, conn: Connection, name: str) -> None:
         change = self.hub.unsubscribe(conn, name)
@@ -58,7 +60,7 @@ class MemoryBackend:
             self.node.deliver(self.hub.presence_deliveries(change))
 
     async def channel_peers(self, app_id: str, channel: str) -> list[dict[str, Any]]:
-        return self.hub.presence_snapshot(app_id, channel, None)
+        return self.hub.presence_snapshot(app_id, channel, False, None)
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         return self.node.close_peer(app_id, peer_id, code, reason)

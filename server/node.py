@@ -18,12 +18,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+import websockets.http11
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from . import codes
 from .actions import Close, CloseAt, Deliver, Route, Send
+from .auth import MAX_TOKEN_BYTES
 from .backend import Backend, BackendError
 from .config import Config
 from .connection import Connection
@@ -35,6 +37,12 @@ from .patterns import match_channel
 from .service import Service
 
 log = logging.getLogger("rtmsim.server")
+
+# A JWT with full metadata travels in the upgrade's request line (?token=...) and can
+# reach ~17 KB; websockets' default line limit (8 KB, WEBSOCKETS_MAX_LINE_LENGTH)
+# would answer HTTP 414 before auth could say 4001 or welcome the peer.
+websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH,
+                                        MAX_TOKEN_BYTES + 8192)
 OPEN = State.OPEN
 WS_PATH = "/v1"
 

@@ -83,8 +83,10 @@ class RedisBackend:
     def _peer_key(self, app_id: str, peer_id: str) -> str:
         return self.link.key("peer", app_id, peer_id)
 
-    def _pres_keys(self, app_id: str, key: str) -> list[str]:
-        return [self.link.key("pres", app_id, key), self.link.key("presn", app_id, key)]
+    def _pres_keys(self, app_id: str, key: str, wildcard: bool) -> list[str]:
+        kind = "w" if wildcard else "e"
+        return [self.link.key("pres", app_id, kind, key),
+                self.link.key("presn", app_id, kind, key)]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -114,7 +116,7 @@ class RedisBackend:
             for peer_id, conns in index.peers.items():
                 await r.hset(self._peer_key(app_id, peer_id), self.instance, len(conns))
         for change in self.hub.local_presence():
-            await self._add(keys=self._pres_keys(change.app_id, change.key),
+            await self._add(keys=self._pres_keys(change.app_id, change.key, change.wildcard),
                             args=[change.peer_id, self.instance, _meta(change.metadata), SEP])
         await self.ledgers.resync(self._now())
         await self._subscribe_apps()
@@ -185,16 +187,20 @@ class RedisBackend:
         suffix = SEP + dead
         head = len(self.link.key("pres", ""))
         async for key in r.scan_iter(match=self.link.key("pres", "*")):
-            app_id, _, channel = _text(key)[head:].partition(":")
+            app_id, _, rest = _text(key)[head:].partition(":")
+            kind, _, channel = rest.partition(":")
+            wild = kind == "w"
             fields = await self.link.call(r.hkeys, key)
             for field in map(_text, fields):
                 if not field.endswith(suffix):
                     continue
                 peer_id = field[: -len(suffix)]
-                n = await self.link.call(self._remove, keys=self._pres_keys(app_id, channel),
+                n = await self.link.call(self._remove,
+                                         keys=self._pres_keys(app_id, channel, wild),
                                          args=[peer_id, dead, SEP])
                 if n == 0:
-                    await self._announce(PresenceChange(app_id, channel, peer_id, None, False))
+                    await self._announce(PresenceChange(app_id, channel, peer_id, None,
+                                                        False, wild))
         async for key in r.scan_iter(match=self.link.key("peer", "*")):
             await self.link.call(r.hdel, key, dead)
         for app_id in self.app_ids:
@@ -229,7 +235,7 @@ class RedisBackend:
                                                    m.get("md"))))
         elif kind == "p":
             node.deliver(hub.presence_deliveries(PresenceChange(
-                app_id, m["ch"], m["peer"], m.get("md"), m["j"])))
+                app_id, m["ch"], m["peer"], m.get("md"), m["j"], m.get("w", False))))
         elif kind == "k":
             node.close_peer(app_id, m["peer"], m["code"], m["reason"])
 
@@ -270,7 +276,8 @@ class RedisBackend:
                 await self._presence(change)
             if not conn.has_presence:
                 return []
-            return await self._snapshot(conn.app_id, subscription_key(name)[0], conn.peer_id)
+            key, wild = subscription_key(name)
+            return await self._snapshot(conn.app_id, key, wild, conn.peer_id)
         except BackendError:
             if is_new:
                 self.hub.unsubscribe(conn, name)  # roll back: the client got an error
@@ -285,7 +292,7 @@ class RedisBackend:
 
     async def _presence(self, change: PresenceChange) -> None:
         """Record a local presence change in Redis; announce it if it is global."""
-        keys = self._pres_keys(change.app_id, change.key)
+        keys = self._pres_keys(change.app_id, change.key, change.wildcard)
         if change.joined:
             n = await self.link.call(self._add, keys=keys, args=[
                 change.peer_id, self.instance, _meta(change.metadata), SEP])
@@ -300,12 +307,13 @@ class RedisBackend:
     async def _announce(self, change: PresenceChange) -> None:
         self.node.deliver(self.hub.presence_deliveries(change))
         await self._publish(change.app_id, {"k": "p", "ch": change.key, "peer": change.peer_id,
-                                            "md": change.metadata, "j": change.joined})
+                                            "md": change.metadata, "j": change.joined,
+                                            "w": change.wildcard})
 
-    async def _snapshot(self, app_id: str, key: str, exclude_peer: str | None
-                        ) -> list[dict[str, Any]]:
+    async def _snapshot(self, app_id: str, key: str, wildcard: bool,
+                        exclude_peer: str | None) -> list[dict[str, Any]]:
         fields = await self.link.call(self.link.redis.hgetall,
-                                      self.link.key("pres", app_id, key))
+                                      self._pres_keys(app_id, key, wildcard)[0])
         entries = [(*_text(field).rpartition(SEP)[::2], meta) for field, meta in fields.items()]
         await self._learn_live({inst for _, inst, _ in entries})
         peers: dict[str, dict[str, Any] | None] = {}
@@ -352,7 +360,7 @@ class RedisBackend:
         return n_local + remote
 
     async def channel_peers(self, app_id: str, channel: str) -> list[dict[str, Any]]:
-        return await self._snapshot(app_id, channel, None)
+        return await self._snapshot(app_id, channel, False, None)
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         remote = await self._remote_count(app_id, peer_id)
