@@ -1,0 +1,353 @@
+"""A gevent-friendly protocol client, usable inside Locust and outside it.
+
+Built on `websockets.sync.client` (the asyncio client does not run under Locust's
+gevent; the sync one does once gevent has patched threads and sockets). One receive
+loop per connection dispatches server frames: replies complete the pending request
+with the same `requestId`, uncorrelated errors complete the oldest request that could
+not carry one, deliveries are timed publish-to-delivery and handed to the user.
+
+Every `publish`/`send` wraps its payload in an accounting envelope
+`{"id", "ts", "pub", "seq", "v"}` so receivers can time, de-duplicate and order
+deliveries and the analysis can count losses.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.sync.client import ClientConnection, connect
+
+from .reporting import Reporter
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """How one request ended: "ok", an error code, "close NNNN", "timeout"."""
+
+    op: str
+    outcome: str
+    latency_ms: float
+    sent_at: float  # unix seconds (the intended time under the open model)
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
+
+    @property
+    def close_code(self) -> int | None:
+        if self.outcome.startswith("close "):
+            return int(self.outcome[6:])
+        return None
+
+
+class _Pending:
+    __slots__ = ("event", "outcome")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.outcome = "timeout"
+
+
+class RealtimeClient:
+    """One connection to the service; every request is reported through `reporter`."""
+
+    def __init__(self, base_url: str, *, key: str | None = None, token: str | None = None,
+                 reporter: Reporter | None = None, timeout: float = DEFAULT_TIMEOUT_S,
+                 on_frame: Callable[[dict[str, Any]], None] | None = None,
+                 name: str = "") -> None:
+        self.base_url = base_url.rstrip("/")
+        self.key = key
+        self.token = token
+        self.reporter = reporter or Reporter()
+        self.timeout = timeout
+        self.on_frame = on_frame
+        self.name = name or f"c{id(self):x}"
+        self.ws: ClientConnection | None = None
+        self.welcome: dict[str, Any] | None = None
+        self.close_code: int | None = None
+        self.going_away_ms: int | None = None
+        self.subscriptions: dict[str, float] = {}  # channel -> when it was acked
+        self.peers: dict[str, set[str]] = collections.defaultdict(set)  # channel -> peers
+        self._ids = itertools.count(1)
+        self._seq = itertools.count(1)
+        self._pending: dict[str, _Pending] = {}
+        self._uncorrelated: collections.deque[_Pending] = collections.deque()
+        self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._last_seq: dict[tuple[str, str], int] = {}
+        self._seen: set[str] = set()
+        self.received = 0
+        self.duplicates = 0
+        self.reordered = 0
+
+    # -- connection ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The upgrade URL: the origin, `/v1`, and the credential."""
+        params = {"token": self.token} if self.token is not None else {"key": self.key or ""}
+        base = self.base_url if self.base_url.endswith("/v1") else f"{self.base_url}/v1"
+        return f"{base}?{urlencode(params)}"
+
+    @property
+    def peer_id(self) -> str | None:
+        return self.welcome["peerId"] if self.welcome else None
+
+    @property
+    def is_open(self) -> bool:
+        return self.ws is not None and self.close_code is None
+
+    def connect(self, *, attempt: int = 1) -> Result:
+        """Open the socket and wait for `welcome` (a rejection is its close code)."""
+        started = time.time()
+        self.close_code = None
+        self.going_away_ms = None
+        self.subscriptions.clear()
+        try:
+            ws = connect(self.url, open_timeout=self.timeout, close_timeout=2,
+                         compression=None, max_size=None)
+        except InvalidStatus as exc:
+            return self._finish("connect", f"http {exc.response.status_code}", started,
+                                attempt)
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            return self._finish("connect", _transport_outcome(exc), started, attempt)
+        self.ws = ws
+        try:
+            welcome = orjson.loads(ws.recv(timeout=self.timeout))
+        except ConnectionClosed as exc:
+            self.close_code = _close_code(exc)
+            self.ws = None
+            return self._finish("connect", f"close {self.close_code}", started, attempt)
+        except TimeoutError:
+            ws.close()
+            self.ws = None
+            return self._finish("connect", "timeout", started, attempt)
+        self.welcome = welcome
+        self._reader = threading.Thread(target=self._read, args=(ws,), daemon=True)
+        self._reader.start()
+        return self._finish("connect", "ok", started, attempt, peer=self.peer_id or "")
+
+    def close(self) -> None:
+        """Close from our side (not reported as a server close)."""
+        ws = self.ws
+        if ws is not None:
+            if self.close_code is None:
+                self.close_code = 1000
+                self.reporter.note("disconnect", "client")
+            with contextlib.suppress(Exception):  # a broken socket: nothing left to do
+                ws.close()
+        self.ws = None
+
+    def _finish(self, op: str, outcome: str, started: float, attempt: int, *,
+                channel: str = "", msg_id: str = "", peer: str = "",
+                intended_t: float | None = None, nbytes: int = 0) -> Result:
+        latency = (time.time() - started) * 1000.0
+        self.reporter.request(op, outcome, latency, nbytes=nbytes, attempt=attempt,
+                              channel=channel, msg_id=msg_id, peer=peer,
+                              intended_t=intended_t)
+        return Result(op, outcome, latency, started)
+
+    # -- requests -------------------------------------------------------------------------
+
+    def request(self, op: str, frame: dict[str, Any], *, attempt: int = 1, channel: str = "",
+                msg_id: str = "", peer: str = "", intended_t: float | None = None) -> Result:
+        """Send a frame with a fresh requestId; wait for its ack or error.
+
+        Under the open model `intended_t` is when the request should have gone out;
+        latency is measured from it, so a stalled server is not hidden.
+        """
+        started = intended_t if intended_t is not None else time.time()
+        ws = self.ws
+        if ws is None or self.close_code is not None:
+            return self._finish(op, f"close {self.close_code or 1006}", started, attempt,
+                                channel=channel, msg_id=msg_id, peer=peer,
+                                intended_t=intended_t)
+        rid = f"{self.name}-{next(self._ids)}"
+        pending = _Pending()
+        self._pending[rid] = pending
+        payload = orjson.dumps({**frame, "requestId": rid})
+        try:
+            ws.send(payload, text=True)
+        except ConnectionClosed as exc:
+            self._pending.pop(rid, None)
+            self.close_code = self.close_code or _close_code(exc)
+            return self._finish(op, f"close {self.close_code}", started, attempt,
+                                channel=channel, msg_id=msg_id, peer=peer,
+                                intended_t=intended_t, nbytes=len(payload))
+        pending.event.wait(self.timeout)
+        self._pending.pop(rid, None)
+        return self._finish(op, pending.outcome, started, attempt, channel=channel,
+                            msg_id=msg_id, peer=peer, intended_t=intended_t,
+                            nbytes=len(payload))
+
+    def subscribe(self, channel: str, *, include_sender_metadata: bool = False,
+                  attempt: int = 1) -> Result:
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if include_sender_metadata:
+            frame["includeSenderMetadata"] = True
+        result = self.request("subscribe", frame, attempt=attempt, channel=channel)
+        if result.ok:
+            self.subscriptions[channel] = time.time()
+        return result
+
+    def unsubscribe(self, channel: str, *, attempt: int = 1) -> Result:
+        result = self.request("unsubscribe", {"type": "unsubscribe", "channel": channel},
+                              attempt=attempt, channel=channel)
+        if result.ok:
+            self.subscriptions.pop(channel, None)
+        return result
+
+    def envelope(self, value: Any, channel: str, sent_at: float) -> tuple[str, dict[str, Any]]:
+        """A payload stamped for delivery accounting, and its message id."""
+        msg_id = f"{self.reporter.user or self.name}:{next(self._seq)}"
+        return msg_id, {"id": msg_id, "ts": sent_at, "pub": self.reporter.user or self.name,
+                        "ch": channel, "v": value}
+
+    def publish(self, channel: str, value: Any = None, *, attempt: int = 1,
+                intended_t: float | None = None, msg_id: str | None = None,
+                data: Any = None) -> Result:
+        """Publish; `data` overrides the envelope (retries resend the same message)."""
+        if data is None:
+            msg_id, data = self.envelope(value, channel, intended_t or time.time())
+        return self.request("publish", {"type": "publish", "channel": channel, "data": data},
+                            attempt=attempt, channel=channel, msg_id=msg_id or "",
+                            intended_t=intended_t)
+
+    def send(self, to: str, value: Any = None, *, attempt: int = 1,
+             intended_t: float | None = None, msg_id: str | None = None,
+             data: Any = None) -> Result:
+        if data is None:
+            msg_id, data = self.envelope(value, "", intended_t or time.time())
+        return self.request("send", {"type": "send", "to": to, "data": data},
+                            attempt=attempt, msg_id=msg_id or "", peer=to,
+                            intended_t=intended_t)
+
+    def send_raw(self, op: str, data: str | bytes, *, attempt: int = 1) -> Result:
+        """Send any frame (bad input); wait for the uncorrelated error it provokes."""
+        started = time.time()
+        ws = self.ws
+        if ws is None or self.close_code is not None:
+            return self._finish(op, f"close {self.close_code or 1006}", started, attempt)
+        pending = _Pending()
+        with self._lock:
+            self._uncorrelated.append(pending)
+        try:
+            ws.send(data)
+        except ConnectionClosed as exc:
+            self.close_code = self.close_code or _close_code(exc)
+        pending.event.wait(self.timeout)
+        with self._lock, contextlib.suppress(ValueError):
+            self._uncorrelated.remove(pending)
+        return self._finish(op, pending.outcome, started, attempt,
+                            nbytes=len(data) if data else 0)
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def _read(self, ws: ClientConnection) -> None:
+        try:
+            for raw in ws:
+                try:
+                    frame = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue
+                self._dispatch(frame, raw)
+        except ConnectionClosed as exc:
+            self._closed(_close_code(exc))
+        except Exception:
+            self._closed(1006)
+        else:
+            self._closed(ws.close_code or 1000)
+
+    def _dispatch(self, frame: dict[str, Any], raw: str | bytes) -> None:
+        kind = frame.get("type")
+        if kind == "ack" or kind == "error":
+            rid = frame.get("requestId")
+            pending = self._pending.get(rid) if rid is not None else None
+            if pending is None and kind == "error" and rid is None:
+                with self._lock:
+                    pending = self._uncorrelated.popleft() if self._uncorrelated else None
+            if pending is not None:
+                pending.outcome = "ok" if kind == "ack" else str(frame.get("code"))
+                pending.event.set()
+                return
+        elif kind == "message" or kind == "direct":
+            self._delivered(kind, frame, len(raw))
+        elif kind == "presence":
+            peers = self.peers[frame.get("channel", "")]
+            peers.update(p["peerId"] for p in frame.get("joined", ()))
+            peers.difference_update(p["peerId"] for p in frame.get("left", ()))
+        elif kind == "going_away":
+            self.going_away_ms = frame.get("retryAfterMs")
+        if self.on_frame is not None:
+            self.on_frame(frame)
+
+    def _delivered(self, kind: str, frame: dict[str, Any], nbytes: int) -> None:
+        now = time.time()
+        data = frame.get("data")
+        envelope = data if isinstance(data, dict) and "id" in data else None
+        self.received += 1
+        if envelope is None:
+            self.reporter.delivery(kind, None, nbytes=nbytes, channel=frame.get("channel", ""),
+                                   msg_id="", sender=frame.get("from", ""))
+            return
+        msg_id = envelope["id"]
+        publisher = envelope.get("pub", "")
+        channel = frame.get("channel", "")
+        if msg_id in self._seen:
+            self.duplicates += 1
+        else:
+            self._seen.add(msg_id)
+            seq = _seq_of(msg_id)
+            stream = (publisher, channel)
+            if seq is not None:
+                if seq < self._last_seq.get(stream, 0):
+                    self.reordered += 1
+                else:
+                    self._last_seq[stream] = seq
+        ts = envelope.get("ts")
+        latency = (now - ts) * 1000.0 if isinstance(ts, int | float) else None
+        self.reporter.delivery(kind, latency, nbytes=nbytes, channel=channel, msg_id=msg_id,
+                               sender=publisher)
+
+    def _closed(self, code: int) -> None:
+        if self.close_code is None:
+            self.close_code = code
+            self.reporter.note("close", f"close {code}")
+        outcome = f"close {self.close_code}"
+        with self._lock:
+            waiting = list(self._pending.values()) + list(self._uncorrelated)
+        for pending in waiting:
+            pending.outcome = outcome
+            pending.event.set()
+        self.ws = None
+
+
+def _close_code(exc: ConnectionClosed) -> int:
+    """The code the server sent; 1006 when the socket died without a close frame."""
+    return exc.rcvd.code if exc.rcvd is not None else 1006
+
+
+def _transport_outcome(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "transport_error"
+
+
+def _seq_of(msg_id: str) -> int | None:
+    _, _, tail = msg_id.rpartition(":")
+    return int(tail) if tail.isdigit() else None
+
