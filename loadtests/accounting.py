@@ -1,0 +1,129 @@
+"""End-to-end delivery accounting from the raw client event logs.
+
+Loss is a count, not a guess: every publish row names its message id and channel,
+every subscription has an acked start and an end (unsubscribe, close, disconnect), so
+the recipients a message was owed are known. A subscriber whose subscription began or
+ended while the message was in flight (between its send and its ack, plus a grace for
+the delivery already on the wire) is excluded and counted separately: under
+at-most-once delivery nobody owed it that message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from server.patterns import is_wildcard, match_channel
+
+GRACE_S = 1.0
+
+
+def load_client_events(run_dir: str | Path) -> pd.DataFrame:
+    """Every `client-events-*.csv` of a run directory, in one frame sorted by time."""
+    files = sorted(Path(run_dir).glob("client-events-*.csv"))
+    if not files:
+        return pd.DataFrame(columns=["t", "user", "user_class", "op", "outcome", "latency_ms",
+                                     "attempt", "bytes", "channel", "msg_id", "peer",
+                                     "intended_t", "policy"])
+    frames = [pd.read_csv(f, dtype={"user": str, "channel": str, "msg_id": str, "peer": str,
+                                    "outcome": str, "op": str}, keep_default_na=False,
+                          na_values={"latency_ms": [""], "intended_t": [""]})
+              for f in files]
+    df = pd.concat(frames, ignore_index=True)
+    return df.sort_values("t", kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    published: int  # acked publishes carrying a message id
+    expected: int  # (message, recipient) pairs owed a delivery
+    delivered: int  # of those, delivered at least once
+    lost: int  # expected - delivered
+    duplicates: int  # extra copies received
+    reordered: int  # deliveries older than one already seen from the same stream
+    excluded: int  # recipients whose subscription changed while the message was in flight
+    unexpected: int  # deliveries to a recipient that was not owed the message
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def subscription_intervals(df: pd.DataFrame) -> pd.DataFrame:
+    """(user, name, start, end) for every acked subscription; end is inf while held."""
+    rows = []
+    open_: dict[tuple[str, str], float] = {}
+    ends = df[(df.op.isin(["subscribe", "unsubscribe"]) & (df.outcome == "ok"))
+              | df.op.isin(["close", "disconnect", "give_up"])]
+    for user, op, channel, t in zip(ends.user, ends.op, ends.channel, ends.t, strict=True):
+        if op == "subscribe":
+            open_.setdefault((user, channel), t)
+        elif op == "unsubscribe":
+            start = open_.pop((user, channel), None)
+            if start is not None:
+                rows.append((user, channel, start, t))
+        else:  # the connection ended: every subscription of this user ends with it
+            for key in [k for k in open_ if k[0] == user]:
+                rows.append((user, key[1], open_.pop(key), t))
+    rows.extend((u, c, start, float("inf")) for (u, c), start in open_.items())
+    return pd.DataFrame(rows, columns=["user", "name", "start", "end"])
+
+
+def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryReport:
+    """Count what every acked publish owed, what arrived, and what did not."""
+    pubs = df[(df.op == "publish") & (df.outcome == "ok") & (df.msg_id != "")]
+    sent = pubs.t - pubs.latency_ms.fillna(0) / 1000.0
+    pubs = pubs.assign(sent=sent.where(pubs.intended_t.isna(), pubs.intended_t))
+    subs = subscription_intervals(df)
+    delivered = df[(df.op == "deliver") & (df.outcome == "message") & (df.msg_id != "")]
+    copies = delivered.groupby(["msg_id", "user"]).size()
+    received = set(copies.index)
+
+    exact = subs[~subs.name.map(is_wildcard)] if len(subs) else subs
+    wild = subs[subs.name.map(is_wildcard)] if len(subs) else subs
+    owed: set[tuple[str, str]] = set()
+    excluded: set[tuple[str, str]] = set()
+    for msg_id, channel, publisher, t_sent, t_ack in zip(
+            pubs.msg_id, pubs.channel, pubs.user, pubs.sent, pubs.t, strict=True):
+        candidates = exact[exact.name == channel]
+        if len(wild):
+            matches = wild[[match_channel(p, channel) for p in wild.name]]
+            candidates = pd.concat([candidates, matches])
+        for user, start, end in zip(candidates.user, candidates.start, candidates.end,
+                                    strict=True):
+            if user == publisher:
+                continue
+            key = (msg_id, user)
+            if start <= t_sent and end >= t_ack + grace_s:
+                owed.add(key)
+            elif start <= t_ack + grace_s and end >= t_sent:
+                excluded.add(key)
+    excluded -= owed  # owed through one subscription, ambiguous through another
+    got = len(owed & received)
+    duplicates = int((copies - 1).clip(lower=0).sum()) if len(copies) else 0
+    unexpected = len(received - owed - excluded)
+    return DeliveryReport(published=len(pubs), expected=len(owed), delivered=got,
+                          lost=len(owed) - got, duplicates=duplicates,
+                          reordered=count_reordered(delivered), excluded=len(excluded),
+                          unexpected=unexpected)
+
+
+def count_reordered(delivered: pd.DataFrame) -> int:
+    """First copies whose sequence number is below one already seen on the same stream."""
+    reordered = 0
+    last: dict[tuple[str, str, str], int] = {}
+    seen: set[tuple[str, str]] = set()
+    for user, peer, channel, msg_id in zip(delivered.user, delivered.peer, delivered.channel,
+                                           delivered.msg_id, strict=True):
+        _, _, tail = msg_id.rpartition(":")
+        if not tail.isdigit() or (user, msg_id) in seen:
+            continue  # a duplicate is counted as such, not as reordering
+        seen.add((user, msg_id))
+        seq = int(tail)
+        stream = (user, peer, channel)
+        if seq < last.get(stream, 0):
+            reordered += 1
+        else:
+            last[stream] = seq
+    return reordered

@@ -1,0 +1,54 @@
+"""The provided locustfile: every rtmsim user class, against any running server.
+
+    locust -f loadtests/locustfile.py --host ws://127.0.0.1:8765
+    locust -f loadtests/locustfile.py --host ws://127.0.0.1:8765 --headless -u 100 -r 20 \\
+        --run-time 1m --rtmsim-key pk_live_demo --rtmsim-run-dir results/mine Publisher Subscriber
+
+The credential defaults to the demo key; `--rtmsim-key` or RTMSIM_KEY overrides it.
+`--rtmsim-config FILE` (JSON written by `rtmsim run`) sets per-class parameters, the
+retry policy per class and the load shape (RTMSIM_SHAPE=step_ramp|spike|soak).
+"""
+
+from __future__ import annotations
+
+import os
+
+from locust import events
+
+from loadtests.swarmconfig import load_settings
+from loadtests.users import (  # noqa: F401  (Locust collects the User classes)
+    Chatter,
+    Churner,
+    DirectSender,
+    Misbehaving,
+    Publisher,
+    QuotaBurner,
+    RateAbuser,
+    Subscriber,
+)
+
+if os.environ.get("RTMSIM_SHAPE"):
+    from loadtests.shapes import SHAPES
+
+    Shape = SHAPES[os.environ["RTMSIM_SHAPE"]]
+
+
+@events.init_command_line_parser.add_listener
+def _options(parser, **_kwargs):
+    parser.add_argument("--rtmsim-key", default=None, env_var="RTMSIM_KEY",
+                        help="credential (publishable key); default pk_live_demo")
+    parser.add_argument("--rtmsim-run-dir", default=None, env_var="RTMSIM_RUN_DIR",
+                        help="write the raw client event log into this directory")
+    parser.add_argument("--rtmsim-config", default=None, env_var="RTMSIM_SWARM_CONFIG",
+                        help="JSON swarm settings written by `rtmsim run`")
+
+
+@events.init.add_listener
+def _init(environment, **_kwargs):
+    settings = load_settings(environment.parsed_options)
+    for cls in environment.user_classes:
+        params = settings.params(cls.__name__)
+        if "weight" in params:
+            cls.weight = params["weight"]
+        if "fixed_count" in params:
+            cls.fixed_count = params["fixed_count"]

@@ -1,0 +1,368 @@
+"""Locust users: one client behaviour per class, composed from a protocol client and a
+retry policy (they do not inherit a tower).
+
+Every class reads its parameters from the scenario (`[swarm.classes.NAME]`, through
+`swarmconfig`), falling back to the class attributes below. `RealtimeUser` owns the
+mechanics every behaviour needs: connecting, retrying per the policy, reconnecting
+after closes, pacing under the closed or the open model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import gevent
+from locust import User, constant, task
+from locust.exception import StopUser
+
+from .client import RealtimeClient, Result
+from .reporting import Reporter
+from .retry import RetryPolicy, make_policy
+from .swarmconfig import SETTINGS
+from .tokens import fetch_token
+
+_user_ids = itertools.count(1)
+MAX_RECONNECTS = 1000  # bound for one user's reconnect loop
+
+
+class RealtimeUser(User):
+    """Base class: a connected client, a retry policy, pacing. Not run by itself."""
+
+    abstract = True
+    wait_time = constant(0)
+    # Parameters a scenario may override per class (see `param`).
+    defaults: ClassVar[dict[str, Any]] = {
+        "rate": 1.0,  # operations per second per user
+        "channels": ["room/1"],
+        "policy": "default",
+        "model": None,  # None: the swarm's model ("closed" or "open")
+        "key": None,  # None: the swarm's key
+    }
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.user_id = f"{type(self).__name__}-{os.getpid()}-{next(_user_ids)}"
+        self.rng = random.Random(f"{SETTINGS.seed}:{self.user_id}")
+        spec = self.param("policy")
+        self.policy: RetryPolicy = make_policy(spec, rng=self.rng)
+        self.reporter = Reporter(environment, _event_log(environment), user=self.user_id,
+                                 user_class=type(self).__name__, policy=self.policy.name)
+        self.client = self._new_client()
+        self.model = self.param("model") or SETTINGS.model
+        self.rate = float(self.param("rate"))
+        self._next_at: float | None = None
+        self._tick = 0
+        self.send_rate_factor = 1.0  # lowered after 4011 (the policy's "throttle")
+        self.stopped = False
+
+    # -- configuration ----------------------------------------------------------------
+
+    def param(self, name: str) -> Any:
+        """The scenario's value for this class, else the class default."""
+        params = SETTINGS.params(type(self).__name__)
+        if name in params:
+            return params[name]
+        for cls in type(self).__mro__:
+            defaults = cls.__dict__.get("defaults")
+            if defaults and name in defaults:
+                return defaults[name]
+        raise KeyError(name)
+
+    def _new_client(self, token: str | None = None) -> RealtimeClient:
+        key = self.param("key") or SETTINGS.key
+        return RealtimeClient(self.host or SETTINGS.host, key=None if token else key,
+                              token=token, reporter=self.reporter, name=self.user_id)
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        self.connect()
+        self.after_connect()
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    def after_connect(self) -> None:
+        """Set-up after every (re)connect: subscriptions. Behaviours override it."""
+
+    def connect(self) -> None:
+        """Connect, retrying per the policy; a terminal close stops this user."""
+        attempt = 1
+        for _ in range(MAX_RECONNECTS):
+            self.policy.on_request(attempt > 1)
+            result = self.client.connect(attempt=attempt)
+            self.policy.on_result(result.ok)
+            if result.ok:
+                return
+            code = result.close_code
+            decision = self.policy.after_close(code if code is not None else 1006, attempt,
+                                               self.client.going_away_ms)
+            if decision.action == "refresh_token":
+                self.client = self._new_client(self._fresh_token())
+            if not decision.retry:
+                self._give_up()
+            self._sleep(decision.delay_s)
+            attempt += 1
+        self._give_up()
+
+    def ensure_connected(self) -> None:
+        """After the server closed us: decide per the policy whether and when to return."""
+        if self.client.is_open:
+            return
+        code = self.client.close_code or 1006
+        decision = self.policy.after_close(code, 1, self.client.going_away_ms)
+        if decision.action == "throttle":
+            self.send_rate_factor = max(0.1, self.send_rate_factor / 2)
+        token = self._fresh_token() if decision.action == "refresh_token" else None
+        if not decision.retry:
+            self._give_up()
+        self._sleep(decision.delay_s)
+        self.client = self._new_client(token) if token else self._renew_client()
+        self.connect()
+        self.after_connect()
+
+    def _renew_client(self) -> RealtimeClient:
+        old = self.client
+        return self._new_client(old.token) if old.token else self._new_client()
+
+    def _fresh_token(self) -> str | None:
+        if not SETTINGS.token_url:
+            return None
+        return fetch_token(SETTINGS.token_url, SETTINGS.secret, self.user_id)
+
+    def _give_up(self) -> None:
+        self.stopped = True
+        self.reporter.note("give_up", f"close {self.client.close_code}")
+        raise StopUser()
+
+    # -- requests with retries ------------------------------------------------------------
+
+    def attempt(self, op: str, call: Callable[[int], Result]) -> Result:
+        """Run one logical operation, retrying per the policy; the last result."""
+        attempt = 1
+        while True:
+            self.policy.on_request(attempt > 1)
+            result = call(attempt)
+            self.policy.on_result(result.ok)
+            if result.ok or result.outcome == "timeout":
+                return result
+            if result.close_code is not None:
+                return result  # the connection is gone: the next tick reconnects
+            decision = self.policy.after_error(op, result.outcome, attempt)
+            if decision.action == "unsubscribe_oldest" and self.client.subscriptions:
+                oldest = min(self.client.subscriptions, key=self.client.subscriptions.get)
+                self.client.unsubscribe(oldest)
+            if not decision.retry:
+                return result
+            self._sleep(decision.delay_s)
+            attempt += 1
+
+    def publish(self, channel: str, value: Any = None, intended_t: float | None = None
+                ) -> Result:
+        msg_id, data = self.client.envelope(value, channel, intended_t or time.time())
+        return self.attempt("publish", lambda n: self.client.publish(
+            channel, attempt=n, intended_t=intended_t, msg_id=msg_id, data=data))
+
+    def send(self, to: str, value: Any = None, intended_t: float | None = None) -> Result:
+        msg_id, data = self.client.envelope(value, "", intended_t or time.time())
+        return self.attempt("send", lambda n: self.client.send(
+            to, attempt=n, intended_t=intended_t, msg_id=msg_id, data=data))
+
+    def subscribe(self, channel: str) -> Result:
+        return self.attempt("subscribe", lambda n: self.client.subscribe(channel, attempt=n))
+
+    # -- pacing ------------------------------------------------------------------------------
+
+    def pace(self) -> float | None:
+        """Wait for this user's next slot; the intended send time under the open model.
+
+        Closed model: one operation per 1/rate seconds after the previous one ended.
+        Open model: slot i is at start + i/rate whatever happened before, so latency is
+        measured from when the request should have gone out (wrk2-style correction of
+        coordinated omission): a stalled server cannot hide by slowing the client.
+        """
+        rate = self.rate * self.send_rate_factor
+        interval = 1.0 / rate if rate > 0 else 0.0
+        now = time.time()
+        if self.model == "open":
+            if self._next_at is None:
+                self._next_at = now + self.rng.uniform(0, interval)  # spread the phases
+            intended = self._next_at
+            self._next_at += interval
+            self._sleep(intended - now)
+            return intended
+        self._sleep(interval)
+        return None
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            gevent.sleep(seconds)
+
+    def channel(self) -> str:
+        channels = self.param("channels")
+        return channels[self.rng.randrange(len(channels))]
+
+
+class Subscriber(RealtimeUser):
+    """Holds N subscriptions (some wildcard) and receives."""
+
+    defaults: ClassVar[dict[str, Any]] = {"subscriptions": 3, "wildcard_fraction": 0.34,
+                                          "rate": 0.2}
+
+    def after_connect(self) -> None:
+        channels = self.param("channels")
+        n = int(self.param("subscriptions"))
+        wild = round(n * float(self.param("wildcard_fraction")))
+        names = [channels[i % len(channels)] for i in range(n - wild)]
+        names += [_wildcard_of(channels[i % len(channels)]) for i in range(wild)]
+        for name in dict.fromkeys(names):
+            self.subscribe(name)
+
+    @task
+    def idle(self) -> None:
+        self.ensure_connected()
+        self.pace()
+
+
+class Publisher(RealtimeUser):
+    """Publishes at a set rate to a channel set."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 5.0, "payload_bytes": 64}
+
+    @task
+    def publish_one(self) -> None:
+        self.ensure_connected()
+        intended = self.pace()
+        self.publish(self.channel(), "x" * int(self.param("payload_bytes")), intended)
+
+
+class DirectSender(RealtimeUser):
+    """Sends direct messages to live peers learnt from presence."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 2.0, "presence_channel": "lobby"}
+
+    def after_connect(self) -> None:
+        self.subscribe(self.param("presence_channel"))
+
+    @task
+    def send_one(self) -> None:
+        self.ensure_connected()
+        intended = self.pace()
+        peers = sorted(self.client.peers.get(self.param("presence_channel"), ()))
+        if peers:
+            self.send(peers[self.rng.randrange(len(peers))], "hi", intended)
+
+
+class Chatter(RealtimeUser):
+    """A chat member: subscribes, publishes to its rooms and sends to people it sees."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 1.0, "send_fraction": 0.2}
+
+    def after_connect(self) -> None:
+        for name in self.param("channels"):
+            self.subscribe(name)
+
+    @task
+    def chat(self) -> None:
+        self.ensure_connected()
+        intended = self.pace()
+        room = self.channel()
+        peers = sorted(self.client.peers.get(room, ()))
+        if peers and self.rng.random() < float(self.param("send_fraction")):
+            self.send(peers[self.rng.randrange(len(peers))], "psst", intended)
+        else:
+            self.publish(room, "hello", intended)
+
+
+class RateAbuser(RealtimeUser):
+    """Bursts past the token bucket, gets 4011, reconnects per its policy."""
+
+    defaults: ClassVar[dict[str, Any]] = {"burst": 300, "rate": 0.5}
+
+    @task
+    def burst(self) -> None:
+        self.ensure_connected()
+        self.pace()
+        ws = self.client.ws
+        n = int(self.param("burst"))
+        for i in range(n):  # fire and forget: no requestId, no waiting on acks
+            if ws is None or not self.client.is_open:
+                break
+            try:
+                ws.send(f'{{"type":"publish","channel":"abuse","data":{i}}}')
+            except Exception:
+                break
+        self.reporter.note("burst", "sent", channel="abuse")
+
+
+class QuotaBurner(RealtimeUser):
+    """Publishes as fast as acks come back, to drain the app's message quota."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 200.0}
+
+    @task
+    def burn(self) -> None:
+        self.ensure_connected()
+        intended = self.pace()
+        self.publish(self.channel(), 0, intended)
+
+
+BAD_INPUT: dict[str, tuple[str, Callable[[], str | bytes]]] = {
+    # op name -> (expected code, frame)
+    "invalid_json": ("malformed_message", lambda: "{not json"),
+    "missing_type": ("malformed_message", lambda: '{"channel":"a"}'),
+    "unknown_type": ("unknown_type", lambda: '{"type":"teleport"}'),
+    "invalid_channel": ("invalid_channel", lambda: '{"type":"subscribe","channel":""}'),
+    "reserved_channel": ("channel_reserved",
+                         lambda: '{"type":"publish","channel":"_system/x","data":1}'),
+    "missing_data": ("missing_data", lambda: '{"type":"publish","channel":"a"}'),
+    "oversize_frame": ("close 1009", lambda: '{"type":"publish","channel":"a","data":"'
+                       + "x" * 70_000 + '"}'),
+}
+
+
+class Misbehaving(RealtimeUser):
+    """Sends each class of bad input at a set rate; each provokes its own code."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 2.0, "kinds": list(BAD_INPUT)}
+
+    @task
+    def misbehave(self) -> None:
+        self.ensure_connected()
+        self.pace()
+        kinds = self.param("kinds")
+        kind = kinds[self._tick % len(kinds)]
+        self._tick += 1
+        self.client.send_raw(kind, BAD_INPUT[kind][1]())
+
+
+class Churner(RealtimeUser):
+    """Connect/disconnect loops: reconnect storms on demand."""
+
+    defaults: ClassVar[dict[str, Any]] = {"rate": 1.0, "hold_s": 0.5}
+
+    @task
+    def churn(self) -> None:
+        self.ensure_connected()
+        self.pace()
+        self._sleep(float(self.param("hold_s")))
+        self.client.close()
+        self.client = self._renew_client()
+        self.connect()
+        self.after_connect()
+
+
+def _wildcard_of(channel: str) -> str:
+    head, _, _ = channel.rpartition("/")
+    return f"{head}/*" if head else "*"
+
+
+def _event_log(environment: Any) -> Any:
+    from .locustlog import process_event_log
+
+    return process_event_log(environment)
