@@ -7,6 +7,7 @@ same schema with their own sections; nothing else parses TOML for these keys.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,15 +160,20 @@ class _Table:
         return value
 
     def number(self, key: str, default: float, *, minimum: float = 0,
-               exclusive: bool = False, integer: bool = False) -> Any:
+               exclusive: bool = False, integer: bool = False,
+               maximum: float | None = None) -> Any:
         value = self.get(key, default)
         wanted = "a whole number" if integer else "a number"
         ok_type = int if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type):
             raise ConfigError(f"{self._name(key)}: must be {wanted}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{self._name(key)}: must be a finite number, got {value!r}")
         if value < minimum or (exclusive and value == minimum):
             op = ">" if exclusive else ">="
             raise ConfigError(f"{self._name(key)}: must be {op} {minimum:g}, got {value!r}")
+        if maximum is not None and value > maximum:
+            raise ConfigError(f"{self._name(key)}: must be <= {maximum:g}, got {value!r}")
         return value
 
     def strings(self, key: str, default: tuple[str, ...], *,
@@ -198,8 +204,8 @@ def parse_config(data: dict[str, Any]) -> Config:
     srv = _Table(top.get("server", {}), "server")
     server = ServerConfig(
         host=srv.string("host", "127.0.0.1"),
-        port=srv.number("port", 8765, integer=True),
-        admin_port=srv.number("admin_port", 8766, integer=True),
+        port=srv.number("port", 8765, integer=True, maximum=65535),
+        admin_port=srv.number("admin_port", 8766, integer=True, maximum=65535),
         backend=srv.string("backend", "memory", choices=BACKENDS),
         seed=srv.number("seed", 0, integer=True),
         sim_token=srv.string("sim_token", None),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .actions import Deliver, Direct, Message
+from .jsonenc import dumps
 from .patterns import is_wildcard, match_channel, unescape
 
 if TYPE_CHECKING:
@@ -217,17 +218,17 @@ class Hub:
         frame = {"type": "message", "channel": channel, "from": msg.sender, "data": msg.data}
         if msg.sender_metadata is None:
             plain = tuple(c for c in targets if c is not origin)
-            return [Deliver(plain, orjson.dumps(frame), "message", channel)] if plain else []
+            return [Deliver(plain, dumps(frame), "message", channel)] if plain else []
         plain_list, meta_list = [], []
         for conn, with_meta in targets.items():
             if conn is not origin:
                 (meta_list if with_meta else plain_list).append(conn)
         out = []
         if plain_list:
-            out.append(Deliver(tuple(plain_list), orjson.dumps(frame), "message", channel))
+            out.append(Deliver(tuple(plain_list), dumps(frame), "message", channel))
         if meta_list:
             frame["fromMetadata"] = msg.sender_metadata
-            out.append(Deliver(tuple(meta_list), orjson.dumps(frame), "message", channel))
+            out.append(Deliver(tuple(meta_list), dumps(frame), "message", channel))
         return out
 
     def deliver_direct(self, msg: Direct) -> list[Deliver]:
@@ -238,7 +239,7 @@ class Hub:
         frame: dict[str, Any] = {"type": "direct", "from": msg.sender, "data": msg.data}
         if msg.sender_metadata is not None:
             frame["fromMetadata"] = msg.sender_metadata
-        return [Deliver(targets, orjson.dumps(frame), "direct")]
+        return [Deliver(targets, dumps(frame), "direct")]
 
 
 def presence_entry(peer_id: str, metadata: dict[str, Any] | None) -> dict[str, Any]:

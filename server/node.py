@@ -171,7 +171,9 @@ class Node:
             elif cls is Deliver:
                 self.deliver([action])
             elif cls is Close:
-                await ws.close(action.code, action.reason)
+                # In the background: the frame loop keeps draining what the client
+                # already queued (ignored now), so the close handshake can finish.
+                self._background(ws.close(action.code, action.reason))
             elif cls is CloseAt:
                 delay = max(0.0, action.at - self.clock())
                 self._timers[conn.id] = asyncio.get_running_loop().call_later(

@@ -27,6 +27,7 @@ import orjson
 from .actions import Direct, Message
 from .backend import BackendError, LocalNode
 from .hub import Hub, PresenceChange, presence_entry, subscription_key
+from .jsonenc import dumps
 from .redis_link import FAILURES, RedisLink
 
 if TYPE_CHECKING:
@@ -242,8 +243,7 @@ class RedisBackend:
     async def _publish(self, app_id: str, body: dict[str, Any]) -> None:
         body["i"] = self.instance
         body["a"] = app_id
-        await self.link.call(self.link.redis.publish, self._app_channel(app_id),
-                             orjson.dumps(body))
+        await self.link.call(self.link.redis.publish, self._app_channel(app_id), dumps(body))
 
     # -- Backend ------------------------------------------------------------------------------
 

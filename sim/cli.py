@@ -36,8 +36,8 @@ def _int(text: str) -> int:
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        self.exit(2, f"{self.prog}: {message}\n")
+    def error(self, message: str) -> None:  # one line, exit 2, always `rtmsim: ...`
+        self.exit(2, f"rtmsim: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

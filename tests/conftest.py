@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serverproc import ServerProcess, start_server  # noqa: E402
+from serverproc import ServerProcess, start_server
 
 
 @pytest.fixture(scope="module")

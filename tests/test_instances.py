@@ -10,9 +10,8 @@ import sys
 import threading
 
 from redisproc import free_port
-from wsclient import client_pool
-
 from serverproc import ROOT
+from wsclient import client_pool
 
 
 def test_instances_need_the_redis_backend():

@@ -81,7 +81,8 @@ def test_channel_problem(channel, problem):
 
 
 @pytest.mark.parametrize(("peer", "problem"), [
-    (None, "peerId is missing"), ("", "peerId is empty"), ("x" * 129, "peerId is longer than 128 bytes"),
+    (None, "peerId is missing"), ("", "peerId is empty"),
+    ("x" * 129, "peerId is longer than 128 bytes"),
     ("é", "peerId must be printable ASCII"), ("a\tb", "peerId must be printable ASCII"),
     ("x" * 128, None), ("user-1@example.com", None), ("a b", None),
 ])

@@ -7,6 +7,7 @@ so adding one touches its own module and the docs.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -88,6 +89,8 @@ class SpecReader:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(name, f"must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise self.fail(name, f"must be a finite number, got {value!r}")
         if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
             op = ">" if exclusive_min else ">="
             raise self.fail(name, f"must be {op} {minimum:g}, got {value!r}")
