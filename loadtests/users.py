@@ -20,6 +20,7 @@ import gevent
 from locust import User, constant, task
 from locust.exception import StopUser
 
+from .catalog import BAD_INPUT, BASE_DEFAULTS, USER_CLASSES
 from .client import RealtimeClient, Result
 from .reporting import Reporter
 from .retry import RetryPolicy, make_policy
@@ -36,13 +37,7 @@ class RealtimeUser(User):
     abstract = True
     wait_time = constant(0)
     # Parameters a scenario may override per class (see `param`).
-    defaults: ClassVar[dict[str, Any]] = {
-        "rate": 1.0,  # operations per second per user
-        "channels": ["room/1"],
-        "policy": "default",
-        "model": None,  # None: the swarm's model ("closed" or "open")
-        "key": None,  # None: the swarm's key
-    }
+    defaults: ClassVar[dict[str, Any]] = BASE_DEFAULTS
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
@@ -102,6 +97,8 @@ class RealtimeUser(User):
             code = result.close_code
             decision = self.policy.after_close(code if code is not None else 1006, attempt,
                                                self.client.going_away_ms)
+            if decision.action == "throttle":
+                self.send_rate_factor = max(0.1, self.send_rate_factor / 2)
             if decision.action == "refresh_token":
                 self.client = self._new_client(self._fresh_token())
             if not decision.retry:
@@ -211,8 +208,7 @@ class RealtimeUser(User):
 class Subscriber(RealtimeUser):
     """Holds N subscriptions (some wildcard) and receives."""
 
-    defaults: ClassVar[dict[str, Any]] = {"subscriptions": 3, "wildcard_fraction": 0.34,
-                                          "rate": 0.2}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Subscriber"]
 
     def after_connect(self) -> None:
         channels = self.param("channels")
@@ -232,7 +228,7 @@ class Subscriber(RealtimeUser):
 class Publisher(RealtimeUser):
     """Publishes at a set rate to a channel set."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 5.0, "payload_bytes": 64}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Publisher"]
 
     @task
     def publish_one(self) -> None:
@@ -244,7 +240,7 @@ class Publisher(RealtimeUser):
 class DirectSender(RealtimeUser):
     """Sends direct messages to live peers learnt from presence."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 2.0, "presence_channel": "lobby"}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["DirectSender"]
 
     def after_connect(self) -> None:
         self.subscribe(self.param("presence_channel"))
@@ -261,7 +257,7 @@ class DirectSender(RealtimeUser):
 class Chatter(RealtimeUser):
     """A chat member: subscribes, publishes to its rooms and sends to people it sees."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 1.0, "send_fraction": 0.2}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Chatter"]
 
     def after_connect(self) -> None:
         for name in self.param("channels"):
@@ -282,7 +278,7 @@ class Chatter(RealtimeUser):
 class RateAbuser(RealtimeUser):
     """Bursts past the token bucket, gets 4011, reconnects per its policy."""
 
-    defaults: ClassVar[dict[str, Any]] = {"burst": 300, "rate": 0.5}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["RateAbuser"]
 
     @task
     def burst(self) -> None:
@@ -303,7 +299,7 @@ class RateAbuser(RealtimeUser):
 class QuotaBurner(RealtimeUser):
     """Publishes as fast as acks come back, to drain the app's message quota."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 200.0}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["QuotaBurner"]
 
     @task
     def burn(self) -> None:
@@ -312,30 +308,18 @@ class QuotaBurner(RealtimeUser):
         self.publish(self.channel(), 0, intended)
 
 
-BAD_INPUT: dict[str, tuple[str, Callable[[], str | bytes]]] = {
-    # op name -> (expected code, frame)
-    "invalid_json": ("malformed_message", lambda: "{not json"),
-    "missing_type": ("malformed_message", lambda: '{"channel":"a"}'),
-    "unknown_type": ("unknown_type", lambda: '{"type":"teleport"}'),
-    "invalid_channel": ("invalid_channel", lambda: '{"type":"subscribe","channel":""}'),
-    "reserved_channel": ("channel_reserved",
-                         lambda: '{"type":"publish","channel":"_system/x","data":1}'),
-    "missing_data": ("missing_data", lambda: '{"type":"publish","channel":"a"}'),
-    "oversize_frame": ("close 1009", lambda: '{"type":"publish","channel":"a","data":"'
-                       + "x" * 70_000 + '"}'),
-}
 
 
 class Misbehaving(RealtimeUser):
     """Sends each class of bad input at a set rate; each provokes its own code."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 2.0, "kinds": list(BAD_INPUT)}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Misbehaving"]
 
     @task
     def misbehave(self) -> None:
         self.ensure_connected()
         self.pace()
-        kinds = self.param("kinds")
+        kinds = self.param("kinds") or list(BAD_INPUT)
         kind = kinds[self._tick % len(kinds)]
         self._tick += 1
         self.client.send_raw(kind, BAD_INPUT[kind][1]())
@@ -344,7 +328,7 @@ class Misbehaving(RealtimeUser):
 class Churner(RealtimeUser):
     """Connect/disconnect loops: reconnect storms on demand."""
 
-    defaults: ClassVar[dict[str, Any]] = {"rate": 1.0, "hold_s": 0.5}
+    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Churner"]
 
     @task
     def churn(self) -> None:

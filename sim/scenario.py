@@ -1,0 +1,172 @@
+"""A scenario: the server config (same schema as `rtmsim serve`), its faults, a swarm.
+
+`[scenario]` names and describes the run, `[swarm]` says who connects and how hard.
+The server's sections are validated by `server.config`; this module validates the
+rest, with errors that name the key (`swarm.classes.Publisher.rate: must be > 0`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loadtests.catalog import LOCUST_PARAMS, USER_CLASSES, parameters
+from server.config import Config, ConfigError, parse_config
+
+MODELS = ("closed", "open")
+SHAPES = ("step_ramp", "spike", "soak")
+
+
+@dataclass(frozen=True)
+class Swarm:
+    users: int = 20
+    spawn_rate: float = 10.0
+    duration_s: float = 30.0
+    model: str = "closed"
+    workers: int = 1
+    shape: str | None = None
+    shape_params: dict[str, Any] = field(default_factory=dict)
+    classes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    config: Config
+    swarm: Swarm
+    source: str  # the TOML text as given
+    path: Path | None = None
+
+    def with_overrides(self, *, users: int | None = None, duration_s: float | None = None,
+                       workers: int | None = None, seed: int | None = None) -> Scenario:
+        swarm = dataclasses.replace(self.swarm, **{k: v for k, v in (
+            ("users", users), ("duration_s", duration_s), ("workers", workers))
+            if v is not None})
+        config = self.config
+        if seed is not None:
+            config = dataclasses.replace(config, server=dataclasses.replace(config.server,
+                                                                            seed=seed))
+        return dataclasses.replace(self, swarm=swarm, config=config)
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such scenario file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    return parse_scenario(data, text, default_name=p.stem, path=p)
+
+
+def parse_scenario(data: dict[str, Any], text: str = "", *, default_name: str = "scenario",
+                   path: Path | None = None) -> Scenario:
+    config = parse_config(data)
+    meta = config.extra.get("scenario") or {}
+    if not isinstance(meta, dict):
+        raise ConfigError("scenario: must be a table")
+    unknown = sorted(set(meta) - {"name", "description"})
+    if unknown:
+        raise ConfigError(f"scenario.{unknown[0]}: unknown key")
+    name = meta.get("name", default_name)
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ConfigError(f"scenario.name: must be a non-empty name without '/', got {name!r}")
+    description = meta.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError("scenario.description: must be a string")
+    swarm = parse_swarm(config.extra.get("swarm") or {})
+    return Scenario(name=name, description=description, config=config, swarm=swarm,
+                    source=text, path=path)
+
+
+def _number(table: dict[str, Any], key: str, path: str, default: Any, *,
+            minimum: float = 0, exclusive: bool = False, integer: bool = False) -> Any:
+    value = table.get(key, default)
+    kind = int if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value):
+        wanted = "a whole number" if integer else "a number"
+        raise ConfigError(f"{path}.{key}: must be {wanted}, got {value!r}")
+    if value < minimum or (exclusive and value == minimum):
+        op = ">" if exclusive else ">="
+        raise ConfigError(f"{path}.{key}: must be {op} {minimum:g}, got {value!r}")
+    return value
+
+
+def parse_swarm(data: object) -> Swarm:
+    if not isinstance(data, dict):
+        raise ConfigError("swarm: must be a table")
+    known = {"users", "spawn_rate", "duration_s", "model", "workers", "shape", "classes"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"swarm.{unknown[0]}: unknown key")
+    model = data.get("model", "closed")
+    if model not in MODELS:
+        raise ConfigError(f"swarm.model: must be one of {', '.join(MODELS)}, got {model!r}")
+    shape = data.get("shape")
+    shape_name, shape_params = None, {}
+    if isinstance(shape, str):
+        shape_name = shape
+    elif isinstance(shape, dict):
+        shape_params = {k: v for k, v in shape.items() if k != "kind"}
+        shape_name = shape.get("kind")
+    elif shape is not None:
+        raise ConfigError("swarm.shape: must be a shape name or a table with `kind`")
+    if shape is not None and shape_name not in SHAPES:
+        raise ConfigError(f"swarm.shape: kind must be one of {', '.join(SHAPES)}, "
+                          f"got {shape_name!r}")
+    classes = data.get("classes", {})
+    if not isinstance(classes, dict) or not classes:
+        raise ConfigError("swarm.classes: must name at least one user class "
+                          "([swarm.classes.Publisher] ...)")
+    return Swarm(
+        users=_number(data, "users", "swarm", 20, minimum=1, integer=True),
+        spawn_rate=_number(data, "spawn_rate", "swarm", 10.0, exclusive=True),
+        duration_s=_number(data, "duration_s", "swarm", 30.0, exclusive=True),
+        model=model,
+        workers=_number(data, "workers", "swarm", 1, minimum=1, integer=True),
+        shape=shape_name,
+        shape_params=shape_params,
+        classes={name: _parse_class(name, params) for name, params in classes.items()},
+    )
+
+
+def _parse_class(name: str, params: object) -> dict[str, Any]:
+    path = f"swarm.classes.{name}"
+    if name not in USER_CLASSES:
+        raise ConfigError(f"{path}: unknown user class (one of {', '.join(USER_CLASSES)})")
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: must be a table")
+    allowed = set(parameters(name)) | set(LOCUST_PARAMS)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {name} "
+                          f"(one of {', '.join(sorted(allowed))})")
+    for key in ("weight", "fixed_count"):
+        if key in params:
+            _number(params, key, path, 1, minimum=0, integer=True)
+    if "rate" in params:
+        _number(params, "rate", path, 1.0, exclusive=True)
+    if "channels" in params and (not isinstance(params["channels"], list) or not all(
+            isinstance(c, str) and c for c in params["channels"]) or not params["channels"]):
+        raise ConfigError(f"{path}.channels: must be a non-empty list of channel names")
+    if "model" in params and params["model"] not in MODELS:
+        raise ConfigError(f"{path}.model: must be one of {', '.join(MODELS)}")
+    if "policy" in params:
+        from loadtests.retry import make_policy
+
+        try:
+            make_policy(params["policy"])
+        except ValueError as exc:
+            raise ConfigError(f"{path}.policy: {str(exc).removeprefix('retry.')}") from None
+    return dict(params)
+

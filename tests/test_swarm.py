@@ -1,0 +1,114 @@
+"""Short Locust swarms against a real server process: truthful, reconciled counts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from serverproc import ROOT
+
+from loadtests.accounting import delivery_report, load_client_events
+from loadtests.catalog import BAD_INPUT
+from server.codes import ERROR_CODES, Retry
+
+FAST = "[limits]\nrate_per_second = 100000.0\nburst = 100000.0\n"
+SWARM_TIMEOUT_S = 90
+
+
+def run_swarm(server, run_dir: Path, classes: dict, *, users: int, seconds: int,
+              model: str = "closed") -> subprocess.CompletedProcess:
+    """Run the provided locustfile headless for `seconds`; users finish their task."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "swarm.json"
+    config.write_text(json.dumps({"classes": classes, "seed": 1, "model": model}))
+    cmd = [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
+           "-u", str(users), "-r", str(users), "--run-time", f"{seconds}s",
+           "--stop-timeout", "10", "--host", server.ws_url.removesuffix("/v1"),
+           "--rtmsim-run-dir", str(run_dir), "--rtmsim-config", str(config),
+           "--exit-code-on-error", "0", "--only-summary", "--loglevel", "WARNING",
+           *classes]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=SWARM_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def error_outcomes(df) -> Counter:
+    """Error codes clients received, from the raw log (requests only, not deliveries)."""
+    rows = df[df.outcome.isin(ERROR_CODES) & (df.op != "deliver")]
+    return Counter(rows.outcome)
+
+
+@pytest.fixture
+def fast_server(server_factory):
+    return server_factory(FAST)
+
+
+def test_counts_reconcile_and_nothing_is_lost(fast_server, tmp_path):
+    classes = {
+        "Subscriber": {"fixed_count": 6, "channels": ["room/1", "room/2"], "subscriptions": 2,
+                       "wildcard_fraction": 0.5},
+        "Publisher": {"fixed_count": 3, "rate": 20, "channels": ["room/1", "room/2"]},
+        "Misbehaving": {"fixed_count": 2, "rate": 10},
+    }
+    run_swarm(fast_server, tmp_path, classes, users=11, seconds=6)
+    df = load_client_events(tmp_path)
+    server_errors = Counter(fast_server.stats()["totals"]["errors"])
+    assert error_outcomes(df) == server_errors
+    # every Misbehaving class produced its own code
+    bad = df[df.user_class == "Misbehaving"]
+    for kind, (code, _) in BAD_INPUT.items():
+        outcomes = set(bad[bad.op == kind].outcome)
+        assert outcomes == {code}, (kind, outcomes)
+    # every close the server sent is a `close` row on the client side
+    closes = Counter(fast_server.stats()["totals"]["closes"])
+    client_closes = Counter(df[df.op == "close"].outcome.str.removeprefix("close "))
+    assert closes["1009"] > 0
+    assert client_closes == closes
+    report = delivery_report(df)
+    assert report.published > 50 and report.expected > 100
+    assert (report.lost, report.duplicates, report.reordered, report.unexpected) == (0, 0, 0, 0)
+    # latencies are unrounded floats
+    lat = df[df.op == "publish"].latency_ms
+    assert (lat != lat.round()).any()
+
+
+def test_default_policy_never_retries_never_codes(fast_server, tmp_path):
+    classes = {"Publisher": {"fixed_count": 3, "rate": 20,
+                             "channels": ["_system/x", "ok/1"], "policy": "default"}}
+    run_swarm(fast_server, tmp_path, classes, users=3, seconds=4)
+    df = load_client_events(tmp_path)
+    reserved = df[(df.op == "publish") & (df.channel == "_system/x")]
+    assert len(reserved) > 10
+    assert set(reserved.outcome) == {"channel_reserved"}
+    assert ERROR_CODES["channel_reserved"].retry is Retry.NEVER
+    assert (reserved.attempt == 1).all()
+
+
+def attempts_per_operation(df) -> float:
+    pubs = df[df.op == "publish"]
+    return len(pubs) / max(1, (pubs.attempt == 1).sum())
+
+
+def test_retry_budget_caps_amplification_while_naive_explodes(server_factory, tmp_path):
+    faults = '\n[[faults]]\nkind = "error"\ncode = "backend_error"\nprobability = 0.5\n' \
+             'ops = ["publish"]\n'
+    budgeted = {"Publisher": {"fixed_count": 4, "rate": 20, "channels": ["b/1"],
+                              # 10% of first attempts, and no free allowance on top
+                              "policy": {"policy": "default",
+                                         "budget": {"ratio": 0.1, "min_retries": 0},
+                                         "backoff": "none", "max_attempts": 1000}}}
+    naive = {"Publisher": {"fixed_count": 4, "rate": 20, "channels": ["b/1"],
+                           "policy": "naive"}}
+    server = server_factory(FAST + faults)
+    run_swarm(server, tmp_path / "budget", budgeted, users=4, seconds=5)
+    budget_ratio = attempts_per_operation(load_client_events(tmp_path / "budget"))
+    server = server_factory(FAST + faults)
+    run_swarm(server, tmp_path / "naive", naive, users=4, seconds=5)
+    naive_ratio = attempts_per_operation(load_client_events(tmp_path / "naive"))
+    assert budget_ratio <= 1.1
+    assert naive_ratio >= 1.8  # ~2 expected attempts per publish at p = 0.5
