@@ -1,0 +1,72 @@
+"""The layout of a run directory: what `rtmsim run` writes and the analysis reads.
+
+    RUN_DIR/
+      scenario.toml                 the scenario as run (overrides applied)
+      run.json                      name, started/ended (unix s), origin (scenario time 0,
+                                    unix s), duration_s, users, workers, seed, instances,
+                                    backend, ws/admin URLs, faults (ids, kinds, windows),
+                                    machine (cpus, python), status ("complete"/"interrupted")
+      swarm.json                    the swarm settings handed to Locust
+      locust/locust_stats.csv       Locust's own CSVs (--csv locust/locust)
+      locust/locust_stats_history.csv, locust/locust_failures.csv, locust/locust_exceptions.csv
+      locust.log                    Locust's output
+      client-events-<tag>.csv       raw client events, one file per Locust process
+                                    (columns: loadtests.eventlog.COLUMNS)
+      server-events.jsonl           the server event log (all instances; `instance` field)
+      server-stats.json             final /sim/v1/stats: {"<instance>": stats, ...}
+      server-timeline.jsonl         /sim/v1/stats sampled every second:
+                                    {"t": unix s, "instance": id, "stats": {...}}
+      server.log                    the server processes' output
+      summary.json                  the analysis (`rtmsim analyze` rewrites it)
+      charts/*.png, report.html     charts and the self-contained report
+
+Every path has one name here; nothing else spells them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SCENARIO = "scenario.toml"
+RUN = "run.json"
+SWARM = "swarm.json"
+LOCUST_DIR = "locust"
+LOCUST_PREFIX = "locust/locust"
+LOCUST_LOG = "locust.log"
+CLIENT_EVENTS_GLOB = "client-events-*.csv"
+SERVER_EVENTS = "server-events.jsonl"
+SERVER_STATS = "server-stats.json"
+SERVER_TIMELINE = "server-timeline.jsonl"
+SERVER_LOG = "server.log"
+SUMMARY = "summary.json"
+CHARTS = "charts"
+REPORT = "report.html"
+
+
+def read_json(run_dir: Path, name: str, default: Any = None) -> Any:
+    path = Path(run_dir) / name
+    if not path.exists():
+        return default
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    path = Path(run_dir) / name
+    if not path.exists():
+        return []
+    out = []
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by an interrupted run: skip it
+    return out
+
+
+def is_run_dir(path: Path) -> bool:
+    return (Path(path) / RUN).exists()
