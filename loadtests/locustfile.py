@@ -11,7 +11,10 @@ retry policy per class and the load shape (RTMSIM_SHAPE=step_ramp|spike|soak).
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import urllib.request
 
 from locust import events
 
@@ -41,6 +44,25 @@ def _options(parser, **_kwargs):
                         help="write the raw client event log into this directory")
     parser.add_argument("--rtmsim-config", default=None, env_var="RTMSIM_SWARM_CONFIG",
                         help="JSON swarm settings written by `rtmsim run`")
+
+
+@events.test_start.add_listener
+def _align_fault_clock(environment, **_kwargs):
+    """Scenario time 0 is when the swarm starts: tell every server instance."""
+    from locust.runners import WorkerRunner
+
+    from loadtests.swarmconfig import SETTINGS
+
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    origin = int(time.time() * 1000)
+    for url in SETTINGS.admin_urls:
+        request = urllib.request.Request(f"{url}/sim/v1/clock", method="POST",
+                                         data=json.dumps({"origin": origin}).encode())
+        try:
+            urllib.request.urlopen(request, timeout=5).close()
+        except OSError as exc:
+            print(f"rtmsim: could not align the fault clock of {url}: {exc}")
 
 
 @events.init.add_listener

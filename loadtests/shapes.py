@@ -14,7 +14,7 @@ from .swarmconfig import SETTINGS
 
 
 def _shape_params(defaults: dict[str, Any]) -> dict[str, Any]:
-    return {**defaults, **SETTINGS.params("shape")}
+    return {**defaults, **SETTINGS.shape_params}
 
 
 class StepRamp(LoadTestShape):

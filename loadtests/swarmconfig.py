@@ -26,6 +26,9 @@ class SwarmSettings:
     seed: int = 0
     model: str = "closed"  # or "open": fixed arrival schedule, latency from intended time
     classes: dict[str, dict[str, Any]] = field(default_factory=dict)  # per user class
+    hosts: list[str] = field(default_factory=list)  # several instances: users spread
+    admin_urls: list[str] = field(default_factory=list)  # clock alignment at test start
+    shape_params: dict[str, Any] = field(default_factory=dict)  # [swarm.shape]
 
     def params(self, class_name: str) -> dict[str, Any]:
         return self.classes.get(class_name, {})
@@ -60,7 +63,8 @@ def load_settings(options: Any = None) -> SwarmSettings:
 
 def apply_config(s: SwarmSettings, data: dict[str, Any]) -> None:
     """Lay a harness-written JSON object over the settings."""
-    for name in ("host", "key", "token_url", "secret", "run_dir", "seed", "model"):
+    for name in ("host", "key", "token_url", "secret", "run_dir", "seed", "model", "hosts",
+                 "admin_urls", "shape_params"):
         if name in data:
             setattr(s, name, data[name])
     s.classes.update(data.get("classes", {}))

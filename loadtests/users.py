@@ -41,7 +41,8 @@ class RealtimeUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        self.user_id = f"{type(self).__name__}-{os.getpid()}-{next(_user_ids)}"
+        self.index = next(_user_ids)
+        self.user_id = f"{type(self).__name__}-{os.getpid()}-{self.index}"
         self.rng = random.Random(f"{SETTINGS.seed}:{self.user_id}")
         spec = self.param("policy")
         self.policy: RetryPolicy = make_policy(spec, rng=self.rng)
@@ -70,7 +71,9 @@ class RealtimeUser(User):
 
     def _new_client(self, token: str | None = None) -> RealtimeClient:
         key = self.param("key") or SETTINGS.key
-        return RealtimeClient(self.host or SETTINGS.host, key=None if token else key,
+        hosts = SETTINGS.hosts
+        host = hosts[self.index % len(hosts)] if hosts else (self.host or SETTINGS.host)
+        return RealtimeClient(host, key=None if token else key,
                               token=token, reporter=self.reporter, name=self.user_id)
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -314,6 +317,14 @@ class Misbehaving(RealtimeUser):
     """Sends each class of bad input at a set rate; each provokes its own code."""
 
     defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Misbehaving"]
+
+    def ensure_connected(self) -> None:
+        # An oversize frame earns close 1009 on purpose: come straight back for more.
+        if not self.client.is_open and self.client.close_code == 1009:
+            self.client = self._renew_client()
+            self.connect()
+            return
+        super().ensure_connected()
 
     @task
     def misbehave(self) -> None:

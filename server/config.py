@@ -40,6 +40,7 @@ class ServerConfig:
     cross_instance_send: bool = True
     redis_peer_ttl_s: float = 3.0  # a silent instance's peers expire after this
     instance_id: str | None = None  # default: i0, i1, ... (or i<port> when alone)
+    instances: int = 1  # processes `rtmsim run` starts (needs the redis backend when > 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,7 +216,11 @@ def parse_config(data: dict[str, Any]) -> Config:
         cross_instance_send=srv.boolean("cross_instance_send", True),
         redis_peer_ttl_s=srv.number("redis_peer_ttl_s", 3.0, minimum=0.3),
         instance_id=srv.string("instance_id", None),
+        instances=srv.number("instances", 1, minimum=1, integer=True, maximum=64),
     )
+    if server.instances > 1 and server.backend != "redis":
+        raise ConfigError(f"server.instances: {server.instances} instances need "
+                          "backend = \"redis\" (they share state through Redis)")
     if not server.redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"server.redis_url: must start with redis://, rediss:// or "
                           f"unix://, got {server.redis_url!r}")

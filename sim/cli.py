@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from collections.abc import Sequence
 
 from server.config import BACKENDS, Config, ConfigError, default_config, load_config
+
+from .run import RunError
 
 
 class CliError(Exception):
@@ -61,7 +64,58 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instances", type=_int, default=1,
                        help="run N instances on consecutive ports (needs --backend redis)")
     serve.add_argument("--instance-id", help="this instance's id (welcome.metadata, events)")
+    run = sub.add_parser("run", help="run a scenario end to end (server + swarm + analysis)")
+    run.add_argument("scenario", help="scenario TOML file (see scenarios/)")
+    run.add_argument("--out", help="run directory (default results/<name>-<timestamp>)")
+    run.add_argument("--users", type=_int, help="override swarm.users")
+    run.add_argument("--duration", type=_float, help="override swarm.duration_s (seconds)")
+    run.add_argument("--workers", type=_int, help="override swarm.workers (Locust processes)")
+    run.add_argument("--seed", type=_int, help="override server.seed")
+    run.add_argument("--no-progress", action="store_true", help="no live progress lines")
     return parser
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a finite number: {text!r}")
+    return value
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .run import Runner, default_run_dir
+    from .scenario import load_scenario
+
+    for name in ("users", "workers"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name} must be >= 1, got {value}")
+    if args.duration is not None and args.duration <= 0:
+        raise CliError(f"--duration must be > 0, got {args.duration:g}")
+    scenario = load_scenario(args.scenario).with_overrides(
+        users=args.users, duration_s=args.duration, workers=args.workers, seed=args.seed)
+    run_dir = Path(args.out) if args.out else default_run_dir(scenario)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
+    status = Runner(scenario, run_dir, progress=not args.no_progress).run()
+    return finish_run(run_dir, status)
+
+
+def finish_run(run_dir, status: str) -> int:
+    """Analyse the run directory and print where everything went."""
+    from .report import build_all, print_summary
+
+    summary = build_all(run_dir)
+    print_summary(summary, run_dir)
+    if status != "complete":
+        print(f"rtmsim: the run was {status}; results so far are in {run_dir}")
+        return 130
+    return 0
 
 
 def serve_config(args: argparse.Namespace) -> Config:
@@ -108,7 +162,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return cmd_serve(args)
-    except (ConfigError, CliError) as exc:
+        if args.command == "run":
+            return cmd_run(args)
+    except (ConfigError, CliError, RunError) as exc:
         if args.debug:
             raise
         print(f"rtmsim: {exc}", file=sys.stderr)
