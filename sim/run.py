@@ -195,12 +195,13 @@ class Runner:
                 time.sleep(SAMPLE_S)
                 now = time.time()
                 samples = {}
-                for url in inst.admin_urls:
+                for i, url in enumerate(inst.admin_urls):
                     stats = _get_json(f"{url}/sim/v1/stats")
                     if stats is not None:
-                        samples[stats.get("instance") or url] = stats
-                        timeline.write(json.dumps({"t": now, "instance": stats.get("instance")
-                                                   or url, "stats": stats}) + "\n")
+                        name = stats.get("instance") or f"i{i}"
+                        samples[name] = stats
+                        timeline.write(json.dumps({"t": now, "instance": name,
+                                                   "stats": stats}) + "\n")
                 timeline.flush()
                 if not self.progress or not samples:
                     continue
@@ -235,10 +236,10 @@ class Runner:
 
     def collect(self, inst: Instances) -> None:
         final = {}
-        for url in inst.admin_urls:
+        for i, url in enumerate(inst.admin_urls):
             stats = _get_json(f"{url}/sim/v1/stats")
             if stats is not None:
-                final[stats.get("instance") or url] = stats
+                final[stats.get("instance") or f"i{i}"] = stats
         (self.dir / rundir.SERVER_STATS).write_text(json.dumps(final, indent=2, sort_keys=True))
         origins = [s.get("faults", {}).get("origin") for s in final.values()]
         self.meta["origin"] = next((o for o in origins if o), self.meta.get("started"))
@@ -252,7 +253,7 @@ class Runner:
             "model": sc.swarm.model, "shape": sc.swarm.shape,
             "seed": sc.config.server.seed, "backend": sc.config.server.backend,
             "instances": sc.config.server.instances,
-            "faults": [dict(f) for f in sc.config.faults],
+            "faults": _fault_windows(sc),
             "classes": sc.swarm.classes,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
@@ -301,6 +302,20 @@ class Runner:
             self.stop_all()
             self.write_meta(status)
         return status
+
+
+def _fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
+    """The scenario's faults with the ids and windows the server gives them."""
+    from server.faults import FaultEngine
+
+    engine = FaultEngine(scenario.config.server.seed, 0.0)
+    engine.load(scenario.config.faults)
+    out = []
+    for fault in engine.faults.values():
+        spec = {k: v for k, v in fault.describe().items() if k != "hits"}
+        spec["start_s"], spec["end_s"] = fault.start_s, fault.end_s
+        out.append(spec)
+    return out
 
 
 def _names_redis_url(source: str) -> bool:
