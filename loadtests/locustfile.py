@@ -30,6 +30,23 @@ from loadtests.users import (  # noqa: F401  (Locust collects the User classes)
     Subscriber,
 )
 
+
+def _variants() -> None:
+    """Scenario classes like `[swarm.classes.FastRetry] class = "Publisher"` become
+    subclasses here, so Locust can run several variants of one behaviour."""
+    path = os.environ.get("RTMSIM_SWARM_CONFIG")
+    if not path:
+        return
+    with open(path, encoding="utf-8") as f:
+        classes = json.load(f).get("classes", {})
+    for name, params in classes.items():
+        base = params.get("class")
+        if base and base != name and name not in globals():
+            globals()[name] = type(name, (globals()[base],), {"__module__": __name__})
+
+
+_variants()
+
 if os.environ.get("RTMSIM_SHAPE"):
     from loadtests.shapes import SHAPES
 

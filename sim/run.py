@@ -75,6 +75,8 @@ class Runner:
         self.redis_url: str | None = None
         self.interrupted = False
         self.meta: dict[str, Any] = {}
+        self.redis_cmd: list[str] = []
+        self._blip_state: dict[tuple[float, float], str] = {}
 
     # -- children -------------------------------------------------------------------------
 
@@ -126,12 +128,32 @@ class Runner:
             raise RunError("the scenario uses the Redis backend but redis-server is not "
                            "installed: `apt-get install redis-server` (or set "
                            "[server] redis_url to a Redis you run)")
-        port = _free_port()
-        child = self._spawn("redis", [binary, "--port", str(port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no",
-                                      "--dir", str(self.dir)], "redis.log")
-        _wait_for_port(port, child, "redis-server")
+        self.redis_cmd = [binary, "--port", str(_free_port()), "--bind", "127.0.0.1",
+                          "--save", "", "--appendonly", "no", "--dir", str(self.dir)]
+        port = self._start_redis_process()
         self.redis_url = f"redis://127.0.0.1:{port}/0"
+
+    def _start_redis_process(self) -> int:
+        port = int(self.redis_cmd[2])
+        child = self._spawn("redis", self.redis_cmd, "redis.log")
+        _wait_for_port(port, child, "redis-server")
+        return port
+
+    def _redis_blips(self, scenario_t: float) -> None:
+        """Kill or restart the private redis-server as the scenario's blips say."""
+        for at_s, down_s in self.scenario.redis_blips:
+            key = (at_s, down_s)
+            if key not in self._blip_state and scenario_t >= at_s:
+                redis = next(c for c in reversed(self.children) if c.name == "redis")
+                self._stop(redis, signal.SIGKILL)
+                self._blip_state[key] = "down"
+                self.meta.setdefault("redis_blips", []).append(
+                    {"at_s": round(scenario_t, 3), "down_s": down_s})
+                print(f"  redis-server killed at {scenario_t:.1f} s (blip)", file=self.out)
+            elif self._blip_state.get(key) == "down" and scenario_t >= at_s + down_s:
+                self._start_redis_process()
+                self._blip_state[key] = "up"
+                print(f"  redis-server back at {scenario_t:.1f} s", file=self.out)
 
     def start_server(self) -> Instances:
         n = self.scenario.config.server.instances
@@ -178,7 +200,9 @@ class Runner:
         if swarm.workers > 1:
             cmd += ["--processes", str(swarm.workers)]
         cmd += list(swarm.classes)
-        env = {"RTMSIM_SHAPE": swarm.shape} if swarm.shape else {}
+        env = {"RTMSIM_SWARM_CONFIG": str(swarm_json)}
+        if swarm.shape:
+            env["RTMSIM_SHAPE"] = swarm.shape
         (self.dir / rundir.LOCUST_DIR).mkdir(exist_ok=True)
         return self._spawn("locust", cmd, rundir.LOCUST_LOG, env)
 
@@ -203,10 +227,14 @@ class Runner:
                         timeline.write(json.dumps({"t": now, "instance": name,
                                                    "stats": stats}) + "\n")
                 timeline.flush()
+                origin = next((s.get("faults", {}).get("origin") for s in samples.values()),
+                              None)
+                if origin and self.scenario.redis_blips:
+                    self._redis_blips(now - origin)
                 if not self.progress or not samples:
                     continue
                 mono = time.monotonic()
-                elapsed = mono - started
+                elapsed = now - origin if origin else mono - started  # scenario time
                 published = sum(s["totals"]["messages"]["published"] for s in samples.values())
                 rate = (published - last_published) / max(1e-6, mono - last_t)
                 last_published, last_t = published, mono

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Scenario:
     swarm: Swarm
     source: str  # the TOML text as given
     path: Path | None = None
+    redis_blips: tuple[tuple[float, float], ...] = ()  # (at_s, down_s): harness kills Redis
 
     def with_overrides(self, *, users: int | None = None, duration_s: float | None = None,
                        workers: int | None = None, seed: int | None = None) -> Scenario:
@@ -75,7 +77,7 @@ def parse_scenario(data: dict[str, Any], text: str = "", *, default_name: str = 
     meta = config.extra.get("scenario") or {}
     if not isinstance(meta, dict):
         raise ConfigError("scenario: must be a table")
-    unknown = sorted(set(meta) - {"name", "description"})
+    unknown = sorted(set(meta) - {"name", "description", "redis_blips"})
     if unknown:
         raise ConfigError(f"scenario.{unknown[0]}: unknown key")
     name = meta.get("name", default_name)
@@ -85,8 +87,28 @@ def parse_scenario(data: dict[str, Any], text: str = "", *, default_name: str = 
     if not isinstance(description, str):
         raise ConfigError("scenario.description: must be a string")
     swarm = parse_swarm(config.extra.get("swarm") or {})
+    blips = _parse_blips(meta.get("redis_blips", []), config, text)
     return Scenario(name=name, description=description, config=config, swarm=swarm,
-                    source=text, path=path)
+                    source=text, path=path, redis_blips=blips)
+
+
+def _parse_blips(raw: object, config: Config, text: str) -> tuple[tuple[float, float], ...]:
+    """Real Redis outages the harness causes by killing its private redis-server."""
+    if not isinstance(raw, list):
+        raise ConfigError("scenario.redis_blips: must be a list of {at_s, down_s}")
+    out = []
+    for i, blip in enumerate(raw):
+        path = f"scenario.redis_blips[{i}]"
+        if not isinstance(blip, dict) or set(blip) - {"at_s", "down_s"}:
+            raise ConfigError(f"{path}: must be a table with at_s and down_s")
+        out.append((_number(blip, "at_s", path, None), _number(blip, "down_s", path, None,
+                                                               exclusive=True)))
+    if out and config.server.backend != "redis":
+        raise ConfigError("scenario.redis_blips: needs [server] backend = \"redis\"")
+    if out and re.search(r"(?m)^\s*redis_url\s*=", text):
+        raise ConfigError("scenario.redis_blips: the harness can only stop a Redis it "
+                          "started: remove [server] redis_url")
+    return tuple(sorted(out))
 
 
 def _number(table: dict[str, Any], key: str, path: str, default: Any, *,
@@ -141,12 +163,22 @@ def parse_swarm(data: object) -> Swarm:
 
 
 def _parse_class(name: str, params: object) -> dict[str, Any]:
+    """One `[swarm.classes.NAME]` table.
+
+    NAME is a behaviour (`Publisher`), or any name with `class = "Publisher"`: several
+    variants of one behaviour can then run side by side (e.g. one per retry policy).
+    """
     path = f"swarm.classes.{name}"
-    if name not in USER_CLASSES:
-        raise ConfigError(f"{path}: unknown user class (one of {', '.join(USER_CLASSES)})")
     if not isinstance(params, dict):
         raise ConfigError(f"{path}: must be a table")
-    allowed = set(parameters(name)) | set(LOCUST_PARAMS)
+    base = params.get("class", name)
+    if base not in USER_CLASSES:
+        where = f"{path}.class" if "class" in params else path
+        raise ConfigError(f"{where}: unknown user class {base!r} "
+                          f"(one of {', '.join(USER_CLASSES)})")
+    if not name.isidentifier():
+        raise ConfigError(f"{path}: a class name must be an identifier")
+    allowed = set(parameters(base)) | set(LOCUST_PARAMS) | {"class"}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for {name} "
