@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test serve lint bench clean redis-server
+.PHONY: test demo serve lint bench clean redis-server
 
 # The Redis tests start their own private redis-server; install Debian's when missing.
 redis-server:
@@ -26,6 +26,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 test: $(STAMP) redis-server
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The main job on the embedded defaults: one scenario end to end, summary + report.
+demo: $(STAMP)
+	$(BIN)/rtmsim run scenarios/default.toml
 
 serve: $(STAMP)
 	$(BIN)/rtmsim serve

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,5 +67,5 @@ class EventLog:
 
 
 def process_tag() -> str:
-    """A name for this process's log: the Locust worker index if any, else the pid."""
-    return os.environ.get("RTMSIM_WORKER_TAG") or str(os.getpid())
+    """A name for this process's log, unique across the machines of a distributed run."""
+    return os.environ.get("RTMSIM_WORKER_TAG") or f"{socket.gethostname()}-{os.getpid()}"
