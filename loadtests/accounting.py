@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from server.patterns import is_wildcard, match_channel
@@ -80,25 +81,27 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
     copies = delivered.groupby(["msg_id", "user"]).size()
     received = set(copies.index)
 
-    exact = subs[~subs.name.map(is_wildcard)] if len(subs) else subs
-    wild = subs[subs.name.map(is_wildcard)] if len(subs) else subs
     owed: set[tuple[str, str]] = set()
     excluded: set[tuple[str, str]] = set()
-    for msg_id, channel, publisher, t_sent, t_ack in zip(
-            pubs.msg_id, pubs.channel, pubs.user, pubs.sent, pubs.t, strict=True):
-        candidates = exact[exact.name == channel]
-        if len(wild):
-            matches = wild[[match_channel(p, channel) for p in wild.name]]
-            candidates = pd.concat([candidates, matches])
-        for user, start, end in zip(candidates.user, candidates.start, candidates.end,
-                                    strict=True):
-            if user == publisher:
-                continue
-            key = (msg_id, user)
-            if start <= t_sent and end >= t_ack + grace_s:
-                owed.add(key)
-            elif start <= t_ack + grace_s and end >= t_sent:
-                excluded.add(key)
+    names = subs.name.to_numpy()
+    wild = np.array([is_wildcard(n) for n in names], dtype=bool)
+    for channel, group in pubs.groupby("channel", sort=False):
+        # The subscriptions that can receive this channel: computed once per channel.
+        match = ~wild & (names == channel)
+        if wild.any():
+            match |= wild & np.array([w and match_channel(n, channel)
+                                      for n, w in zip(names, wild, strict=True)], dtype=bool)
+        cand = subs[match]
+        users, starts, ends = (cand.user.to_numpy(), cand.start.to_numpy(),
+                               cand.end.to_numpy())
+        for msg_id, publisher, t_sent, t_ack in zip(group.msg_id, group.user, group.sent,
+                                                    group.t, strict=True):
+            late = t_ack + grace_s
+            others = users != publisher
+            full = others & (starts <= t_sent) & (ends >= late)
+            partial = others & ~full & (starts <= late) & (ends >= t_sent)
+            owed.update((msg_id, u) for u in users[full])
+            excluded.update((msg_id, u) for u in users[partial])
     excluded -= owed  # owed through one subscription, ambiguous through another
     got = len(owed & received)
     duplicates = int((copies - 1).clip(lower=0).sum()) if len(copies) else 0

@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -66,7 +66,7 @@ class RealtimeClient:
     def __init__(self, base_url: str, *, key: str | None = None, token: str | None = None,
                  reporter: Reporter | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  on_frame: Callable[[dict[str, Any]], None] | None = None,
-                 name: str = "") -> None:
+                 name: str = "", sequence: Iterator[int] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
         self.token = token
@@ -81,7 +81,9 @@ class RealtimeClient:
         self.subscriptions: dict[str, float] = {}  # channel -> when it was acked
         self.peers: dict[str, set[str]] = collections.defaultdict(set)  # channel -> peers
         self._ids = itertools.count(1)
-        self._seq = itertools.count(1)
+        # Message ids must stay unique across reconnects: a user hands its own counter
+        # to every client it creates.
+        self._seq = sequence if sequence is not None else itertools.count(1)
         self._pending: dict[str, _Pending] = {}
         self._uncorrelated: collections.deque[_Pending] = collections.deque()
         self._lock = threading.Lock()
@@ -182,7 +184,7 @@ class RealtimeClient:
             ws.send(payload, text=True)
         except ConnectionClosed as exc:
             self._pending.pop(rid, None)
-            self.close_code = self.close_code or _close_code(exc)
+            self._closed(_close_code(exc))
             return self._finish(op, f"close {self.close_code}", started, attempt,
                                 channel=channel, msg_id=msg_id, peer=peer,
                                 intended_t=intended_t, nbytes=len(payload))
@@ -246,7 +248,7 @@ class RealtimeClient:
         try:
             ws.send(data)
         except ConnectionClosed as exc:
-            self.close_code = self.close_code or _close_code(exc)
+            self._closed(_close_code(exc))
         pending.event.wait(self.timeout)
         with self._lock, contextlib.suppress(ValueError):
             self._uncorrelated.remove(pending)

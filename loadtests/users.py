@@ -44,6 +44,7 @@ class RealtimeUser(User):
         self.index = next(_user_ids)
         self.user_id = f"{type(self).__name__}-{os.getpid()}-{self.index}"
         self.rng = random.Random(f"{SETTINGS.seed}:{self.user_id}")
+        self.sequence = itertools.count(1)  # message ids, unique across reconnects
         spec = self.param("policy")
         self.policy: RetryPolicy = make_policy(spec, rng=self.rng)
         self.reporter = Reporter(environment, _event_log(environment), user=self.user_id,
@@ -73,8 +74,9 @@ class RealtimeUser(User):
         key = self.param("key") or SETTINGS.key
         hosts = SETTINGS.hosts
         host = hosts[self.index % len(hosts)] if hosts else (self.host or SETTINGS.host)
-        return RealtimeClient(host, key=None if token else key,
-                              token=token, reporter=self.reporter, name=self.user_id)
+        return RealtimeClient(host, key=None if token else key, token=token,
+                              reporter=self.reporter, name=self.user_id,
+                              sequence=self.sequence)
 
     # -- lifecycle ----------------------------------------------------------------------
 

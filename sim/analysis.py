@@ -1,0 +1,75 @@
+"""The analysis API: pure functions from a run directory's data to tables and numbers.
+
+The CLI, report.html, the charts and the notebooks call these; none of them computes
+a rate or a percentile on its own, so every number a user sees has one definition.
+
+    run = load_run("results/default-20250101-120000")
+    error_counts(run)          # per code: client vs server, meaning, retry guidance
+    latency_percentiles(run)   # per op, from raw samples (numpy "linear")
+    write_summary(run.dir)     # summary.json, byte-for-byte reproducible
+
+The implementation is split by concept: loading (`analysis_run`), codes and
+reconciliation (`analysis_codes`), latency, delivery and retries
+(`analysis_latency`), server time series (`analysis_timeline`), fault effects
+(`analysis_faults`), capacity (`analysis_capacity`) and the summary
+(`analysis_summary`).
+"""
+
+from __future__ import annotations
+
+from .analysis_capacity import capacity, capacity_steps, load_steps
+from .analysis_codes import (
+    NEVER_RETRY,
+    close_counts,
+    error_counts,
+    error_rates,
+    never_retry_violations,
+    reconcile,
+)
+from .analysis_faults import per_second_health, reconnect_storms, recovery_times
+from .analysis_latency import (
+    PERCENTILE_METHOD,
+    amplification_by_policy,
+    delivery,
+    delivery_latency,
+    latency_over_time,
+    latency_percentiles,
+    percentiles_of,
+    retry_amplification,
+    reused_message_ids,
+)
+from .analysis_run import Run, fault_windows, load_run
+from .analysis_summary import summary, write_summary
+from .analysis_timeline import connections_over_time, quota_over_time, throughput
+
+__all__ = [
+    "NEVER_RETRY",
+    "PERCENTILE_METHOD",
+    "Run",
+    "amplification_by_policy",
+    "capacity",
+    "capacity_steps",
+    "close_counts",
+    "connections_over_time",
+    "delivery",
+    "delivery_latency",
+    "error_counts",
+    "error_rates",
+    "fault_windows",
+    "latency_over_time",
+    "latency_percentiles",
+    "load_run",
+    "load_steps",
+    "never_retry_violations",
+    "per_second_health",
+    "percentiles_of",
+    "quota_over_time",
+    "reconcile",
+    "reconnect_storms",
+    "recovery_times",
+    "retry_amplification",
+    "reused_message_ids",
+    "summary",
+    "throughput",
+    "write_summary",
+]

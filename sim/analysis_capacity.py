@@ -1,0 +1,147 @@
+"""Capacity from a step-ramp run: per load step throughput, p99 and errors; the knee.
+
+The steps are read from what Locust actually ran (the user count in its stats
+history), not from the shape's parameters, so a ramp that could not spawn its users
+is measured as it happened. The first seconds of each step are skipped: users that
+just connected and subscribed would otherwise blur the step's steady state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from server.codes import ERROR_CODES
+
+from . import rundir
+from .analysis_run import Run, fault_windows
+from .analysis_timeline import timeline_total
+
+P99_LIMIT_MS = 100.0
+ERROR_RATE_LIMIT = 0.01
+SETTLE_S = 2.0
+STEP_OPS = ("connect", "subscribe", "unsubscribe", "publish", "send")
+
+
+def user_levels(run: Run) -> pd.DataFrame:
+    """(ts, users) from Locust's stats history (Aggregated rows), one row a second."""
+    path = run.dir / f"{rundir.LOCUST_PREFIX}_stats_history.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=["ts", "users"])
+    hist = pd.read_csv(path, usecols=["Timestamp", "User Count", "Name"])
+    hist = hist[hist.Name == "Aggregated"]
+    return pd.DataFrame({"ts": hist.Timestamp.astype(float) - run.origin,
+                         "users": hist["User Count"].astype(int)}).reset_index(drop=True)
+
+
+def load_steps(run: Run) -> pd.DataFrame:
+    """step, users, start_s, end_s: maximal runs of one user count lasting >= 2 samples.
+
+    Shorter runs are the spawn in progress between two levels, not a step.
+    """
+    levels = user_levels(run)
+    cols = ["step", "users", "start_s", "end_s"]
+    if not len(levels):
+        return pd.DataFrame(columns=cols)
+    run_id = (levels.users != levels.users.shift()).cumsum()
+    g = levels.groupby(run_id, sort=True)
+    steps = pd.DataFrame({"users": g.users.first(), "start_s": g.ts.min(),
+                          "end_s": g.ts.max() + 1.0, "n": g.size()})
+    # Levels after the scenario's end are Locust stopping its users, not a step.
+    steps = steps[(steps.users > 0) & (steps.n >= 2)
+                  & (steps.start_s < run.duration_s)].reset_index(drop=True)
+    steps.insert(0, "step", np.arange(1, len(steps) + 1))
+    return steps[cols]
+
+
+def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
+    """Per step: users, connections (server median), msgs_per_s (accepted publishes),
+    publish_p99_ms (ok publishes, numpy linear), requests, errors, error_rate, faults
+    (ids of the fault windows overlapping the step: a limit crossed under an injected
+    fault is the fault's doing, not the load's).
+
+    Errors are request outcomes other than ok, leaving out codes that are the client's
+    own fault (never-retry codes: a misbehaving client is not a capacity limit).
+    """
+    steps = load_steps(run)
+    cols = ["step", "users", "start_s", "end_s", "connections", "msgs_per_s",
+            "publish_p99_ms", "requests", "errors", "error_rate", "faults"]
+    if not len(steps):
+        return pd.DataFrame(columns=cols)
+    r = run.requests()
+    r = r[r.op.isin(STEP_OPS)]
+    client_fault = {c for c, e in ERROR_CODES.items() if e.is_client_fault}
+    failed = (r.outcome != "ok") & ~r.outcome.isin(client_fault)
+    published = timeline_total(run, "published")
+    conns = timeline_total(run, "connections_now")
+    windows = fault_windows(run)
+    rows = []
+    for s in steps.itertuples(index=False):
+        lo = s.start_s + min(settle_s, 0.25 * (s.end_s - s.start_s))
+        hi = s.end_s
+        in_step = (r.ts >= lo) & (r.ts < hi)
+        pubs = r[in_step & (r.op == "publish") & (r.outcome == "ok")].latency_ms.dropna()
+        if len(published):
+            x, y = published.index.to_numpy(dtype=float), published.to_numpy(dtype=float)
+            rate = float(np.diff(np.interp([lo, hi], x, y))[0]) / (hi - lo)
+        else:
+            rate = len(pubs) / (hi - lo)
+        n = int(in_step.sum())
+        errors = int((in_step & failed).sum())
+        c = conns[(conns.index >= lo) & (conns.index < hi)]
+        rows.append({"step": int(s.step), "users": int(s.users), "start_s": float(s.start_s),
+                     "end_s": float(s.end_s),
+                     "connections": float(c.median()) if len(c) else math.nan,
+                     "msgs_per_s": rate,
+                     "publish_p99_ms": float(np.percentile(pubs, 99, method="linear"))
+                     if len(pubs) else math.nan,
+                     "requests": n, "errors": errors,
+                     "error_rate": errors / n if n else math.nan,
+                     "faults": " ".join(windows.id[(windows.start_s < hi)
+                                                   & (windows.end_s >= lo)])})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def capacity(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
+             error_rate_limit: float = ERROR_RATE_LIMIT) -> dict[str, Any]:
+    """The knee: the last step before p99 publish latency or the error rate crossed
+    its limit. {"steps": [...], "knee": step dict | None, "limit": sentence | None,
+    "sustainable_connections", "sustainable_msgs_per_s", "verdict": sentence}.
+    """
+    steps = capacity_steps(run)
+    out: dict[str, Any] = {"p99_limit_ms": p99_limit_ms, "error_rate_limit": error_rate_limit,
+                           "steps": steps.to_dict("records"), "knee": None, "limit": None,
+                           "sustainable_connections": None, "sustainable_msgs_per_s": None}
+    if not len(steps):
+        out["verdict"] = "no load steps found (no Locust stats history in the run directory)"
+        return out
+    knee = None
+    for s in steps.to_dict("records"):
+        crossed = []
+        if s["publish_p99_ms"] > p99_limit_ms:
+            crossed.append(f"p99 publish latency {s['publish_p99_ms']:.1f} ms > "
+                           f"{p99_limit_ms:g} ms")
+        if s["error_rate"] > error_rate_limit:
+            crossed.append(f"error rate {100 * s['error_rate']:.2f}% > "
+                           f"{100 * error_rate_limit:g}%")
+        if crossed:
+            under = f", with faults {s['faults']} active" if s["faults"] else ""
+            out["limit"] = (f"{' and '.join(crossed)} at step {s['step']} "
+                            f"({s['users']} users{under})")
+            break
+        knee = s
+    out["knee"] = knee
+    if knee is None:
+        out["verdict"] = f"already over a limit at the first step: {out['limit']}"
+        return out
+    out["sustainable_connections"] = knee["connections"]
+    out["sustainable_msgs_per_s"] = knee["msgs_per_s"]
+    tail = (f"; then {out['limit']}" if out["limit"]
+            else "; no limit crossed up to the last step (capacity is at least this)")
+    out["verdict"] = (f"sustainable: {knee['users']} users, {knee['connections']:.0f} "
+                      f"connections, {knee['msgs_per_s']:.1f} msgs/s (step {knee['step']})"
+                      f"{tail}")
+    return out

@@ -1,0 +1,243 @@
+"""Per-code counts from both sides, their reconciliation, and never-retry violations.
+
+The client log says what users saw, the server's counters and event log say what the
+server sent; neither is trusted alone. Every table puts both side by side with the
+difference, and `reconcile` names each disagreement in words, so a lost close frame
+or an uncounted error is reported instead of averaged away. Meanings and retry
+guidance come from `server.codes`, the one code table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from server.codes import CLOSE_CODES, ERROR_CODES, Retry
+
+from .analysis_run import NO_ANSWER, Run, bin_range, time_bins
+
+NEVER_RETRY = frozenset(c for c, e in ERROR_CODES.items() if not e.is_retryable)
+# RFC 6455 codes the server never sends itself, so the protocol table has no row for them.
+WS_CLOSES = {
+    1000: ("normal_closure", "normal closure", "none needed"),
+    1006: ("abnormal_closure", "no close frame: the connection was dropped (network, "
+           "crash, or an injected drop)", "reconnect after a backoff"),
+}
+
+
+def _server_totals(run: Run, section: str) -> Counter[str]:
+    """A counter of `totals[section]` summed over instances (server-stats.json)."""
+    total: Counter[str] = Counter()
+    for stats in run.stats.values():
+        total.update((stats.get("totals") or {}).get(section) or {})
+    return total
+
+
+def error_counts(run: Run) -> pd.DataFrame:
+    """Per error code: client, server, server_log, diff, meaning, retry, client_fault.
+
+    `client` counts client request rows answered with the code; `server` the server's
+    final counters (summed over instances; the event log when there are no stats);
+    `server_log` the server event log's `error` events; `diff` = client - server.
+    """
+    client = run.client_errors().outcome.value_counts()
+    srv = run.server
+    log = srv.loc[srv.event == "error", "code"].astype(str).value_counts()
+    stats = _server_totals(run, "errors")
+    server = pd.Series(stats, dtype=np.int64) if run.stats else log
+    codes = sorted(set(client.index) | set(server.index) | set(log.index))
+    rows = []
+    for code in codes:
+        entry = ERROR_CODES.get(code)
+        rows.append({
+            "code": code, "client": int(client.get(code, 0)), "server": int(server.get(code, 0)),
+            "server_log": int(log.get(code, 0)),
+            "meaning": entry.meaning if entry else "not in the protocol's code table",
+            "retry": entry.guidance if entry else "unknown code: tolerate it",
+            "retry_kind": str(entry.retry) if entry else "",
+            "client_fault": bool(entry.is_client_fault) if entry else False})
+    df = pd.DataFrame(rows, columns=["code", "client", "server", "server_log", "meaning",
+                                     "retry", "retry_kind", "client_fault"])
+    df.insert(3, "diff", df.client - df.server)
+    return _by_count(df, "code")
+
+
+def _client_closes(run: Run) -> pd.Series:
+    """Closes the clients recorded: `close` notes plus connects refused with a close."""
+    c = run.client
+    rows = c[((c.op == "close") | (c.op == "connect")) & c.outcome.str.startswith("close ")]
+    return rows.outcome.str.slice(6).astype(int).value_counts()
+
+
+def close_counts(run: Run) -> pd.DataFrame:
+    """Per close code (int): client, server, server_log, diff, name, meaning, guidance.
+
+    The client side is every `close` row (a close frame received, or 1006 for a socket
+    that died) plus every connect answered by a close (rejections: 4001, 4010, ...);
+    the server side counts closes it decided, rejections included.
+    """
+    client = _client_closes(run)
+    srv = run.server
+    closing = srv[srv.event.isin(["close", "reject"])]
+    log = pd.to_numeric(closing.code, errors="coerce").dropna().astype(int).value_counts()
+    stats = {int(k): v for k, v in _server_totals(run, "closes").items()}
+    server = pd.Series(stats, dtype=np.int64) if run.stats else log
+    rows = []
+    for code in sorted(set(client.index) | set(server.index) | set(log.index)):
+        entry = CLOSE_CODES.get(code)
+        name, meaning, guidance = ((entry.name, entry.meaning, entry.guidance) if entry
+                                   else WS_CLOSES.get(code, ("unknown", "not in the "
+                                                             "protocol's code table", "")))
+        rows.append({"code": int(code), "client": int(client.get(code, 0)),
+                     "server": int(server.get(code, 0)), "server_log": int(log.get(code, 0)),
+                     "name": name, "meaning": meaning, "guidance": guidance})
+    df = pd.DataFrame(rows, columns=["code", "client", "server", "server_log", "name",
+                                     "meaning", "guidance"])
+    df.insert(3, "diff", df.client - df.server)
+    return _by_count(df, "code")
+
+
+def _by_count(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Most frequent first, ties by code: the order a reader scans a table in."""
+    most = np.maximum(df.client, df.server)
+    df = df.assign(_most=most).sort_values(["_most", key], ascending=[False, True],
+                                            kind="stable")
+    return df.drop(columns="_most").set_index(key)
+
+
+def reconcile(run: Run) -> dict[str, Any]:
+    """Client vs server, per error code, per close code, and for message counts.
+
+    {"agree": bool, "errors": {code: {client, server, diff}}, "closes": {...},
+    "published": {client, server, rest, diff}, "sent": ..., "delivered": ...,
+    "no_answer": {outcome: n}, "differences": [one sentence per disagreement]}.
+    A request that got no answer (timeout) is not a disagreement by itself, but the
+    server may have counted it under any code, so it is named too.
+    """
+    differences: list[str] = []
+    out: dict[str, Any] = {}
+    has_log = bool(len(run.server))
+    for section, table, label in (("errors", error_counts(run), "{}"),
+                                  ("closes", close_counts(run), "close {}")):
+        out[section] = {}
+        for code, row in table.iterrows():
+            out[section][str(code)] = {"client": int(row.client), "server": int(row.server),
+                                       "diff": int(row["diff"])}
+            what = label.format(code)
+            if row["diff"]:
+                differences.append(_difference(what, int(row.client), int(row.server)))
+            if has_log and run.stats and row.server_log != row.server:
+                differences.append(f"{what}: the server event log has {int(row.server_log)} "
+                                   f"but the server counters say {int(row.server)}")
+    msgs = _server_totals(run, "messages")
+    c = run.requests()
+    rest = _rest_publishes(run)
+    delivered = int((run.client.op == "deliver").sum())
+    for name, client_n, server_n, extra in (
+            ("published", int(((c.op == "publish") & (c.outcome == "ok")).sum()),
+             int(msgs.get("published", 0)) - rest, {"rest": rest}),
+            ("sent", int(((c.op == "send") & (c.outcome == "ok")).sum()),
+             int(msgs.get("sent", 0)), {}),
+            ("delivered", delivered, int(msgs.get("delivered", 0)), {})):
+        out[name] = {"client": client_n, "server": server_n, "diff": client_n - server_n,
+                     **extra}
+        if run.stats and client_n != server_n:
+            what = {"published": "acked publishes (REST publishes excluded)",
+                    "sent": "acked direct sends",
+                    "delivered": "deliveries (message + direct frames)"}[name]
+            differences.append(_difference(what, client_n, server_n))
+    no_answer = c.outcome[c.outcome.isin(NO_ANSWER)].value_counts()
+    out["no_answer"] = {k: int(v) for k, v in sorted(no_answer.items())}
+    for outcome, n in sorted(no_answer.items()):
+        differences.append(f"{int(n)} client requests ended with {outcome} (no answer): "
+                           "the server may have counted them under any code")
+    if not run.stats:
+        differences.append("no server-stats.json: server counts come from the event log "
+                           "alone, message counts could not be compared")
+    out["differences"] = differences
+    out["agree"] = not differences
+    return out
+
+
+def _rest_publishes(run: Run) -> int:
+    """REST publishes the server accepted: counted in `published`, absent from clients."""
+    srv = run.server
+    if "path" not in srv.columns or "method" not in srv.columns:
+        return 0
+    rest = srv[srv.event == "rest"]
+    ok = ((rest.method == "POST") & rest.path.astype(str).str.endswith("/publish")
+          & (pd.to_numeric(rest.get("status"), errors="coerce") == 200))
+    return int(ok.sum())
+
+
+def _difference(what: str, client: int, server: int) -> str:
+    if client < server:
+        return (f"{what}: clients recorded {client}, the server counted {server} "
+                f"({server - client} not seen by clients)")
+    return (f"{what}: clients recorded {client}, the server counted {server} "
+            f"({client - server} more on the client side)")
+
+
+def error_rates(run: Run, bin_s: float = 1.0, side: str = "client") -> pd.DataFrame:
+    """Errors per second per code in `bin_s` bins (index: bin start, scenario s).
+
+    side "client": request rows answered with an error code; "server": the server
+    event log's `error` events. Every bin of the run is present (zeros included).
+    """
+    if side == "client":
+        rows = run.client_errors()
+        codes = rows.outcome
+    elif side == "server":
+        rows = run.server[run.server.event == "error"]
+        codes = rows.code.astype(str)
+    else:
+        raise ValueError(f"side must be 'client' or 'server', got {side!r}")
+    bins = bin_range(run, bin_s, run.client, run.server)
+    counts = pd.crosstab(time_bins(rows.ts, bin_s), codes) if len(rows) else pd.DataFrame()
+    out = counts.reindex(bins, fill_value=0).sort_index(axis=1) / bin_s
+    out.index.name = "ts"
+    out.columns.name = "code"
+    return out
+
+
+def never_retry_violations(run: Run) -> pd.DataFrame:
+    """Connections that repeated an operation after a never-retry answer (server view).
+
+    A code whose guidance is "never" or "never on this connection" cannot succeed on
+    a retry; a client that sends the same op again on the same connection and earns
+    the same code again is looping. One row per (instance, conn, code, op) seen at
+    least twice: `repeats` = answers after the first. `op` is "" for errors that
+    carry no op (a frame the server could not parse). `user`/`user_class` name the
+    Locust user, matched by peerId from the client's connect rows.
+    """
+    cols = ["instance", "conn", "peer", "user", "user_class", "app", "code", "op", "repeats",
+            "first_ts", "last_ts"]
+    srv = run.server
+    errs = srv[(srv.event == "error") & srv.code.astype(str).isin(NEVER_RETRY)]
+    if not len(errs):
+        return pd.DataFrame(columns=cols)
+    errs = errs.assign(op=errs.op.fillna("").astype(str), code=errs.code.astype(str),
+                       peer=errs.peer.fillna("").astype(str), app=errs.app.fillna(""))
+    g = errs.groupby(["instance", "conn", "peer", "app", "code", "op"], sort=True)
+    df = g.ts.agg(["count", "min", "max"]).reset_index()
+    df = df[df["count"] >= 2]
+    df = df.assign(repeats=df["count"] - 1).rename(columns={"min": "first_ts",
+                                                            "max": "last_ts"})
+    c = run.client
+    who = c[(c.op == "connect") & (c.outcome == "ok") & (c.peer != "")]
+    who = who.drop_duplicates("peer").set_index("peer")
+    df["user"] = df.peer.map(who.user).fillna("")
+    df["user_class"] = df.peer.map(who.user_class).fillna("")
+    df["conn"] = df.conn.astype(np.int64)
+    df = df.sort_values(["repeats", "first_ts", "instance", "conn"],
+                        ascending=[False, True, True, True], kind="stable")
+    return df[cols].reset_index(drop=True)
+
+
+def is_service_fault(code: str) -> bool:
+    """True for codes that mean the service failed (retry after a backoff)."""
+    entry = ERROR_CODES.get(code)
+    return entry is not None and entry.retry is Retry.BACKOFF

@@ -1,0 +1,146 @@
+"""Latency percentiles, delivery accounting and retry amplification from raw client rows.
+
+Percentiles come from every unrounded sample in the client event log (Locust's own
+CSVs round above 100 ms), with numpy's "linear" method (pandas' `quantile` default is
+the same interpolation), so a p99 here can be recomputed by hand from the CSV.
+Only requests answered `ok` are timed: an error's latency says how fast the server
+said no, which would flatter a failing run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from loadtests.accounting import delivery_report
+
+from .analysis_run import Run, time_bins
+
+PERCENTILE_METHOD = "linear"  # numpy.percentile / pandas.quantile interpolation
+
+
+def percentile_name(p: float) -> str:
+    """50 -> "p50", 99.9 -> "p99.9": the column names every table uses."""
+    return f"p{p:g}"
+
+
+def percentiles_of(samples: np.ndarray | pd.Series,
+                   percentiles: Sequence[float] = (50, 90, 99, 99.9)) -> dict[str, float]:
+    """count (int), mean, max and the named percentiles of raw samples (NaN when empty)."""
+    x = np.asarray(samples, dtype=float)
+    x = x[~np.isnan(x)]
+    out: dict[str, float] = {"count": len(x),
+                             "mean": float(x.mean()) if len(x) else np.nan}
+    values = (np.percentile(x, list(percentiles), method=PERCENTILE_METHOD) if len(x)
+              else [np.nan] * len(percentiles))
+    for p, v in zip(percentiles, values, strict=True):
+        out[percentile_name(p)] = float(v)
+    out["max"] = float(x.max()) if len(x) else np.nan
+    return out
+
+
+def _ok_requests(run: Run) -> pd.DataFrame:
+    r = run.requests()
+    return r[(r.outcome == "ok") & r.latency_ms.notna()]
+
+
+def latency_percentiles(run: Run, percentiles: Sequence[float] = (50, 90, 99, 99.9)
+                        ) -> pd.DataFrame:
+    """Per op (index): count, mean, the percentiles and max, in ms, of ok requests."""
+    ok = _ok_requests(run)
+    rows = {op: percentiles_of(group.latency_ms.to_numpy(), percentiles)
+            for op, group in ok.groupby("op", sort=True)}
+    cols = ["count", "mean", *(percentile_name(p) for p in percentiles), "max"]
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=cols)
+    df["count"] = df["count"].astype(np.int64)
+    df.index.name = "op"
+    return df
+
+
+def latency_over_time(run: Run, bin_s: float = 5.0, percentiles: Sequence[float] = (50, 99)
+                      ) -> pd.DataFrame:
+    """ts (bin start), op, count and the percentiles (ms) of ok requests per bin."""
+    ok = _ok_requests(run)
+    names = [percentile_name(p) for p in percentiles]
+    if not len(ok):
+        return pd.DataFrame(columns=["ts", "op", "count", *names])
+    ok = ok.assign(bin=time_bins(ok.ts, bin_s))
+    g = ok.groupby(["bin", "op"], sort=True).latency_ms
+    q = g.quantile([p / 100 for p in percentiles], interpolation=PERCENTILE_METHOD)
+    wide = q.unstack(level=-1)
+    wide.columns = names
+    wide.insert(0, "count", g.size())
+    out = wide.reset_index().rename(columns={"bin": "ts"})
+    return out[["ts", "op", "count", *names]]
+
+
+def delivery_latency(run: Run) -> pd.Series:
+    """Publish-to-delivery latency (ms) of every delivery that carried a timestamp.
+
+    Indexed by the delivery's scenario time. Measured from the publisher's send (or
+    intended send under the open model) to the receiver's read: both clocks are the
+    same machine's.
+    """
+    c = run.client
+    d = c[(c.op == "deliver") & c.latency_ms.notna()]
+    return pd.Series(d.latency_ms.to_numpy(dtype=float), index=pd.Index(d.ts, name="ts"),
+                     name="delivery_latency_ms")
+
+
+def delivery(run: Run) -> dict[str, int]:
+    """End-to-end accounting (`loadtests.accounting`): owed, delivered, lost, duplicates."""
+    if "delivery" not in run._cache:
+        run._cache["delivery"] = delivery_report(run.client).as_dict()
+    return dict(run._cache["delivery"])
+
+
+def reused_message_ids(run: Run) -> int:
+    """Message ids a user published (or sent) as new more than once.
+
+    The accounting keys every message by (msg_id, recipient); a client that restarts
+    its sequence after a reconnect reuses ids, and its later messages then read as
+    duplicates (and reordered) of the earlier ones. Non-zero means the duplicate and
+    reorder counts of `delivery` are not trustworthy for this run.
+    """
+    r = run.requests()
+    firsts = r[r.op.isin(["publish", "send"]) & (r.attempt == 1) & (r.msg_id != "")]
+    return int(firsts.duplicated(["user", "msg_id"]).sum())
+
+
+def retry_amplification(run: Run) -> pd.DataFrame:
+    """Per retry policy (index) and user_class: operations, attempts, amplification.
+
+    An operation is a request row with attempt 1 (a first try); every row is an
+    attempt, so amplification = attempts / operations is how much traffic the policy
+    multiplied the intended load by (1.0: no retries). `retried` counts operations
+    that needed a second attempt.
+    """
+    r = run.requests()
+    cols = ["user_class", "operations", "attempts", "retries", "retried", "amplification"]
+    if not len(r):
+        return pd.DataFrame(columns=cols, index=pd.Index([], name="policy"))
+    r = r.assign(first=r.attempt == 1, second=r.attempt == 2,
+                 policy=r.policy.replace("", "(none)"))
+    g = r.groupby(["policy", "user_class"], sort=True)
+    df = pd.DataFrame({"operations": g["first"].sum(), "attempts": g.size(),
+                       "retried": g["second"].sum()}).reset_index()
+    df["retries"] = df.attempts - df.operations
+    df["amplification"] = df.attempts / df.operations.where(df.operations > 0)
+    return df.set_index("policy")[cols].astype({"operations": np.int64, "attempts": np.int64,
+                                                 "retries": np.int64, "retried": np.int64})
+
+
+def amplification_by_policy(run: Run) -> dict[str, dict[str, Any]]:
+    """retry_amplification summed over user classes: {policy: {operations, attempts, ...}}."""
+    df = retry_amplification(run)
+    out: dict[str, dict[str, Any]] = {}
+    for policy, g in df.groupby(level=0, sort=True):
+        ops, attempts = int(g.operations.sum()), int(g.attempts.sum())
+        out[str(policy)] = {"operations": ops, "attempts": attempts,
+                            "retries": attempts - ops, "retried": int(g.retried.sum()),
+                            "amplification": attempts / ops if ops else None,
+                            "user_classes": sorted(g.user_class)}
+    return out

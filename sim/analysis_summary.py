@@ -1,0 +1,205 @@
+"""`summary.json`: a run's headline numbers and warnings, reproducible byte for byte.
+
+Everything is computed by the analysis functions and only arranged here. The output
+is plain JSON (no NaN: missing numbers are null), floats are rounded to
+`FLOAT_DIGITS` decimals and keys are sorted, so analysing the same run directory
+twice gives identical files that diff cleanly between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import rundir
+from .analysis_capacity import capacity
+from .analysis_codes import close_counts, error_counts, never_retry_violations, reconcile
+from .analysis_faults import reconnect_storms, recovery_times
+from .analysis_latency import (
+    PERCENTILE_METHOD,
+    amplification_by_policy,
+    delivery,
+    delivery_latency,
+    latency_percentiles,
+    percentiles_of,
+    reused_message_ids,
+)
+from .analysis_run import Run, fault_windows, load_run
+from .analysis_timeline import quota_over_time, throughput
+
+FLOAT_DIGITS = 6
+TOP_OFFENDERS = 10
+QUOTA_FIELDS = ("messagesUsed", "overageMessages", "overageConnections", "balance",
+                "concurrentNow")
+
+
+def jsonable(value: Any, digits: int = FLOAT_DIGITS) -> Any:
+    """Plain JSON types: numpy scalars unwrapped, floats rounded, NaN/inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v, digits) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        f = float(value)
+        if not math.isfinite(f):
+            return None
+        r = round(f, digits)
+        return 0.0 if r == 0 else r  # no "-0.0"
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return df.to_dict("records")
+
+
+def summary(run: Run) -> dict[str, Any]:
+    """Headline numbers, per-code tables and warnings for one run (JSON-ready)."""
+    duration = run.duration_s
+    requests = run.requests()
+    n_requests = len(requests)
+    warnings: list[str] = []
+
+    errors = error_counts(run)
+    closes = close_counts(run)
+    error_section = {}
+    for code, row in errors.iterrows():
+        error_section[str(code)] = {
+            "client": row.client, "server": row.server, "server_log": row.server_log,
+            "diff": row["diff"], "meaning": row.meaning, "retry": row.retry,
+            "client_fault": row.client_fault,
+            "client_per_s": row.client / duration if duration else None,
+            "server_per_s": row.server / duration if duration else None,
+            "per_1000_requests": 1000 * row.client / n_requests if n_requests else None}
+    close_section = {str(code): {"client": row.client, "server": row.server,
+                                 "server_log": row.server_log, "diff": row["diff"],
+                                 "name": row["name"], "meaning": row.meaning,
+                                 "guidance": row.guidance,
+                                 "server_per_s": row.server / duration if duration else None}
+                     for code, row in closes.iterrows()}
+
+    lat = latency_percentiles(run)
+    dlat = delivery_latency(run)
+    acct = delivery(run)
+    reused = reused_message_ids(run)
+    amp = amplification_by_policy(run)
+    violations = never_retry_violations(run)
+    recovery = recovery_times(run)
+    storms = reconnect_storms(run)
+    rec = reconcile(run)
+    tp = throughput(run, 1.0)
+
+    out: dict[str, Any] = {
+        "run": {k: run.meta.get(k) for k in ("name", "description", "status", "duration_s",
+                                             "users", "model", "shape", "seed", "backend",
+                                             "instances", "workers")},
+        "origin": run.origin,
+        "method": {"percentiles": f"numpy.percentile(method={PERCENTILE_METHOD!r}) over "
+                                  "raw client samples (ms); latency of ok requests only",
+                   "rates": "per second over the scenario duration; per 1000 client "
+                            "requests (every request row, retries included)"},
+        "requests": {"total": n_requests,
+                     "per_op": {str(k): int(v) for k, v in
+                                requests.op.value_counts().sort_index().items()},
+                     "ok": int((requests.outcome == "ok").sum())},
+        "errors": error_section,
+        "closes": close_section,
+        "latency_ms": {str(op): {**row.to_dict(), "count": int(row["count"])}
+                       for op, row in lat.iterrows()},
+        "delivery_latency_ms": percentiles_of(dlat.to_numpy()),
+        "delivery": {**acct, "reused_message_ids": reused},
+        "retry_amplification": amp,
+        "never_retry_violations": {
+            "connections": len(violations), "repeats": int(violations.repeats.sum())
+            if len(violations) else 0,
+            "top_offenders": _records(violations.head(TOP_OFFENDERS))},
+        "faults": _records(fault_windows(run)),
+        "recovery": _records(recovery),
+        "reconnect_storms": _records(storms),
+        "quota": quota_summary(run),
+        "throughput": {
+            "published_per_s_mean": float(tp.published_per_s.mean()) if len(tp) else None,
+            "published_per_s_peak": float(tp.published_per_s.max()) if len(tp) else None,
+            "delivered_per_s_mean": float(tp.delivered_per_s.mean()) if len(tp) else None,
+            "delivered_per_s_peak": float(tp.delivered_per_s.max()) if len(tp) else None},
+        "reconciliation": rec,
+    }
+    if run.meta.get("shape") == "step_ramp":
+        out["capacity"] = capacity(run)
+
+    if run.meta.get("status") not in (None, "complete"):
+        warnings.append(f"run status is {run.meta.get('status')!r}: partial results")
+    for name, frame in (("client events", run.client), ("server event log", run.server),
+                        ("server timeline", run.timeline)):
+        if not len(frame):
+            warnings.append(f"no {name} in the run directory")
+    if len(violations):
+        top = violations.iloc[0]
+        who = top.user or f"peer {top.peer}"
+        warnings.append(
+            f"{len(violations)} connections repeated a never-retry code "
+            f"({int(violations.repeats.sum())} repeats); worst: {who} "
+            f"({top.user_class or '?'}) got {top.code} on {top.op or 'an unparsed frame'} "
+            f"{int(top.repeats) + 1} times on connection {top.instance}/{top.conn}")
+    warnings.extend(f"unreconciled: {d}" for d in rec["differences"])
+    if acct["lost"]:
+        warnings.append(f"delivery: {acct['lost']} of {acct['expected']} owed deliveries "
+                        "lost")
+    for key, word in (("duplicates", "duplicate"), ("reordered", "reordered"),
+                      ("unexpected", "unexpected")):
+        if acct[key]:
+            warnings.append(f"delivery: {acct[key]} {word} deliveries")
+    if reused:
+        warnings.append(f"delivery: clients reused {reused} message ids (a sequence restarted "
+                        "after a reconnect): duplicate and reorder counts are inflated")
+    for r in recovery.itertuples(index=False):
+        if r.note == "not recovered before the scenario ended":
+            warnings.append(f"fault {r.id} ({r.kind}): {r.note}")
+    out["warnings"] = warnings
+    return jsonable(out)
+
+
+def quota_summary(run: Run) -> dict[str, Any]:
+    """Per app: the final value and the peak of each usage field over the run."""
+    q = quota_over_time(run)
+    out: dict[str, Any] = {}
+    for app, g in q.groupby("app", sort=True):
+        g = g.sort_values("ts")
+        out[str(app)] = {f: {"final": g[f].dropna().iloc[-1] if g[f].notna().any() else None,
+                             "peak": g[f].max()} for f in QUOTA_FIELDS}
+    for app, stats in _final_usage(run).items():
+        for f in QUOTA_FIELDS:
+            if f in stats:  # the final stats are later than the last timeline sample
+                entry = out.setdefault(app, {}).setdefault(f, {"final": None, "peak": None})
+                entry["final"] = stats[f]
+                peak = entry["peak"]
+                entry["peak"] = stats[f] if peak is None or math.isnan(peak) else max(
+                    peak, stats[f])
+    return out
+
+
+def _final_usage(run: Run) -> dict[str, dict[str, Any]]:
+    for name in sorted(run.stats):
+        usage = run.stats[name].get("usage") or {}
+        if usage:
+            return {app: u for app, u in sorted(usage.items()) if u}
+    return {}
+
+
+def write_summary(run_dir: str | Path) -> dict[str, Any]:
+    """Load a run, summarise it, write `summary.json`; returns the summary."""
+    run = load_run(run_dir)
+    data = summary(run)
+    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    (Path(run_dir) / rundir.SUMMARY).write_text(text, encoding="utf-8")
+    return data
