@@ -31,7 +31,7 @@ def per_second_health(run: Run) -> pd.DataFrame:
     """
     srv = run.server
     bins = bin_range(run, 1.0, run.server, run.client)
-    errs = srv[(srv.event == "error") & srv.code.astype(str).map(is_service_fault)]
+    errs = srv[(srv.event == "error") & srv.code.astype(str).map(is_service_fault).astype(bool)]
     out = pd.DataFrame(index=pd.Index(bins, name="ts"))
     out["service_errors"] = time_bins(errs.ts, 1.0).value_counts().reindex(bins, fill_value=0)
     oks = srv[(srv.event == "ok") & (srv.op == "publish")]

@@ -72,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_int, help="override swarm.workers (Locust processes)")
     run.add_argument("--seed", type=_int, help="override server.seed")
     run.add_argument("--no-progress", action="store_true", help="no live progress lines")
+    analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
+                             "charts and report.html")
+    analyze.add_argument("run_dir", metavar="RUN_DIR",
+                         help="a directory written by `rtmsim run`")
+    compare = sub.add_parser("compare", help="compare runs: side-by-side table and overlay "
+                             "charts (compare.html, compare.json, PNGs)")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                         help="two or more directories written by `rtmsim run`")
+    compare.add_argument("--out", help="output directory (default results/compare-<timestamp>)")
     return parser
 
 
@@ -164,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "analyze":
+            from .compare import cmd_analyze
+
+            return cmd_analyze(args)
+        if args.command == "compare":
+            from .compare import cmd_compare
+
+            return cmd_compare(args)
     except (ConfigError, CliError, RunError) as exc:
         if args.debug:
             raise
