@@ -17,16 +17,29 @@ reconciliation (`analysis_codes`), latency, delivery and retries
 
 from __future__ import annotations
 
-from .analysis_capacity import capacity, capacity_steps, load_steps
+from .analysis_capacity import (
+    capacity,
+    capacity_steps,
+    errors_by_step,
+    instances_needed,
+    load_steps,
+)
 from .analysis_codes import (
     NEVER_RETRY,
     close_counts,
+    error_breakdown,
     error_counts,
     error_rates,
     never_retry_violations,
     reconcile,
+    whose_fault,
 )
-from .analysis_faults import per_second_health, reconnect_storms, recovery_times
+from .analysis_faults import (
+    per_second_health,
+    reconnect_storms,
+    recovery_by_class,
+    recovery_times,
+)
 from .analysis_latency import (
     PERCENTILE_METHOD,
     amplification_by_policy,
@@ -35,10 +48,12 @@ from .analysis_latency import (
     latency_over_time,
     latency_percentiles,
     percentiles_of,
+    retried_never_retry_codes,
     retry_amplification,
+    retry_outcomes,
     reused_message_ids,
 )
-from .analysis_run import Run, fault_windows, load_run
+from .analysis_run import Run, fault_windows, load_run, run_dirs_or_newest
 from .analysis_summary import summary, write_summary
 from .analysis_timeline import connections_over_time, quota_over_time, throughput
 
@@ -53,9 +68,12 @@ __all__ = [
     "connections_over_time",
     "delivery",
     "delivery_latency",
+    "error_breakdown",
     "error_counts",
     "error_rates",
+    "errors_by_step",
     "fault_windows",
+    "instances_needed",
     "latency_over_time",
     "latency_percentiles",
     "load_run",
@@ -66,10 +84,15 @@ __all__ = [
     "quota_over_time",
     "reconcile",
     "reconnect_storms",
+    "recovery_by_class",
     "recovery_times",
+    "retried_never_retry_codes",
     "retry_amplification",
+    "retry_outcomes",
     "reused_message_ids",
+    "run_dirs_or_newest",
     "summary",
     "throughput",
+    "whose_fault",
     "write_summary",
 ]

@@ -145,3 +145,120 @@ def capacity(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
                       f"connections, {knee['msgs_per_s']:.1f} msgs/s (step {knee['step']})"
                       f"{tail}")
     return out
+
+
+def errors_by_step(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
+    """Per load step and outcome: how each error code grows with the load.
+
+    step, users, code (a request outcome other than ok: an error code, "close NNNN",
+    "timeout"), errors, requests (all requests of the step), per_s and
+    per_1000_requests, client_fault (the code is the client's own fault). Same step
+    windows (settle time skipped) and ops as `capacity_steps`; only codes seen appear.
+    """
+    cols = ["step", "users", "code", "errors", "requests", "per_s", "per_1000_requests",
+            "client_fault"]
+    steps = load_steps(run)
+    r = run.requests()
+    r = r[r.op.isin(STEP_OPS)]
+    rows = []
+    for s in steps.itertuples(index=False):
+        lo = s.start_s + min(settle_s, 0.25 * (s.end_s - s.start_s))
+        in_step = r[(r.ts >= lo) & (r.ts < s.end_s)]
+        failed = in_step.outcome[in_step.outcome != "ok"]
+        for code, n in sorted(failed.value_counts().items()):
+            entry = ERROR_CODES.get(code)
+            rows.append({"step": int(s.step), "users": int(s.users), "code": str(code),
+                         "errors": int(n), "requests": len(in_step),
+                         "per_s": n / (s.end_s - lo),
+                         "per_1000_requests": 1000 * n / len(in_step),
+                         "client_fault": bool(entry and entry.is_client_fault)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+HEADROOM = 0.7
+
+
+def instances_needed(runs: Run | list[Run], target_connections: float,
+                     target_msgs_per_s: float, headroom: float = HEADROOM,
+                     p99_limit_ms: float = P99_LIMIT_MS,
+                     error_rate_limit: float = ERROR_RATE_LIMIT) -> dict[str, Any]:
+    """How many server instances a target load needs, projected from capacity runs.
+
+    Assumptions (also returned, in words, under "assumptions"):
+    - an instance's capacity is the knee of a step-ramp run (`capacity`: the last step
+      under the p99 and error-rate limits) divided by the instances that run had;
+    - with several runs, the smallest per-instance capacity counts (the conservative one);
+    - capacity scales linearly with instances: no shared bottleneck (Redis fan-out,
+      the load generator, the network) is modelled;
+    - each instance is run at `headroom` of its capacity, leaving room for spikes,
+      deploys (reconnect storms) and the loss of an instance;
+    - connections and publishes are independent limits; the larger need wins. Fan-out
+      (deliveries per publish) is as in the measured runs.
+    instances = max(ceil(target_connections / (headroom * per-instance connections)),
+    ceil(target_msgs_per_s / (headroom * per-instance msgs/s)), 1). When the run the
+    binding capacity came from crossed no limit, its knee is only a lower bound on
+    capacity, so the projection is an upper bound (`is_upper_bound`). `instances` is
+    None when no run has a knee.
+    """
+    if not 0 < headroom <= 1:
+        raise ValueError(f"headroom must be in (0, 1], got {headroom}")
+    if target_connections < 0 or target_msgs_per_s < 0:
+        raise ValueError("targets must be >= 0")
+    runs = [runs] if isinstance(runs, Run) else list(runs)
+    per_run = []
+    for run in runs:
+        cap = capacity(run, p99_limit_ms, error_rate_limit)
+        n = int(run.meta.get("instances") or max(1, len(run.stats)))
+        knee = cap["knee"]
+        per_run.append({
+            "run": run.dir.name, "instances": n,
+            "knee_users": knee["users"] if knee else None,
+            "connections_per_instance": knee["connections"] / n if knee else None,
+            "msgs_per_s_per_instance": knee["msgs_per_s"] / n if knee else None,
+            "limit_crossed": cap["limit"] is not None, "verdict": cap["verdict"]})
+    usable = [p for p in per_run if p["connections_per_instance"] is not None
+              and not math.isnan(p["connections_per_instance"])]
+    out: dict[str, Any] = {
+        "target_connections": target_connections, "target_msgs_per_s": target_msgs_per_s,
+        "headroom": headroom, "runs": per_run, "connections_per_instance": None,
+        "msgs_per_s_per_instance": None, "instances_for_connections": None,
+        "instances_for_msgs": None, "instances": None, "binding": None,
+        "is_upper_bound": False, "assumptions": [
+            "one instance's capacity is the knee of a step-ramp run (last step with publish "
+            f"p99 <= {p99_limit_ms:g} ms and errors <= {100 * error_rate_limit:g}%) "
+            "divided by that run's instances",
+            "with several runs the smallest per-instance capacity is used",
+            "capacity scales linearly with instances (no shared bottleneck modelled: "
+            "Redis, the network, the load generator)",
+            f"instances run at {100 * headroom:g}% of capacity (headroom for spikes, "
+            "deploys and losing an instance)",
+            "connections and msgs/s are independent limits; the larger need wins; "
+            "fan-out per publish is as in the measured runs"]}
+    if not usable:
+        out["verdict"] = "no run has a knee: nothing to project from"
+        return out
+    conn_run = min(usable, key=lambda p: p["connections_per_instance"])
+    msgs_run = min(usable, key=lambda p: p["msgs_per_s_per_instance"])
+    conns = conn_run["connections_per_instance"]
+    msgs = msgs_run["msgs_per_s_per_instance"]
+    for_conns = math.ceil(target_connections / (headroom * conns)) if conns > 0 else None
+    for_msgs = math.ceil(target_msgs_per_s / (headroom * msgs)) if msgs > 0 else None
+    needs = {k: v for k, v in (("connections", for_conns), ("msgs_per_s", for_msgs))
+             if v is not None}
+    out.update(connections_per_instance=conns, msgs_per_s_per_instance=msgs,
+               instances_for_connections=for_conns, instances_for_msgs=for_msgs)
+    if not needs:
+        out["verdict"] = "the knee carried no load: nothing to project from"
+        return out
+    binding = max(needs, key=lambda k: needs[k])
+    source = conn_run if binding == "connections" else msgs_run
+    out.update(instances=max(1, needs[binding]), binding=binding,
+               is_upper_bound=not source["limit_crossed"])
+    bound = (f" (at most: {source['run']} crossed no limit, so capacity may be higher)"
+             if out["is_upper_bound"] else "")
+    out["verdict"] = (f"{out['instances']} instance(s){bound} for {target_connections:g} "
+                      f"connections and {target_msgs_per_s:g} msgs/s at "
+                      f"{100 * headroom:g}% of a measured {conns:.0f} connections and "
+                      f"{msgs:.1f} msgs/s per instance; {binding.replace('_', ' ')} "
+                      "is the binding limit")
+    return out

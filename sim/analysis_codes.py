@@ -241,3 +241,65 @@ def is_service_fault(code: str) -> bool:
     """True for codes that mean the service failed (retry after a backoff)."""
     entry = ERROR_CODES.get(code)
     return entry is not None and entry.retry is Retry.BACKOFF
+
+
+BREAKDOWN_KEYS = {"client": ("user_class", "op", "user", "policy"),
+                  "server": ("app", "op", "instance")}
+
+
+def error_breakdown(run: Run, by: str | tuple[str, ...] = ("user_class", "op"),
+                    side: str = "client") -> pd.DataFrame:
+    """Requests, errors, error_rate and per-code error counts for each group of `by`.
+
+    side "client": the clients' request rows, grouped by any of user_class, op, user,
+    policy (the client log knows who sent what but not the app); side "server": the
+    server event log's `ok` and `error` events, grouped by any of app, op, instance
+    (the server knows the app but not the Locust user). error_rate = errors / requests
+    in the group; the code columns follow, most frequent first. Errors the server
+    could not attribute to an op (a frame it could not parse) have op "(unparsed)".
+    """
+    keys = (by,) if isinstance(by, str) else tuple(by)
+    allowed = BREAKDOWN_KEYS.get(side)
+    if allowed is None:
+        raise ValueError(f"side must be 'client' or 'server', got {side!r}")
+    if not keys or any(k not in allowed for k in keys):
+        raise ValueError(f"by must name some of {', '.join(allowed)} for side {side!r}, "
+                         f"got {keys!r}")
+    if side == "client":
+        rows = run.requests()
+        errs = run.client_errors()
+        codes = errs.outcome
+    else:
+        srv = run.server
+        rows = srv[srv.event.isin(["ok", "error"])]
+        rows = rows.assign(**{k: rows[k].fillna("(unparsed)" if k == "op" else "")
+                              .astype(str) for k in keys})
+        errs = rows[rows.event == "error"]
+        codes = errs.code.astype(str)
+    df = rows.groupby(list(keys), sort=True).size().rename("requests").to_frame()
+    code_cols: list[str] = []
+    if len(errs):
+        per_code = pd.crosstab([errs[k] for k in keys], codes)
+        code_cols = list(per_code.sum().sort_values(ascending=False, kind="stable").index)
+        df = df.join(per_code[code_cols], how="outer")
+    df = df.fillna(0).astype(np.int64)
+    df.insert(1, "errors", df[code_cols].sum(axis=1) if code_cols else 0)
+    df.insert(2, "error_rate", df.errors / df.requests.where(df.requests > 0))
+    df.columns.name = None
+    df = df.sort_values(["errors", "requests"], ascending=False, kind="stable")
+    return df
+
+
+def whose_fault(code: str) -> str:
+    """"client", "service", "limit" or "unknown": who must act on an error code.
+
+    client: the request was wrong and retrying cannot help (never-retry codes: fix the
+    client); service: the service failed (retry after a backoff); limit: a plan limit
+    or a state the client must handle (quota, subscription limit, absent peer).
+    """
+    entry = ERROR_CODES.get(code)
+    if entry is None:
+        return "unknown"
+    if entry.is_client_fault:
+        return "client"
+    return "service" if entry.retry is Retry.BACKOFF else "limit"

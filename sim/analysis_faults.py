@@ -90,15 +90,72 @@ def recovery_times(run: Run, *, baseline_s: float = 10.0, hold_s: int = 2,
         after = health[(health.index >= w.end_s) & (health.index <= last_start)]
         healthy = ((after.service_errors <= threshold + 1e-9)
                    & (after.publish_ok >= throughput_fraction * pub_mean - 1e-9)).to_numpy()
-        hits = np.zeros(0, dtype=int)
-        if len(healthy) >= hold_s:
-            held = np.convolve(healthy.astype(int), np.ones(hold_s, dtype=int), "valid")
-            hits = np.flatnonzero(held == hold_s)
-        if len(hits):
-            at = float(after.index[hits[0]])
+        first = _first_held(healthy, hold_s)
+        if first is not None:
+            at = float(after.index[first])
             row.update(recovered_at_s=at, recovered_s=at - float(w.end_s))
         else:
             row["note"] = "not recovered before the scenario ended"
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _first_held(healthy: np.ndarray, hold_s: int) -> int | None:
+    """The index of the first of `hold_s` consecutive True values, or None."""
+    if len(healthy) < hold_s:
+        return None
+    held = np.convolve(healthy.astype(int), np.ones(hold_s, dtype=int), "valid")
+    hits = np.flatnonzero(held == hold_s)
+    return int(hits[0]) if len(hits) else None
+
+
+def recovery_by_class(run: Run, *, baseline_s: float = 10.0, hold_s: int = 2,
+                      throughput_fraction: float = 0.9) -> pd.DataFrame:
+    """Per fault window and user class: how soon that class's clients were served again.
+
+    The clients' view of `recovery_times`, to compare retry policies running side by
+    side in one run: per second, the class's requests answered ok (any op). Baseline:
+    its mean over the `baseline_s` seconds before the fault. recovered_s = start of the
+    first of `hold_s` consecutive seconds at or after end_s with ok >= `throughput_fraction`
+    of the baseline, minus end_s (1 s resolution); first_ok_s = the class's first ok
+    answer at or after end_s, minus end_s. NaN (with a note) when it never happened
+    before the scenario ended or there is nothing to compare with.
+    """
+    cols = ["id", "kind", "user_class", "start_s", "end_s", "baseline_ok_per_s",
+            "first_ok_s", "recovered_s", "note"]
+    windows = fault_windows(run)
+    r = run.requests()
+    ok = r[r.outcome == "ok"]
+    bins = bin_range(run, 1.0, run.client)
+    last_start = run.duration_s - 1.0
+    rows = []
+    for w in windows.itertuples(index=False):
+        if w.open_ended or w.start_s >= run.duration_s:
+            continue  # no end to recover from
+        for cls in sorted(r.user_class.unique()):
+            mine = ok[ok.user_class == cls]
+            per_s = time_bins(mine.ts, 1.0).value_counts().reindex(bins, fill_value=0)
+            before = per_s[(per_s.index >= w.start_s - baseline_s)
+                           & (per_s.index + 1.0 <= w.start_s)]
+            row: dict[str, Any] = {"id": w.id, "kind": w.kind, "user_class": cls,
+                                   "start_s": w.start_s, "end_s": w.end_s,
+                                   "baseline_ok_per_s": math.nan, "first_ok_s": math.nan,
+                                   "recovered_s": math.nan, "note": ""}
+            rows.append(row)
+            later = mine.ts[mine.ts >= w.end_s]
+            if len(later):
+                row["first_ok_s"] = float(later.min()) - float(w.end_s)
+            base = float(before.mean()) if len(before) else 0.0
+            if base <= 0:
+                row["note"] = "no ok requests before the fault: no baseline"
+                continue
+            row["baseline_ok_per_s"] = base
+            after = per_s[(per_s.index >= w.end_s) & (per_s.index <= last_start)]
+            first = _first_held((after >= throughput_fraction * base - 1e-9).to_numpy(),
+                                hold_s)
+            if first is None:
+                row["note"] = "not recovered before the scenario ended"
+            else:
+                row["recovered_s"] = float(after.index[first]) - float(w.end_s)
     return pd.DataFrame(rows, columns=cols)
 
 

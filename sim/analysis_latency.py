@@ -17,6 +17,7 @@ import pandas as pd
 
 from loadtests.accounting import delivery_report
 
+from .analysis_codes import NEVER_RETRY
 from .analysis_run import Run, time_bins
 
 PERCENTILE_METHOD = "linear"  # numpy.percentile / pandas.quantile interpolation
@@ -144,3 +145,68 @@ def amplification_by_policy(run: Run) -> dict[str, dict[str, Any]]:
                             "amplification": attempts / ops if ops else None,
                             "user_classes": sorted(g.user_class)}
     return out
+
+
+def _operations(run: Run) -> pd.DataFrame:
+    """Request rows numbered by logical operation: `operation` counts first attempts.
+
+    A user runs one operation at a time (`RealtimeUser.attempt` retries before moving
+    on), so within one (user, op) in time order every attempt-1 row opens an operation
+    and the rows after it, up to the next attempt 1, are its retries.
+    """
+    r = run.requests().sort_values(["user", "op", "ts"], kind="stable")
+    return r.assign(operation=(r.attempt == 1).astype(np.int64)
+                    .groupby([r.user, r.op], sort=False).cumsum(),
+                    policy=r.policy.replace("", "(none)"))
+
+
+def retry_outcomes(run: Run) -> pd.DataFrame:
+    """Per retry policy (index) and user_class: did operations end up succeeding?
+
+    operations (first attempts), succeeded (some attempt answered ok), success_rate,
+    first_try_rate (ok at attempt 1), attempts_per_operation (mean) and
+    max_attempts (the longest chain). Rows before any first attempt of their (user,
+    op) (a log that starts mid-operation) are left out.
+    """
+    cols = ["user_class", "operations", "succeeded", "success_rate", "first_try_rate",
+            "attempts_per_operation", "max_attempts"]
+    ops = _operations(run)
+    ops = ops[ops.operation > 0]
+    if not len(ops):
+        return pd.DataFrame(columns=cols, index=pd.Index([], name="policy"))
+    per_op = ops.assign(is_ok=ops.outcome == "ok",
+                        first_ok=(ops.outcome == "ok") & (ops.attempt == 1)).groupby(
+        ["policy", "user_class", "user", "op", "operation"], sort=False).agg(
+        attempts=("attempt", "size"), ok=("is_ok", "any"), first_ok=("first_ok", "any"))
+    g = per_op.groupby(["policy", "user_class"], sort=True)
+    df = pd.DataFrame({"operations": g.size(), "succeeded": g.ok.sum(),
+                       "first_ok": g.first_ok.sum(), "attempts": g.attempts.sum(),
+                       "max_attempts": g.attempts.max()}).reset_index()
+    df["success_rate"] = df.succeeded / df.operations
+    df["first_try_rate"] = df.first_ok / df.operations
+    df["attempts_per_operation"] = df.attempts / df.operations
+    df = df.astype({"operations": np.int64, "succeeded": np.int64, "max_attempts": np.int64})
+    return df.set_index("policy")[cols]
+
+
+def retried_never_retry_codes(run: Run) -> pd.DataFrame:
+    """Clients that retried an operation after a code whose guidance is never retry.
+
+    Client view: a retry is a row with attempt n > 1 whose operation's attempt n - 1
+    was answered with a never-retry code (server.codes). One row per (user, code):
+    user_class, policy, code, retries, operations (distinct operations retried),
+    first_ts; most retries first. Empty when every client followed the guidance.
+    `never_retry_violations` is the server's view (repeats on one connection).
+    """
+    cols = ["user", "user_class", "policy", "code", "retries", "operations", "first_ts"]
+    ops = _operations(run)
+    previous = ops.groupby(["user", "op", "operation"], sort=False).outcome.shift()
+    retried = ops[(ops.attempt > 1) & previous.isin(NEVER_RETRY)]
+    retried = retried.assign(code=previous[retried.index])
+    if not len(retried):
+        return pd.DataFrame(columns=cols)
+    g = retried.groupby(["user", "user_class", "policy", "code"], sort=True)
+    df = pd.DataFrame({"retries": g.size(), "operations": g.operation.nunique(),
+                       "first_ts": g.ts.min()}).reset_index()
+    df = df.sort_values(["retries", "user"], ascending=[False, True], kind="stable")
+    return df[cols].reset_index(drop=True)

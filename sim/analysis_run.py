@@ -211,3 +211,38 @@ def bin_range(run: Run, bin_s: float, *frames: pd.DataFrame) -> np.ndarray:
     first = math.floor(lo / bin_s)
     last = math.floor(hi / bin_s)
     return np.arange(first, last + 1) * bin_s
+
+
+def run_dirs_or_newest(run_dirs: str | Path | list[str | Path] | None,
+                       results: str | Path = "results", name: str = "") -> list[Path]:
+    """The run directories asked for, or else the newest one under `results`.
+
+    For notebooks and tools with a "run directory" parameter: given paths are checked
+    (each must hold run.json) and returned in order; none given, the newest run
+    directory under `results` (by run.json's `started`) is used, preferring runs of
+    scenario `name` when there are any. FileNotFoundError with a one-line message
+    saying what to do when there is nothing to analyse.
+    """
+    if isinstance(run_dirs, str | Path):
+        run_dirs = [run_dirs] if str(run_dirs) else []
+    asked = [Path(p) for p in run_dirs or []]
+    for path in asked:
+        if not rundir.is_run_dir(path):
+            raise FileNotFoundError(f"{path}: not a run directory (no {rundir.RUN}); "
+                                    "point the parameter at a directory `rtmsim run` wrote")
+    if asked:
+        return asked
+    root = Path(results)
+    found = [p for p in sorted(root.iterdir()) if rundir.is_run_dir(p)] if root.is_dir() else []
+    if not found:
+        what = f"scenarios/{name}.toml" if name else "scenarios/default.toml"
+        raise FileNotFoundError(f"no run directory under {root.resolve()}: run `rtmsim run "
+                                f"{what}` first, or set the run directory parameter")
+
+    def started(p: Path) -> float:
+        value = (rundir.read_json(p, rundir.RUN, {}) or {}).get("started")
+        return float(value) if isinstance(value, int | float) else p.stat().st_mtime
+
+    named = [p for p in found
+             if (rundir.read_json(p, rundir.RUN, {}) or {}).get("name") == name]
+    return [max(named or found, key=started)]

@@ -502,3 +502,130 @@ def test_percentiles_method_is_numpy_linear() -> None:
     assert got["p50"] == np.percentile(samples, 50, method="linear") == 2.5
     assert got["p90"] == pytest.approx(7.9)
     assert A.PERCENTILE_METHOD == "linear"
+
+
+# -- breakdowns, retry outcomes and projections (for the notebooks) ----------------------
+
+def test_error_breakdown_client_by_class_and_op(rd: RunDir) -> None:
+    table = A.error_breakdown(mixed_errors(rd).load(), ("user_class", "op"))
+    pub = table.loc[("Publisher", "publish")]
+    assert (pub.requests, pub.errors, pub.backend_error) == (5, 3, 3)
+    assert pub.error_rate == pytest.approx(0.6)
+    bad = table.loc[("Misbehaving", "invalid_channel")]
+    assert (bad.requests, bad.errors, bad.invalid_channel, bad.backend_error) == (1, 1, 1, 0)
+    assert list(table.columns[:3]) == ["requests", "errors", "error_rate"]
+    assert list(table.columns[3:]) == ["backend_error", "invalid_channel"]  # most first
+
+
+def test_error_breakdown_server_by_app_and_op(rd: RunDir) -> None:
+    mixed_errors(rd)
+    rd.event(5.0, "ok", conn=1, peer="p1", app="a", op="publish")
+    rd.event(6.5, "error", conn=2, peer="p2", app="b", code="malformed_message")  # no op
+    table = A.error_breakdown(rd.load(), ("app", "op"), side="server")
+    assert table.loc[("a", "publish")].tolist()[:2] == [4, 3]
+    assert table.loc[("b", "(unparsed)")].malformed_message == 1
+    with pytest.raises(ValueError, match="by must name some of app, op, instance"):
+        A.error_breakdown(rd.load(), "user_class", side="server")
+
+
+def test_retry_outcomes_and_never_retry_retries(rd: RunDir) -> None:
+    # default: one op needing three attempts, one first-try success
+    rd.row(1.0, "Publisher-1", "publish", "backend_error", attempt=1)
+    rd.row(1.1, "Publisher-1", "publish", "backend_error", attempt=2)
+    rd.row(1.3, "Publisher-1", "publish", "ok", attempt=3)
+    rd.row(2.0, "Publisher-1", "publish", "ok", attempt=1)
+    # naive: retries a never-retry code twice, never succeeds; then a retryable retry
+    for attempt in (1, 2, 3):
+        rd.row(1.0 + attempt / 10, "Naive-1", "publish", "channel_reserved",
+               attempt=attempt, policy="naive")
+    rd.row(3.0, "Naive-1", "publish", "backend_error", attempt=1, policy="naive")
+    rd.row(3.1, "Naive-1", "publish", "ok", attempt=2, policy="naive")
+    run = rd.load()
+    out = A.retry_outcomes(run)
+    d, n = out.loc["default"], out.loc["naive"]
+    assert (d.operations, d.succeeded, d.max_attempts) == (2, 2, 3)
+    assert (d.success_rate, d.first_try_rate, d.attempts_per_operation) == (1.0, 0.5, 2.0)
+    assert (n.operations, n.succeeded, n.success_rate, n.max_attempts) == (2, 1, 0.5, 3)
+    v = A.retried_never_retry_codes(run)
+    assert v.to_dict("records") == [{"user": "Naive-1", "user_class": "Naive",
+                                     "policy": "naive", "code": "channel_reserved",
+                                     "retries": 2, "operations": 1,
+                                     "first_ts": pytest.approx(1.2)}]
+
+
+def test_recovery_by_class_compares_policies_side_by_side(rd: RunDir) -> None:
+    for sec in range(20):
+        fast_ok = sec < 10 or sec >= 12  # Fast: back 0 s after the 10-12 s outage
+        slow_ok = sec < 10 or sec >= 16  # Slow: back 4 s after
+        for i in range(4):
+            if fast_ok:
+                rd.row(sec + i / 4, "Fast-1", "publish")
+            if slow_ok:
+                rd.row(sec + i / 4 + 0.1, "Slow-1", "publish")
+    rd.meta.update(duration_s=20, faults=[
+        {"id": "f1", "kind": "outage", "start_s": 10, "end_s": 12}])
+    rec = A.recovery_by_class(rd.load()).set_index("user_class")
+    assert rec.loc["Fast"].recovered_s == 0.0
+    assert rec.loc["Slow"].recovered_s == 4.0
+    assert rec.loc["Slow"].first_ok_s == pytest.approx(4.1)
+    assert rec.loc["Fast"].baseline_ok_per_s == 4.0
+
+
+def test_errors_by_step_grow_with_the_load(rd: RunDir) -> None:
+    run = step_run(rd, {10: 10.0, 20: 10.0, 30: 10.0}, errors_at=30)
+    by_step = A.errors_by_step(run)
+    assert by_step[["step", "users", "code", "errors", "requests"]].values.tolist() == [
+        [3, 30, "backend_error", 8, 80]]  # seconds 22-29: one error each (2 s settle)
+    assert by_step.per_s.iloc[0] == pytest.approx(1.0)
+    assert not by_step.client_fault.iloc[0]
+
+
+def test_instances_needed_from_the_knee_with_headroom(rd: RunDir) -> None:
+    run = step_run(rd, {10: 10.0, 20: 50.0, 30: 200.0})  # knee: 20 conns, 20 msgs/s
+    plan = A.instances_needed(run, target_connections=1000, target_msgs_per_s=100,
+                              headroom=0.5)
+    assert (plan["connections_per_instance"], plan["msgs_per_s_per_instance"]) == (
+        20.0, pytest.approx(20.0))
+    assert plan["instances_for_connections"] == 100  # 1000 / (0.5 * 20)
+    assert plan["instances_for_msgs"] == 10  # 100 / (0.5 * 20)
+    assert (plan["instances"], plan["binding"], plan["is_upper_bound"]) == (
+        100, "connections", False)
+    assert any("linearly" in a for a in plan["assumptions"])
+    with pytest.raises(ValueError, match="headroom"):
+        A.instances_needed(run, 1, 1, headroom=0)
+
+
+def test_run_dirs_or_newest_prefers_the_named_scenario(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for name, started in (("retry-bakeoff", 10.0), ("default", 30.0),
+                          ("retry-bakeoff", 20.0)):
+        RunDir(results / f"{name}-{started:g}", name=name, started=started).write()
+    (results / "notes").mkdir()  # not a run directory: ignored
+    assert A.run_dirs_or_newest([], results) == [results / "default-30"]
+    assert A.run_dirs_or_newest(None, results, "retry-bakeoff") == [
+        results / "retry-bakeoff-20"]
+    assert A.run_dirs_or_newest([], results, "capacity-ramp") == [results / "default-30"]
+    assert A.run_dirs_or_newest(str(results / "default-30"), results) == [
+        results / "default-30"]
+    with pytest.raises(FileNotFoundError, match="notes: not a run directory"):
+        A.run_dirs_or_newest([results / "notes"], results)
+    with pytest.raises(FileNotFoundError, match=r"no run directory under .*: run `rtmsim "
+                                                r"run scenarios/capacity-ramp\.toml` first"):
+        A.run_dirs_or_newest([], tmp_path / "empty", "capacity-ramp")
+
+
+def test_whose_fault_reads_the_code_table() -> None:
+    assert [A.whose_fault(c) for c in ("channel_reserved", "channel_not_authorized",
+                                       "backend_error", "over_message_quota",
+                                       "peer_not_found", "teleported")] == [
+        "client", "client", "service", "limit", "limit", "unknown"]
+
+
+def test_instances_needed_takes_the_smallest_capacity_of_several_runs(tmp_path: Path) -> None:
+    big = step_run(RunDir(tmp_path / "big"), {10: 10.0, 20: 10.0, 30: 10.0})  # no limit hit
+    small = step_run(RunDir(tmp_path / "small"), {10: 10.0, 20: 500.0, 30: 500.0})
+    plan = A.instances_needed([big, small], target_connections=50, target_msgs_per_s=0)
+    assert [r["knee_users"] for r in plan["runs"]] == [30, 10]
+    assert plan["connections_per_instance"] == 10.0
+    assert plan["instances"] == 8  # ceil(50 / (0.7 * 10))
+    assert plan["is_upper_bound"] is False  # the small run, the one used, crossed p99
