@@ -80,6 +80,7 @@ class Node:
             max_size=self.config.limits.max_frame_bytes,
             ping_interval=30, ping_timeout=10,  # silent for 40 s -> closed (PROTOCOL 2.4)
             compression=None,
+            backlog=2048,  # reconnect storms: the default 100 overflows the accept queue
         )
         self._strikes = asyncio.create_task(self._strike_loop())
         return self.server.sockets[0].getsockname()[1]
@@ -268,14 +269,22 @@ class Node:
                 self._count(d, n)
 
     def _deliver_with_faults(self, deliveries: list[Deliver]) -> None:
-        """The slow path: per-recipient loss/duplication and outbound-buffer bounds."""
+        """The slow path: per-recipient loss/duplication and outbound-buffer bounds.
+
+        Which faults act is decided once per message; each recipient then costs one
+        seeded draw per acting fault.
+        """
         faults = self.faults
         now = self.clock()
+        t = faults.scenario_time(now)
         for d in deliveries:
+            if not d.targets:
+                continue
             n = 0
-            app_id = d.targets[0].app_id if d.targets else ""
+            app_id = d.targets[0].app_id
             limit = faults.buffer_limit(app_id, now) if faults.has_buffer_faults else None
             counted = d.kind in ("message", "direct")
+            acting = faults.delivery_faults(app_id, d.channel, now) if counted else []
             for conn in d.targets:
                 ws = conn.transport
                 if ws.protocol.state is not OPEN:
@@ -283,10 +292,14 @@ class Node:
                 if limit is not None and ws.transport.get_write_buffer_size() > limit:
                     self.close_connection(conn, codes.POLICY_VIOLATION, "slow consumer")
                     continue
-                copies = faults.deliver_copies(app_id, d.channel, now) if counted else 1
-                for _ in range(copies):
-                    ws.protocol.send_text(d.payload)
-                    ws.send_data()
+                copies = faults.copies(acting, t) if acting else 1
+                try:
+                    for _ in range(copies):
+                        ws.protocol.send_text(d.payload)
+                        ws.send_data()
+                except Exception as exc:  # a socket failing mid-write: skip it
+                    log.debug("skipped delivery: %s", exc)
+                    continue
                 n += copies
             if n:
                 self._count(d, n)

@@ -122,18 +122,29 @@ class FaultEngine:
                     before_delivery += effect.seconds
         return fail, before_delivery, before_ack
 
-    def deliver_copies(self, app_id: str, channel: str | None, now: float) -> int:
-        """How many copies of one delivery to one recipient go out (0, 1 or 2+)."""
+    def delivery_faults(self, app_id: str, channel: str | None, now: float) -> list[Fault]:
+        """The delivery faults acting on one message: checked once, not per recipient."""
         t = now - self.origin
+        return [f for f in self._deliver if f.active(t) and f.targets("deliver", app_id, channel)]
+
+    @staticmethod
+    def copies(faults: list[Fault], t: float) -> int:
+        """How many copies of one delivery to one recipient go out (0, 1 or 2+).
+
+        Every acting fault draws, in id order, so decisions stay reproducible.
+        """
         copies = 1
-        for fault in self._deliver:
-            if fault.active(t) and fault.targets("deliver", app_id, channel):
-                n = fault.deliver_copies(t)
-                if n == 0:
-                    copies = 0
-                elif copies:
-                    copies = max(copies, n)
+        for fault in faults:
+            n = fault.deliver_copies(t)
+            if n == 0:
+                copies = 0
+            elif copies:
+                copies = max(copies, n)
         return copies
+
+    def deliver_copies(self, app_id: str, channel: str | None, now: float) -> int:
+        """Copies of one delivery to one recipient (the per-recipient form of `copies`)."""
+        return self.copies(self.delivery_faults(app_id, channel, now), now - self.origin)
 
     def buffer_limit(self, app_id: str, now: float) -> int | None:
         """The smallest active outbound-buffer bound for this app's connections."""

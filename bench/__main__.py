@@ -1,0 +1,138 @@
+"""`python -m bench`: throughput and memory benchmarks of `rtmsim serve` vs a bare baseline.
+
+    python -m bench fanout --seconds 5 --json       delivered msgs/s, 50 subs, 4 pubs
+    python -m bench reqack --seconds 5 --json       publish+ack round trips/s, 8 conns
+    python -m bench connections --n 15000 --json    KB of RSS per idle connection
+
+Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
+short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
+traceback). These print numbers; nothing here asserts on speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import benchmarks
+from .procs import FAULT_MODES, ROOT, BenchError
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    return parse
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m bench", description="Benchmarks of rtmsim serve "
+                     "against a bare websockets broadcast server, each in its own process.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.add_argument("--no-pin", action="store_true",
+                       help="do not pin the server to CPU 0 and the clients to the others")
+        p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+        p.add_argument("--ours-root", type=Path, default=ROOT, metavar="DIR",
+                       help="checkout whose `rtmsim serve` is `ours` (default: this one)")
+        p.add_argument("--faults", choices=FAULT_MODES, default="none",
+                       help="none: no fault configured (default); armed: one never-firing "
+                       "fault per family, so every hook runs in full")
+
+    for name, text in (("fanout", "delivered msgs/s: N subscribers on one channel, P "
+                        "publishers awaiting each ack"),
+                       ("reqack", "publish -> ack round trips/s over C connections")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--seconds", type=_positive(float), default=5.0,
+                       help="measured window per server (default 5)")
+        p.add_argument("--warmup", type=_positive(float), default=1.0,
+                       help="load before the window (default 1)")
+        p.add_argument("--slice", type=_positive(float), default=0.25,
+                       help="seconds per turn; the client alternates ours/bare (default "
+                       "0.25)")
+        p.add_argument("--payload-bytes", type=_positive(int), default=64,
+                       help="size of each message's data (default 64)")
+        common(p)
+    sub.choices["fanout"].add_argument("--subscribers", type=_positive(int), default=50)
+    sub.choices["fanout"].add_argument("--publishers", type=_positive(int), default=4)
+    sub.choices["reqack"].add_argument("--connections", type=_positive(int), default=8)
+    p = sub.add_parser("connections", help="server RSS per idle authenticated connection",
+                       description="Open N idle authenticated connections to one server "
+                       "process; KB of RSS per connection and connects/s, ours and bare.")
+    p.add_argument("--n", type=_positive(int), default=15000)
+    p.add_argument("--concurrency", type=_positive(int), default=200,
+                   help="connection attempts in flight (default 200)")
+    common(p)
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    log = (lambda _: None) if args.quiet else (lambda text: print(text, file=sys.stderr,
+                                                                   flush=True))
+    if not (args.ours_root / "sim" / "cli.py").is_file():
+        raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
+                         "give the root of an rtmsim checkout")
+    placement = benchmarks.Placement.choose(pinned=not args.no_pin,
+                                            ours_root=args.ours_root.resolve(),
+                                            faults=args.faults)
+    if args.command == "fanout":
+        return benchmarks.fanout(seconds=args.seconds, warmup=args.warmup,
+                                 slice_s=args.slice, subscribers=args.subscribers,
+                                 publishers=args.publishers,
+                                 payload_bytes=args.payload_bytes, placement=placement,
+                                 log=log)
+    if args.command == "reqack":
+        return benchmarks.reqack(seconds=args.seconds, warmup=args.warmup, slice_s=args.slice,
+                                 connections=args.connections,
+                                 payload_bytes=args.payload_bytes, placement=placement,
+                                 log=log)
+    return benchmarks.connections(n=args.n, concurrency=args.concurrency,
+                                  placement=placement, log=log)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """The human-readable result."""
+    if "ratio" in result:
+        return (f"{result['benchmark']}: ours {result['ours']:,.0f} {result['unit']}, "
+                f"bare {result['bare']:,.0f} {result['unit']}, ratio {result['ratio']:.3f} "
+                f"({result['seconds']:g} s per server in {result['slices_per_server']} slices)")
+    return (f"connections: {result['n']} idle connections: ours "
+            f"{result['kb_per_connection']} KB each, {result['connects_per_s']:,.0f} "
+            f"connects/s; bare {result['bare_kb_per_connection']} KB each, "
+            f"{result['bare_connects_per_s']:,.0f} connects/s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except BenchError as exc:
+        if args.debug:
+            raise
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(json.dumps(result) if args.json else summary(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
