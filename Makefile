@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo serve lint bench clean redis-server
+.PHONY: test demo serve lint bench clean redis-server clients-sdk clients-demo
 
 # The Redis tests start their own private redis-server; install Debian's when missing.
 redis-server:
@@ -24,7 +24,24 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP) redis-server
+# The SDK reference clients: the Python SDK in its own venv (it pins websockets<16),
+# the JS SDK when npm exists (otherwise its test is skipped with the reason).
+PY_SDK := examples/clients/python/.venv
+$(PY_SDK)/.installed: examples/clients/python/requirements.txt
+	$(PYTHON) -m venv $(PY_SDK)
+	$(PY_SDK)/bin/pip install --quiet -r examples/clients/python/requirements.txt
+	touch $@
+
+clients-sdk: $(PY_SDK)/.installed
+	@if command -v npm >/dev/null 2>&1; then \
+	  cd examples/clients/js && npm install --no-audit --no-fund --silent; \
+	else echo "npm not found: the JS SDK client test will be skipped"; fi
+
+clients-demo: $(STAMP) clients-sdk
+	$(BIN)/rtmsim clients scenarios/client-faults.toml \
+	  --cmd "$(PY_SDK)/bin/python examples/clients/python/client.py"
+
+test: $(STAMP) redis-server clients-sdk
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The main job on the embedded defaults: one scenario end to end, summary + report.

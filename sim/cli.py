@@ -81,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                          help="two or more directories written by `rtmsim run`")
     compare.add_argument("--out", help="output directory (default results/compare-<timestamp>)")
+    clients = sub.add_parser("clients", help="run any client program under a scenario's "
+                             "faults and grade its retry behaviour")
+    clients.add_argument("scenario",
+                         help="scenario TOML file (e.g. scenarios/client-faults.toml)")
+    clients.add_argument("--cmd", help="the client command, run through the shell once per "
+                         "client (default: [clients] command)")
+    clients.add_argument("--count", type=_int, help="copies of the command (default: "
+                         "[clients] count, or 5)")
+    clients.add_argument("--duration", type=_float, help="seconds (default: [clients] "
+                         "duration_s, or 60)")
+    clients.add_argument("--out",
+                         help="run directory (default results/clients-<name>-<timestamp>)")
+    clients.add_argument("--seed", type=_int, help="override server.seed")
+    clients.add_argument("--no-progress", action="store_true", help="no live progress lines")
     return parser
 
 
@@ -181,6 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .compare import cmd_compare
 
             return cmd_compare(args)
+        if args.command == "clients":
+            from .clients import run_clients
+
+            return run_clients(args.scenario, command=args.cmd, count=args.count,
+                               duration_s=args.duration, out_dir=args.out, seed=args.seed,
+                               progress=not args.no_progress)
     except (ConfigError, CliError, RunError) as exc:
         if args.debug:
             raise

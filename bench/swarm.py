@@ -1,0 +1,201 @@
+"""`python -m bench swarm`: how much load one Locust process can generate.
+
+Two numbers for the Locust side of the harness, against one `rtmsim serve`:
+
+- publish+ack round trips/s from one Locust process running our `Publisher` users
+  (the real stack: gevent, `websockets.sync`, the protocol client, the raw event log),
+  against a raw asyncio `websockets` client loop doing the same round trips over the
+  same number of connections, in the same run;
+- the most connected users one Locust process holds with their receive greenlets
+  running, and the memory each costs (the slope of RSS against connected users, so
+  Locust's own start-up footprint does not count).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .procs import ROOT, Children, machine, raise_nofile, rss_kb
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+
+
+def _locust(children: Children, name: str, base_url: str, classes: dict[str, Any],
+            users: int, spawn_rate: float, run_time: float, run_dir: Path
+            ) -> subprocess.Popen[str]:
+    config = run_dir / "swarm.json"
+    config.write_text(json.dumps({"classes": classes, "seed": 1}))
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+           "-u", str(users), "-r", str(spawn_rate), "--run-time", f"{run_time:g}s",
+           "--stop-timeout", "5", "--host", base_url, "--rtmsim-run-dir", str(run_dir),
+           "--rtmsim-config", str(config), "--exit-code-on-error", "0", "--only-summary",
+           "--loglevel", "ERROR", *classes]
+    log = open(run_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "RTMSIM_SWARM_CONFIG": str(config)})
+    if children.client_cpus:
+        os.sched_setaffinity(proc.pid, children.client_cpus)
+    return proc
+
+
+def _rows(run_dir: Path, op: str, outcome: str = "ok") -> list[float]:
+    """Times of the client-event rows with this op and outcome."""
+    times = []
+    for path in run_dir.glob("client-events-*.csv"):
+        with path.open() as f:
+            next(f, None)
+            for line in f:
+                parts = line.split(",", 5)
+                if len(parts) > 4 and parts[3] == op and parts[4] == outcome:
+                    times.append(float(parts[0]))
+    return times
+
+
+def locust_round_trips(children: Children, base_url: str, connections: int, seconds: float,
+                       warmup: float, tmp: Path) -> float:
+    run_dir = tmp / "locust-rate"
+    run_dir.mkdir()
+    classes = {"Publisher": {"fixed_count": connections, "rate": 1e9, "channels": ["b/1"],
+                             "payload_bytes": 64, "policy": "none"}}
+    proc = _locust(children, "locust-rate", base_url, classes, connections, connections,
+                   warmup + seconds + 1, run_dir)
+    proc.wait(timeout=warmup + seconds + 60)
+    acks = sorted(_rows(run_dir, "publish"))
+    if not acks:
+        raise RuntimeError(f"no publish acked; see {run_dir}/locust-rate.log")
+    start = acks[0] + warmup
+    window = [t for t in acks if start <= t < start + seconds]
+    return len(window) / seconds
+
+
+async def _raw_loop(url: str, connections: int, seconds: float, warmup: float) -> float:
+    from websockets.asyncio.client import connect
+
+    done = 0
+    counting = False
+    stop = False
+
+    async def one(i: int) -> None:
+        nonlocal done
+        async with connect(url, compression=None) as ws:
+            await ws.recv()  # welcome
+            n = 0
+            while not stop:
+                n += 1
+                await ws.send(json.dumps({"type": "publish", "channel": "b/1",
+                                          "data": {"v": "x" * 64}, "requestId": f"{i}-{n}"}))
+                await ws.recv()
+                if counting:
+                    done += 1
+
+    tasks = [asyncio.create_task(one(i)) for i in range(connections)]
+    await asyncio.sleep(warmup)
+    counting = True
+    await asyncio.sleep(seconds)
+    counting = False
+    rate = done / seconds
+    stop = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return rate
+
+
+def raw_round_trips(children: Children, url: str, connections: int, seconds: float,
+                    warmup: float) -> float:
+    cmd = [sys.executable, "-m", "bench.swarm", "--raw", url, str(connections), str(seconds),
+           str(warmup)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    if children.client_cpus:
+        os.sched_setaffinity(proc.pid, children.client_cpus)
+    out, _ = proc.communicate(timeout=seconds + warmup + 60)
+    return float(out.strip().splitlines()[-1])
+
+
+def max_users(children: Children, base_url: str, target: int, spawn_rate: float, tmp: Path,
+              log: Callable[[str], None]) -> dict[str, Any]:
+    """Spawn `target` idle users in one Locust process; connected users and KB each."""
+    run_dir = tmp / "locust-users"
+    run_dir.mkdir()
+    classes = {"Subscriber": {"fixed_count": target, "subscriptions": 0, "rate": 0.02}}
+    ramp_s = target / spawn_rate
+    proc = _locust(children, "locust-users", base_url, classes, target, spawn_rate,
+                   ramp_s + 20, run_dir)
+    samples: list[tuple[int, int]] = []  # (connected users, locust RSS KB)
+    deadline = time.monotonic() + ramp_s + 18
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1.0)
+        connected = len(_rows(run_dir, "connect"))
+        try:
+            samples.append((connected, rss_kb(proc.pid)))
+        except (OSError, ValueError):
+            break
+        log(f"swarm: {connected} users connected, Locust RSS {samples[-1][1] / 1024:.0f} MB")
+    proc.terminate()
+    proc.wait(timeout=60)
+    failed = len(_rows(run_dir, "connect", "refused")) + len(_rows(run_dir, "connect",
+                                                                   "timeout"))
+    best = max((c for c, _ in samples), default=0)
+    kb = _slope([s for s in samples if s[0] > 0])
+    return {"max_users": best, "target_users": target, "kb_per_user": kb,
+            "failed_connects": failed}
+
+
+def _slope(samples: list[tuple[int, int]]) -> float | None:
+    """Least-squares KB per connected user over the ramp."""
+    if len(samples) < 3:
+        return None
+    xs = [float(c) for c, _ in samples]
+    ys = [float(r) for _, r in samples]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return None
+    return round(sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx, 2)
+
+
+def swarm(*, seconds: float, warmup: float, connections: int, users: int, spawn_rate: float,
+          children: Children, log: Callable[[str], None]) -> dict[str, Any]:
+    raise_nofile(users * 2 + 1024)
+    with tempfile.TemporaryDirectory(prefix="rtmsim-bench-swarm-") as name:
+        tmp = Path(name)
+        server = children.start_server("ours")
+        base = server.ws_url.removesuffix("/v1")
+        log(f"swarm: Locust, {connections} publishers awaiting acks, {seconds:g} s")
+        locust_rate = locust_round_trips(children, base, connections, seconds, warmup, tmp)
+        log(f"swarm: raw asyncio loop, {connections} connections, {seconds:g} s")
+        raw_rate = raw_round_trips(children, server.url, connections, seconds, warmup)
+        children.stop_server(server)
+        server = children.start_server("ours")
+        log(f"swarm: {users} idle users in one Locust process")
+        held = max_users(children, server.ws_url.removesuffix("/v1"), users, spawn_rate, tmp,
+                         log)
+    return {"benchmark": "swarm", "locust": round(locust_rate, 1), "raw": round(raw_rate, 1),
+            "ratio": round(locust_rate / raw_rate, 4) if raw_rate else None,
+            "unit": "publish+ack round trips/s", "connections": connections,
+            "seconds": seconds, **held, "machine": machine()}
+
+
+def _raw_main(argv: list[str]) -> None:
+    url, connections, seconds, warmup = argv[0], int(argv[1]), float(argv[2]), float(argv[3])
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print(asyncio.run(_raw_loop(url, connections, seconds, warmup)), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--raw", nargs=4)
+    _raw_main(parser.parse_args().raw)
