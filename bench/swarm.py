@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .procs import ROOT, Children, machine, raise_nofile, rss_kb
+from .procs import ROOT, BenchError, Children, machine, raise_nofile, rss_kb
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 
@@ -136,8 +136,8 @@ def max_users(children: Children, base_url: str, target: int, spawn_rate: float,
         connected = len(_rows(run_dir, "connect"))
         try:
             samples.append((connected, rss_kb(proc.pid)))
-        except (OSError, ValueError):
-            break
+        except (OSError, ValueError, BenchError):
+            break  # Locust has exited
         log(f"swarm: {connected} users connected, Locust RSS {samples[-1][1] / 1024:.0f} MB")
     proc.terminate()
     proc.wait(timeout=60)
