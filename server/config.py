@@ -337,17 +337,22 @@ def _check_unique(apps: tuple[App, ...]) -> None:
             key_ids.add(key.id)
 
 
-def load_config(path: str | Path) -> Config:
-    """Read and validate a TOML config file; every problem is a ConfigError."""
+def read_toml(path: str | Path, what: str = "file") -> tuple[dict[str, Any], str]:
+    """(parsed data, text) of a TOML file; every problem is a one-line ConfigError."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
+        raise ConfigError(f"{p}: no such {what}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot read: {exc}") from None
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML config file; every problem is a ConfigError."""
+    data, _ = read_toml(path)
     return parse_config(data)

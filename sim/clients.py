@@ -51,7 +51,7 @@ from typing import Any, TextIO
 from server.config import ConfigError
 
 from . import rundir
-from .run import ROOT, Instances, RunError, Runner, default_run_dir
+from .run import ROOT, Instances, RunError, Runner, default_run_dir, sample_stats
 from .scenario import Scenario, Swarm, parse_scenario
 
 # Run-directory names this command adds (see sim.rundir for the rest).
@@ -345,15 +345,7 @@ class ClientsRunner(Runner):
                         c.ended = now
                         print(f"  client {c.index} exited with {c.proc.returncode}",
                               file=self.out, flush=True)
-                samples = {}
-                for i, url in enumerate(inst.admin_urls):
-                    stats = _get(f"{url}/sim/v1/stats")
-                    if stats is not None:
-                        name = stats.get("instance") or f"i{i}"
-                        samples[name] = stats
-                        timeline.write(json.dumps({"t": now, "instance": name,
-                                                   "stats": stats}) + "\n")
-                timeline.flush()
+                samples = sample_stats(inst.admin_urls, timeline, now)
                 origin = self.meta.get("clients_origin", now)
                 if self.scenario.redis_blips:
                     self._redis_blips(now - origin)
@@ -440,14 +432,6 @@ def _set_origin(admin_urls: list[str]) -> None:
             urllib.request.urlopen(req, timeout=5).close()
         except OSError as exc:
             raise RunError(f"could not set the fault clock of {url}: {exc}") from None
-
-
-def _get(url: str) -> Any:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError):
-        return None
 
 
 # -- the command -------------------------------------------------------------------------

@@ -218,15 +218,7 @@ class Runner:
             while locust.proc.poll() is None:
                 time.sleep(SAMPLE_S)
                 now = time.time()
-                samples = {}
-                for i, url in enumerate(inst.admin_urls):
-                    stats = _get_json(f"{url}/sim/v1/stats")
-                    if stats is not None:
-                        name = stats.get("instance") or f"i{i}"
-                        samples[name] = stats
-                        timeline.write(json.dumps({"t": now, "instance": name,
-                                                   "stats": stats}) + "\n")
-                timeline.flush()
+                samples = sample_stats(inst.admin_urls, timeline, now)
                 origin = next((s.get("faults", {}).get("origin") for s in samples.values()),
                               None)
                 if origin and self.scenario.redis_blips:
@@ -344,6 +336,19 @@ def _fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
         spec["start_s"], spec["end_s"] = fault.start_s, fault.end_s
         out.append(spec)
     return out
+
+
+def sample_stats(admin_urls: list[str], timeline: TextIO, now: float) -> dict[str, Any]:
+    """Every instance's /sim/v1/stats, appended to the timeline; {instance: stats}."""
+    samples = {}
+    for i, url in enumerate(admin_urls):
+        stats = _get_json(f"{url}/sim/v1/stats")
+        if stats is not None:
+            name = stats.get("instance") or f"i{i}"
+            samples[name] = stats
+            timeline.write(json.dumps({"t": now, "instance": name, "stats": stats}) + "\n")
+    timeline.flush()
+    return samples
 
 
 def _names_redis_url(source: str) -> bool:

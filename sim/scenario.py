@@ -10,13 +10,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loadtests.catalog import LOCUST_PARAMS, USER_CLASSES, parameters
-from server.config import Config, ConfigError, parse_config
+from server.config import Config, ConfigError, parse_config, read_toml
 
 MODELS = ("closed", "open")
 SHAPES = ("step_ramp", "spike", "soak")
@@ -58,16 +57,7 @@ class Scenario:
 
 def load_scenario(path: str | Path) -> Scenario:
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot read: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: invalid TOML: {exc}") from None
+    data, text = read_toml(p, "scenario file")
     return parse_scenario(data, text, default_name=p.stem, path=p)
 
 
