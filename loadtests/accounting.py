@@ -52,23 +52,30 @@ class DeliveryReport:
 
 
 def subscription_intervals(df: pd.DataFrame) -> pd.DataFrame:
-    """(user, name, start, end) for every acked subscription; end is inf while held."""
+    """(user, name, requested, start, end) for every acked subscription.
+
+    `start` is when the ack arrived (surely active), `requested` when the subscribe
+    was sent (possibly active from then on: the server may register it long before
+    its ack reaches a busy client); `end` is inf while held.
+    """
     rows = []
-    open_: dict[tuple[str, str], float] = {}
+    open_: dict[tuple[str, str], tuple[float, float]] = {}
     ends = df[(df.op.isin(["subscribe", "unsubscribe"]) & (df.outcome == "ok"))
               | df.op.isin(["close", "disconnect", "give_up"])]
-    for user, op, channel, t in zip(ends.user, ends.op, ends.channel, ends.t, strict=True):
+    latency = ends.latency_ms.fillna(0.0) / 1000.0
+    for user, op, channel, t, lat in zip(ends.user, ends.op, ends.channel, ends.t, latency,
+                                         strict=True):
         if op == "subscribe":
-            open_.setdefault((user, channel), t)
+            open_.setdefault((user, channel), (t - lat, t))
         elif op == "unsubscribe":
-            start = open_.pop((user, channel), None)
-            if start is not None:
-                rows.append((user, channel, start, t))
+            began = open_.pop((user, channel), None)
+            if began is not None:
+                rows.append((user, channel, *began, t))
         else:  # the connection ended: every subscription of this user ends with it
             for key in [k for k in open_ if k[0] == user]:
-                rows.append((user, key[1], open_.pop(key), t))
-    rows.extend((u, c, start, float("inf")) for (u, c), start in open_.items())
-    return pd.DataFrame(rows, columns=["user", "name", "start", "end"])
+                rows.append((user, key[1], *open_.pop(key), t))
+    rows.extend((u, c, *began, float("inf")) for (u, c), began in open_.items())
+    return pd.DataFrame(rows, columns=["user", "name", "requested", "start", "end"])
 
 
 def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryReport:
@@ -92,14 +99,14 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
             match |= wild & np.array([w and match_channel(n, channel)
                                       for n, w in zip(names, wild, strict=True)], dtype=bool)
         cand = subs[match]
-        users, starts, ends = (cand.user.to_numpy(), cand.start.to_numpy(),
-                               cand.end.to_numpy())
+        users, requested = cand.user.to_numpy(), cand.requested.to_numpy()
+        starts, ends = cand.start.to_numpy(), cand.end.to_numpy()
         for msg_id, publisher, t_sent, t_ack in zip(group.msg_id, group.user, group.sent,
                                                     group.t, strict=True):
             late = t_ack + grace_s
             others = users != publisher
             full = others & (starts <= t_sent) & (ends >= late)
-            partial = others & ~full & (starts <= late) & (ends >= t_sent)
+            partial = others & ~full & (requested <= late) & (ends >= t_sent)
             owed.update((msg_id, u) for u in users[full])
             excluded.update((msg_id, u) for u in users[partial])
     excluded -= owed  # owed through one subscription, ambiguous through another

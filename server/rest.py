@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import resource
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -248,6 +249,7 @@ async def sim_stats(request: web.Request) -> web.Response:
     body = node.service.stats.snapshot()
     body["instance"] = node.service.instance_id
     body["backend"] = node.backend.state()
+    body["process"] = process_usage()
     body["serverTime"] = int(now * 1000)
     body["usage"] = {}
     for app in node.config.apps:
@@ -324,6 +326,13 @@ async def sim_clock(request: web.Request) -> web.Response:
     node.faults_changed()
     now = node.clock()
     return _json({"origin": origin, "scenarioTime": round(node.faults.scenario_time(now), 6)})
+
+
+def process_usage() -> dict[str, float]:
+    """This process's CPU seconds and memory: which resource a capacity run used up."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
+            "max_rss_kb": usage.ru_maxrss}
 
 
 def make_app(node: Node) -> web.Application:

@@ -68,7 +68,7 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
     """
     steps = load_steps(run)
     cols = ["step", "users", "start_s", "end_s", "connections", "msgs_per_s",
-            "publish_p99_ms", "requests", "errors", "error_rate", "faults"]
+            "publish_p99_ms", "requests", "errors", "error_rate", "faults", "server_cpu"]
     if not len(steps):
         return pd.DataFrame(columns=cols)
     r = run.requests()
@@ -77,6 +77,7 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
     failed = (r.outcome != "ok") & ~r.outcome.isin(client_fault)
     published = timeline_total(run, "published")
     conns = timeline_total(run, "connections_now")
+    cpu = timeline_total(run, "cpu_s")  # server processes' CPU seconds, all instances
     windows = fault_windows(run)
     rows = []
     for s in steps.itertuples(index=False):
@@ -92,6 +93,10 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
         n = int(in_step.sum())
         errors = int((in_step & failed).sum())
         c = conns[(conns.index >= lo) & (conns.index < hi)]
+        busy = math.nan  # cores the server used: ~1 per instance means its CPU ran out
+        if len(cpu.dropna()) > 1:
+            x, y = cpu.dropna().index.to_numpy(dtype=float), cpu.dropna().to_numpy(dtype=float)
+            busy = float(np.diff(np.interp([lo, hi], x, y))[0]) / (hi - lo)
         rows.append({"step": int(s.step), "users": int(s.users), "start_s": float(s.start_s),
                      "end_s": float(s.end_s),
                      "connections": float(c.median()) if len(c) else math.nan,
@@ -101,7 +106,8 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
                      "requests": n, "errors": errors,
                      "error_rate": errors / n if n else math.nan,
                      "faults": " ".join(windows.id[(windows.start_s < hi)
-                                                   & (windows.end_s >= lo)])})
+                                                   & (windows.end_s >= lo)]),
+                     "server_cpu": busy})
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -114,6 +120,7 @@ def capacity(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
     steps = capacity_steps(run)
     out: dict[str, Any] = {"p99_limit_ms": p99_limit_ms, "error_rate_limit": error_rate_limit,
                            "steps": steps.to_dict("records"), "knee": None, "limit": None,
+                           "resource": None,
                            "sustainable_connections": None, "sustainable_msgs_per_s": None}
     if not len(steps):
         out["verdict"] = "no load steps found (no Locust stats history in the run directory)"
@@ -131,20 +138,35 @@ def capacity(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
             under = f", with faults {s['faults']} active" if s["faults"] else ""
             out["limit"] = (f"{' and '.join(crossed)} at step {s['step']} "
                             f"({s['users']} users{under})")
+            out["resource"] = _resource(run, s.get("server_cpu", math.nan))
             break
         knee = s
     out["knee"] = knee
+    why = f" ({out['resource']})" if out.get("resource") else ""
     if knee is None:
-        out["verdict"] = f"already over a limit at the first step: {out['limit']}"
+        out["verdict"] = f"already over a limit at the first step: {out['limit']}{why}"
         return out
     out["sustainable_connections"] = knee["connections"]
     out["sustainable_msgs_per_s"] = knee["msgs_per_s"]
-    tail = (f"; then {out['limit']}" if out["limit"]
+    tail = (f"; then {out['limit']}{why}" if out["limit"]
             else "; no limit crossed up to the last step (capacity is at least this)")
     out["verdict"] = (f"sustainable: {knee['users']} users, {knee['connections']:.0f} "
                       f"connections, {knee['msgs_per_s']:.1f} msgs/s (step {knee['step']})"
                       f"{tail}")
     return out
+
+
+def _resource(run: Run, server_cpu: float) -> str:
+    """Which resource ran out at the limit, from the server's CPU use in that step."""
+    instances = int(run.meta.get("instances") or 1)
+    if math.isnan(server_cpu):
+        return "server CPU not recorded (older run)"
+    share = server_cpu / instances
+    if share >= 0.85:
+        return (f"server CPU ran out ({server_cpu:.2f} cores busy over {instances} "
+                f"instance(s))")
+    return (f"not the server's CPU ({server_cpu:.2f} cores busy over {instances} "
+            "instance(s)): the load generator or the machine ran out first")
 
 
 def errors_by_step(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:

@@ -136,7 +136,8 @@ def _timeline(d: Path, origin: float, names: dict[str, str]) -> pd.DataFrame:
             "t": float(line["t"]), "instance": names.get(name, name),
             "connections_now": conns.get("now", 0), "connections_total": conns.get("total", 0),
             "published": msgs.get("published", 0), "sent": msgs.get("sent", 0),
-            "delivered": msgs.get("delivered", 0)}
+            "delivered": msgs.get("delivered", 0),
+            "cpu_s": (stats.get("process") or {}).get("cpu_s", math.nan)}
         for code, n in (totals.get("errors") or {}).items():
             rec[f"errors_{code}"] = n
         for code, n in (totals.get("closes") or {}).items():

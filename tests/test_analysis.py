@@ -629,3 +629,14 @@ def test_instances_needed_takes_the_smallest_capacity_of_several_runs(tmp_path: 
     assert plan["connections_per_instance"] == 10.0
     assert plan["instances"] == 8  # ceil(50 / (0.7 * 10))
     assert plan["is_upper_bound"] is False  # the small run, the one used, crossed p99
+
+
+def test_capacity_names_the_resource_that_ran_out():
+    from types import SimpleNamespace
+
+    from sim.analysis_capacity import _resource
+
+    two = SimpleNamespace(meta={"instances": 2})
+    assert _resource(two, 1.9).startswith("server CPU ran out (1.90 cores busy over 2")
+    assert _resource(two, 0.6).startswith("not the server's CPU (0.60 cores busy")
+    assert _resource(two, float("nan")) == "server CPU not recorded (older run)"
