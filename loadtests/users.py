@@ -219,8 +219,10 @@ class Subscriber(RealtimeUser):
         channels = self.param("channels")
         n = int(self.param("subscriptions"))
         wild = round(n * float(self.param("wildcard_fraction")))
-        names = [channels[i % len(channels)] for i in range(n - wild)]
-        names += [_wildcard_of(channels[i % len(channels)]) for i in range(wild)]
+        # Seeded picks spread the subscribers over the channel set.
+        picks = self.rng.sample(channels, min(n, len(channels)))
+        picks += [channels[self.rng.randrange(len(channels))] for _ in range(n - len(picks))]
+        names = picks[:n - wild] + [_wildcard_of(c) for c in picks[n - wild:]]
         for name in dict.fromkeys(names):
             self.subscribe(name)
 
