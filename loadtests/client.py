@@ -53,11 +53,12 @@ class Result:
 
 
 class _Pending:
-    __slots__ = ("event", "outcome")
+    __slots__ = ("event", "outcome", "report")
 
-    def __init__(self) -> None:
+    def __init__(self, report: Callable[[str], None] | None = None) -> None:
         self.event = threading.Event()
         self.outcome = "timeout"
+        self.report = report  # set for fire-and-forget requests: called with the outcome
 
 
 class RealtimeClient:
@@ -141,6 +142,14 @@ class RealtimeClient:
         self._reader.start()
         return self._finish("connect", "ok", started, attempt, peer=self.peer_id or "")
 
+    def drain(self, timeout: float = 2.0) -> None:
+        """Wait (bounded) for the replies of fired requests still in flight, so a
+        client that stops does not leave the server's answers unaccounted."""
+        deadline = time.monotonic() + timeout
+        while (self.is_open and time.monotonic() < deadline
+               and any(p.report is not None for p in list(self._pending.values()))):
+            time.sleep(0.01)
+
     def close(self) -> None:
         """Close from our side (not reported as a server close)."""
         ws = self.ws
@@ -193,6 +202,30 @@ class RealtimeClient:
         return self._finish(op, pending.outcome, started, attempt, channel=channel,
                             msg_id=msg_id, peer=peer, intended_t=intended_t,
                             nbytes=len(payload))
+
+    def fire(self, op: str, frame: dict[str, Any], *, channel: str = "",
+             msg_id: str = "") -> bool:
+        """Send a request without waiting (pipelining); its reply is reported when it
+        comes, or as the close code if the connection closes first. False if closed.
+        """
+        started = time.time()
+        ws = self.ws
+        if ws is None or self.close_code is not None:
+            return False
+        rid = f"{self.name}-{next(self._ids)}"
+        payload = orjson.dumps({**frame, "requestId": rid})
+
+        def report(outcome: str) -> None:
+            self._finish(op, outcome, started, 1, channel=channel, msg_id=msg_id,
+                         nbytes=len(payload))
+
+        self._pending[rid] = _Pending(report)
+        try:
+            ws.send(payload, text=True)
+        except ConnectionClosed as exc:
+            self._closed(_close_code(exc))  # reports this request as the close
+            return False
+        return True
 
     def subscribe(self, channel: str, *, include_sender_metadata: bool = False,
                   attempt: int = 1) -> Result:
@@ -283,6 +316,9 @@ class RealtimeClient:
             if pending is not None:
                 pending.outcome = "ok" if kind == "ack" else str(frame.get("code"))
                 pending.event.set()
+                if pending.report is not None:
+                    self._pending.pop(rid, None)
+                    pending.report(pending.outcome)
                 return
         elif kind == "message" or kind == "direct":
             self._delivered(kind, frame, len(raw))
@@ -330,9 +366,14 @@ class RealtimeClient:
         outcome = f"close {self.close_code}"
         with self._lock:
             waiting = list(self._pending.values()) + list(self._uncorrelated)
+            fired = [rid for rid, p in self._pending.items() if p.report is not None]
+            for rid in fired:
+                del self._pending[rid]
         for pending in waiting:
             pending.outcome = outcome
             pending.event.set()
+            if pending.report is not None:
+                pending.report(outcome)
         self.ws = None
 
 
