@@ -154,11 +154,17 @@ class RealtimeClient:
         """Close from our side (not reported as a server close)."""
         ws = self.ws
         if ws is not None:
-            if self.close_code is None:
+            ours = self.close_code is None
+            if ours:
                 self.close_code = 1000
-                self.reporter.note("disconnect", "client")
             with contextlib.suppress(Exception):  # a broken socket: nothing left to do
                 ws.close()
+            if self._reader is not None:
+                self._reader.join(1.0)  # deliveries already on the wire are logged first
+            if ours:
+                # Logged once the handshake is over: the server delivers until then, so
+                # the subscriptions end here, not when we decided to leave.
+                self.reporter.note("disconnect", "client")
         self.ws = None
 
     def _finish(self, op: str, outcome: str, started: float, attempt: int, *,
