@@ -291,6 +291,8 @@ class ClientsRunner(Runner):
         self.settings = settings
         self.clients: list[ClientProc] = []
         self.desk: TokenDesk | None = None
+        self.load_name = "the clients"
+        self.meta["clients"] = dataclasses.asdict(settings)
 
     def credentials(self) -> tuple[str, str]:
         """(publishable key, "sk_id:sk_secret") of the first app that has both."""
@@ -384,43 +386,19 @@ class ClientsRunner(Runner):
                  for c in self.clients]
         (self.dir / CLIENT_PROCS).write_text(json.dumps(procs, indent=2))
 
-    def run(self) -> str:
-        """Run the clients; "complete" or "interrupted" (results kept either way)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
-        self.meta["started"] = time.time()
-        self.meta["clients"] = dataclasses.asdict(self.settings)
-        self.write_meta("running")
-        status = "complete"
-        inst: Instances | None = None
-        try:
-            self.start_redis()
-            inst = self.start_server()
-            self.meta.update(ws_urls=inst.ws_urls, admin_urls=inst.admin_urls,
-                             redis_url=self.redis_url)
-            s = self.settings
-            print(f"rtmsim: running {s.count} x `{s.command}` against {self.scenario.name} "
-                  f"for {s.duration_s:g} s -> {self.dir}", file=self.out, flush=True)
-            self.start_clients(inst)
-            self.watch_clients(inst)
-        except KeyboardInterrupt:
-            status = "interrupted"
-            self.interrupted = True
-            print("\nrtmsim: interrupted: stopping the clients and the server, keeping "
-                  "partial results", file=self.out, flush=True)
-        finally:
-            try:
-                self.stop_clients()
-            finally:
-                if self.desk is not None:
-                    self.desk.stop()
-                if inst is not None:
-                    self.collect(inst)
-                self.meta["ended"] = time.time()
-                self.stop_all()
-                self.write_meta(status)
-        return status
+    def drive(self, inst: Instances) -> None:
+        s = self.settings
+        print(f"rtmsim: running {s.count} x `{s.command}` against {self.scenario.name} "
+              f"for {s.duration_s:g} s -> {self.dir}", file=self.out, flush=True)
+        self.start_clients(inst)
+        self.watch_clients(inst)
 
+    def stop_load(self) -> None:
+        try:
+            self.stop_clients()
+        finally:
+            if self.desk is not None:
+                self.desk.stop()
 
 def _set_origin(admin_urls: list[str]) -> None:
     """Scenario time 0 is now, for every instance's fault schedule."""

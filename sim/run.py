@@ -283,8 +283,14 @@ class Runner:
 
     # -- the whole run ------------------------------------------------------------------------
 
+    load_name = "the swarm"  # what `run` starts against the server, for messages
+
     def run(self) -> str:
-        """Run the scenario; "complete" or "interrupted" (results kept either way)."""
+        """Run the scenario; "complete" or "interrupted" (results kept either way).
+
+        The skeleton every run shares: server side up, `drive` the load, then collect
+        and stop everything whatever happened. Subclasses change `drive`/`stop_load`.
+        """
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
         self.meta["started"] = time.time()
@@ -296,33 +302,42 @@ class Runner:
             inst = self.start_server()
             self.meta.update(ws_urls=inst.ws_urls, admin_urls=inst.admin_urls,
                              redis_url=self.redis_url)
-            swarm_json = self.write_swarm(inst)
-            print(f"rtmsim: running {self.scenario.name} for {self.scenario.swarm.duration_s:g} s"
-                  f" ({self.scenario.swarm.users} users) -> {self.dir}", file=self.out,
-                  flush=True)
-            locust = self.start_locust(inst, swarm_json)
-            self.watch(locust, inst)
-            if locust.proc.returncode not in (0, None):
-                tail = "".join(locust.lines[-8:]).strip()
-                raise RunError(f"locust exited with {locust.proc.returncode}: "
-                               f"{tail.splitlines()[-1] if tail else 'no output'} "
-                               f"(see {self.dir / rundir.LOCUST_LOG})")
+            self.drive(inst)
         except KeyboardInterrupt:
             status = "interrupted"
             self.interrupted = True
-            print("\nrtmsim: interrupted: stopping the swarm and the server, keeping "
+            print(f"\nrtmsim: interrupted: stopping {self.load_name} and the server, keeping "
                   "partial results", file=self.out, flush=True)
-            locust_child = next((c for c in self.children if c.name == "locust"), None)
-            if locust_child is not None:
-                self._stop(locust_child)
         finally:
-            if inst is not None:
-                self.collect(inst)
-            self.meta["ended"] = time.time()
-            self.stop_all()
-            self.write_meta(status)
+            try:
+                self.stop_load()
+            finally:
+                if inst is not None:
+                    self.collect(inst)
+                self.meta["ended"] = time.time()
+                self.stop_all()
+                self.write_meta(status)
         return status
 
+    def drive(self, inst: Instances) -> None:
+        """Run Locust against the instances until the scenario's end."""
+        swarm_json = self.write_swarm(inst)
+        print(f"rtmsim: running {self.scenario.name} for {self.scenario.swarm.duration_s:g} s"
+              f" ({self.scenario.swarm.users} users) -> {self.dir}", file=self.out,
+              flush=True)
+        locust = self.start_locust(inst, swarm_json)
+        self.watch(locust, inst)
+        if locust.proc.returncode not in (0, None):
+            tail = "".join(locust.lines[-8:]).strip()
+            raise RunError(f"locust exited with {locust.proc.returncode}: "
+                           f"{tail.splitlines()[-1] if tail else 'no output'} "
+                           f"(see {self.dir / rundir.LOCUST_LOG})")
+
+    def stop_load(self) -> None:
+        """Stop the load first (Locust writes its CSVs on SIGINT), before the server."""
+        locust = next((c for c in self.children if c.name == "locust"), None)
+        if locust is not None:
+            self._stop(locust)
 
 def _fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
     """The scenario's faults with the ids and windows the server gives them."""

@@ -16,6 +16,8 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,3 +119,13 @@ def start_server(config: str | None = None, *args: str, events: bool = True,
         proc.kill()
         raise RuntimeError("server did not start:\n" + "".join(output))
     return ServerProcess(proc, found["ws"], found["admin"], events_path, output)
+
+
+@contextmanager
+def served(config: str | None, tmp: Path, *args: str) -> Iterator[ServerProcess]:
+    """A server for the length of a `with` block (module-scoped fixtures use it)."""
+    server = start_server(config, *args, tmp=tmp)
+    try:
+        yield server
+    finally:
+        server.stop()

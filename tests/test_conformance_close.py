@@ -16,7 +16,7 @@ from urllib.parse import quote
 
 import jwt
 import pytest
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, served
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 from wsclient import (
@@ -277,9 +277,8 @@ secret = "sk_secret_suspended"
 
 @pytest.fixture(scope="module")
 def policy_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    server = start_server(POLICY_CONFIG, tmp=tmp_path_factory.mktemp("policy"))
-    yield server
-    server.stop()
+    with served(POLICY_CONFIG, tmp_path_factory.mktemp("policy")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -356,9 +355,8 @@ burst = {BURST}
 @pytest.fixture(scope="module")
 def bucket_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """A bucket of 5 frames that practically never refills (0.001 frames/s)."""
-    server = start_server(BUCKET_CONFIG, tmp=tmp_path_factory.mktemp("bucket"))
-    yield server
-    server.stop()
+    with served(BUCKET_CONFIG, tmp_path_factory.mktemp("bucket")) as server:
+        yield server
 
 
 @pytest.fixture

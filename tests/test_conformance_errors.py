@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, served
 from wsclient import (
     READONLY_KEY,
     Client,
@@ -370,9 +370,8 @@ actions = ["subscribe", "presence"]
 @pytest.fixture(scope="module")
 def scoped_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """An app whose secret key is narrower than the tokens it signs."""
-    server = start_server(SCOPED_CONFIG, tmp=tmp_path_factory.mktemp("scoped"))
-    yield server
-    server.stop()
+    with served(SCOPED_CONFIG, tmp_path_factory.mktemp("scoped")) as server:
+        yield server
 
 
 @pytest.fixture
@@ -409,9 +408,8 @@ def test_token_cannot_widen_the_key_channels(scoped):
 @pytest.fixture(scope="module")
 def fault_server(tmp_path_factory) -> Iterator[ServerProcess]:
     """The demo config on its own server, so injected faults touch no other test."""
-    server = start_server(tmp=tmp_path_factory.mktemp("faults"))
-    yield server
-    server.stop()
+    with served(None, tmp_path_factory.mktemp("faults")) as server:
+        yield server
 
 
 @pytest.fixture

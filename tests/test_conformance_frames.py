@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, served
 from wsclient import (
     DEMO_BEARER,
     READONLY_KEY,
@@ -522,9 +522,8 @@ secret = "sk_secret_two"
 
 @pytest.fixture(scope="module")
 def two_apps_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    server = start_server(TWO_APPS, tmp=tmp_path_factory.mktemp("two-apps"))
-    yield server
-    server.stop()
+    with served(TWO_APPS, tmp_path_factory.mktemp("two-apps")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from serverproc import ServerProcess, start_server
+from serverproc import ServerProcess, served
 from wsclient import ClientPool, client_pool, expected_error, wait_until, without_message
 
 APPS = {
@@ -54,9 +54,8 @@ secret = "sk_secret_{app}"
 
 @pytest.fixture(scope="module")
 def quota_server(tmp_path_factory) -> Iterator[ServerProcess]:
-    server = start_server(quota_config(), tmp=tmp_path_factory.mktemp("quota"))
-    yield server
-    server.stop()
+    with served(quota_config(), tmp_path_factory.mktemp("quota")) as server:
+        yield server
 
 
 @pytest.fixture
