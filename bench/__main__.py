@@ -141,7 +141,9 @@ def summary(result: dict[str, Any]) -> str:
     """The human-readable result."""
     if result.get("benchmark") == "swarm":
         return (f"swarm: Locust {result['locust']:,.0f} round trips/s, raw asyncio "
-                f"{result['raw']:,.0f}, ratio {result['ratio']}; one Locust process held "
+                f"{result['raw']:,.0f}, ratio {result['ratio']} (uvloop "
+                f"{result['raw_uvloop']:,.0f}, ratio {result['ratio_uvloop']}); one Locust "
+                f"process held "
                 f"{result['max_users']} users at {result['kb_per_user']} KB each")
     if result.get("benchmark") == "redis":
         return (f"redis: fan-out via Redis {result['redis']:,.0f} msgs/s, memory "

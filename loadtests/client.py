@@ -1,10 +1,11 @@
 """A gevent-friendly protocol client, usable inside Locust and outside it.
 
-Built on `websockets.sync.client` (the asyncio client does not run under Locust's
-gevent; the sync one does once gevent has patched threads and sockets). One receive
-loop per connection dispatches server frames: replies complete the pending request
-with the same `requestId`, uncorrelated errors complete the oldest request that could
-not carry one, deliveries are timed publish-to-delivery and handed to the user.
+Built on `wsconn.Connection`, websockets' Sans-I/O protocol on a socket (the asyncio
+client does not run under Locust's gevent; plain sockets and threads do, as greenlets
+once gevent has patched them, and as real threads outside Locust). One reader per
+connection dispatches server frames: replies complete the pending request with the
+same `requestId`, uncorrelated errors complete the oldest request that could not
+carry one, deliveries are timed publish-to-delivery and handed to the user.
 
 Every `publish`/`send` wraps its payload in an accounting envelope
 `{"id", "ts", "pub", "seq", "v"}` so receivers can time, de-duplicate and order
@@ -19,22 +20,24 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import orjson
-from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.sync.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus, WebSocketException
 
+from .deadlines import DEADLINES
 from .reporting import Reporter
+from .wsconn import Closed, Connection
 
 DEFAULT_TIMEOUT_S = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
-    """How one request ended: "ok", an error code, "close NNNN", "timeout"."""
+class Result(NamedTuple):
+    """How one request ended: "ok", an error code, "close NNNN", "timeout".
+
+    A named tuple: one is made per request, and it costs a third of a frozen dataclass.
+    """
 
     op: str
     outcome: str
@@ -75,7 +78,7 @@ class RealtimeClient:
         self.timeout = timeout
         self.on_frame = on_frame
         self.name = name or f"c{id(self):x}"
-        self.ws: ClientConnection | None = None
+        self.ws: Connection | None = None
         self.welcome: dict[str, Any] | None = None
         self.close_code: int | None = None
         self.going_away_ms: int | None = None
@@ -88,7 +91,6 @@ class RealtimeClient:
         self._pending: dict[str, _Pending] = {}
         self._uncorrelated: collections.deque[_Pending] = collections.deque()
         self._lock = threading.Lock()
-        self._reader: threading.Thread | None = None
         self._last_seq: dict[tuple[str, str], int] = {}
         self._seen: set[str] = set()
         self.received = 0
@@ -119,27 +121,24 @@ class RealtimeClient:
         self.going_away_ms = None
         self.subscriptions.clear()
         try:
-            ws = connect(self.url, open_timeout=self.timeout, close_timeout=2,
-                         compression=None, max_size=None)
+            ws = Connection.open(self.url, timeout=self.timeout)
         except InvalidStatus as exc:
             return self._finish("connect", f"http {exc.response.status_code}", started,
                                 attempt)
         except (OSError, TimeoutError, WebSocketException) as exc:
             return self._finish("connect", _transport_outcome(exc), started, attempt)
-        self.ws = ws
         try:
-            welcome = orjson.loads(ws.recv(timeout=self.timeout))
-        except ConnectionClosed as exc:
-            self.close_code = _close_code(exc)
-            self.ws = None
-            return self._finish("connect", f"close {self.close_code}", started, attempt)
-        except TimeoutError:
-            ws.close()
-            self.ws = None
-            return self._finish("connect", "timeout", started, attempt)
+            welcome = orjson.loads(ws.first_message(self.timeout))
+        except Closed as exc:
+            ws.abort()
+            self.close_code = exc.code
+            return self._finish("connect", f"close {exc.code}", started, attempt)
+        except (TimeoutError, orjson.JSONDecodeError) as exc:
+            ws.abort()
+            return self._finish("connect", _transport_outcome(exc), started, attempt)
+        self.ws = ws
         self.welcome = welcome
-        self._reader = threading.Thread(target=self._read, args=(ws,), daemon=True)
-        self._reader.start()
+        ws.start(self._on_message, self._closed)
         return self._finish("connect", "ok", started, attempt, peer=self.peer_id or "")
 
     def drain(self, timeout: float = 2.0) -> None:
@@ -157,10 +156,7 @@ class RealtimeClient:
             ours = self.close_code is None
             if ours:
                 self.close_code = 1000
-            with contextlib.suppress(Exception):  # a broken socket: nothing left to do
-                ws.close()
-            if self._reader is not None:
-                self._reader.join(1.0)  # deliveries already on the wire are logged first
+            ws.close(timeout=2.0)  # deliveries already on the wire are logged first
             if ours:
                 # Logged once the handshake is over: the server delivers until then, so
                 # the subscriptions end here, not when we decided to leave.
@@ -170,10 +166,11 @@ class RealtimeClient:
     def _finish(self, op: str, outcome: str, started: float, attempt: int, *,
                 channel: str = "", msg_id: str = "", peer: str = "",
                 intended_t: float | None = None, nbytes: int = 0) -> Result:
-        latency = (time.time() - started) * 1000.0
+        now = time.time()
+        latency = (now - started) * 1000.0
         self.reporter.request(op, outcome, latency, nbytes=nbytes, attempt=attempt,
                               channel=channel, msg_id=msg_id, peer=peer,
-                              intended_t=intended_t)
+                              intended_t=intended_t, t=now)
         return Result(op, outcome, latency, started)
 
     # -- requests -------------------------------------------------------------------------
@@ -196,14 +193,14 @@ class RealtimeClient:
         self._pending[rid] = pending
         payload = orjson.dumps({**frame, "requestId": rid})
         try:
-            ws.send(payload, text=True)
-        except ConnectionClosed as exc:
+            ws.send(payload)
+        except Closed as exc:
             self._pending.pop(rid, None)
-            self._closed(_close_code(exc))
+            self._closed(exc.code)
             return self._finish(op, f"close {self.close_code}", started, attempt,
                                 channel=channel, msg_id=msg_id, peer=peer,
                                 intended_t=intended_t, nbytes=len(payload))
-        pending.event.wait(self.timeout)
+        DEADLINES.wait(pending.event, self.timeout)
         self._pending.pop(rid, None)
         return self._finish(op, pending.outcome, started, attempt, channel=channel,
                             msg_id=msg_id, peer=peer, intended_t=intended_t,
@@ -227,9 +224,9 @@ class RealtimeClient:
 
         self._pending[rid] = _Pending(report)
         try:
-            ws.send(payload, text=True)
-        except ConnectionClosed as exc:
-            self._closed(_close_code(exc))  # reports this request as the close
+            ws.send(payload)
+        except Closed as exc:
+            self._closed(exc.code)  # reports this request as the close
             return False
         return True
 
@@ -285,10 +282,10 @@ class RealtimeClient:
         with self._lock:
             self._uncorrelated.append(pending)
         try:
-            ws.send(data)
-        except ConnectionClosed as exc:
-            self._closed(_close_code(exc))
-        pending.event.wait(self.timeout)
+            ws.send(data, text=isinstance(data, str))
+        except Closed as exc:
+            self._closed(exc.code)
+        DEADLINES.wait(pending.event, self.timeout)
         with self._lock, contextlib.suppress(ValueError):
             self._uncorrelated.remove(pending)
         return self._finish(op, pending.outcome, started, attempt,
@@ -296,20 +293,13 @@ class RealtimeClient:
 
     # -- inbound ---------------------------------------------------------------------------
 
-    def _read(self, ws: ClientConnection) -> None:
+    def _on_message(self, raw: bytes) -> None:
         try:
-            for raw in ws:
-                try:
-                    frame = orjson.loads(raw)
-                except orjson.JSONDecodeError:
-                    continue
-                self._dispatch(frame, raw)
-        except ConnectionClosed as exc:
-            self._closed(_close_code(exc))
-        except Exception:
-            self._closed(1006)
-        else:
-            self._closed(ws.close_code or 1000)
+            frame = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(frame, dict):
+            self._dispatch(frame, raw)
 
     def _dispatch(self, frame: dict[str, Any], raw: str | bytes) -> None:
         kind = frame.get("type")
@@ -381,11 +371,6 @@ class RealtimeClient:
             if pending.report is not None:
                 pending.report(outcome)
         self.ws = None
-
-
-def _close_code(exc: ConnectionClosed) -> int:
-    """The code the server sent; 1006 when the socket died without a close frame."""
-    return exc.rcvd.code if exc.rcvd is not None else 1006
 
 
 def _transport_outcome(exc: BaseException) -> str:

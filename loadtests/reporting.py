@@ -36,8 +36,8 @@ class Reporter:
 
     def request(self, op: str, outcome: str, latency_ms: float, *, nbytes: int = 0,
                 attempt: int = 1, channel: str = "", msg_id: str = "", peer: str = "",
-                intended_t: float | None = None) -> None:
-        """One request finished; `outcome` is "ok" or its code."""
+                intended_t: float | None = None, t: float | None = None) -> None:
+        """One request finished (at `t`, default now); `outcome` is "ok" or its code."""
         if self.events is not None:
             self.events.request.fire(
                 request_type=REQUEST_TYPE, name=op, response_time=latency_ms,
@@ -45,8 +45,9 @@ class Reporter:
                 exception=None if outcome == "ok" else CodeError(outcome),
                 context={"user": self.user, "attempt": attempt})
         if self.log is not None:
-            self.log.row(time.time(), self.user, self.user_class, op, outcome, latency_ms,
-                         attempt, nbytes, channel, msg_id, peer, intended_t, self.policy)
+            self.log.row(time.time() if t is None else t, self.user, self.user_class, op,
+                         outcome, latency_ms, attempt, nbytes, channel, msg_id, peer,
+                         intended_t, self.policy)
 
     def delivery(self, kind: str, latency_ms: float | None, *, nbytes: int, channel: str,
                  msg_id: str, sender: str) -> None:

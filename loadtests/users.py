@@ -41,6 +41,8 @@ class RealtimeUser(User):
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
+        # Read once: the settings are final before Locust creates any user.
+        self._params = self.resolved_params()
         self.index = next(_user_ids)
         self.user_id = f"{type(self).__name__}-{os.getpid()}-{self.index}"
         self.rng = random.Random(f"{SETTINGS.seed}:{self.user_id}")
@@ -61,14 +63,15 @@ class RealtimeUser(User):
 
     def param(self, name: str) -> Any:
         """The scenario's value for this class, else the class default."""
-        params = SETTINGS.params(type(self).__name__)
-        if name in params:
-            return params[name]
-        for cls in type(self).__mro__:
-            defaults = cls.__dict__.get("defaults")
-            if defaults and name in defaults:
-                return defaults[name]
-        raise KeyError(name)
+        return self._params[name]
+
+    @classmethod
+    def resolved_params(cls) -> dict[str, Any]:
+        """Every parameter of this class: defaults up the MRO, then the scenario's."""
+        params: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            params.update(klass.__dict__.get("defaults") or {})
+        return {**params, **SETTINGS.params(cls.__name__)}
 
     def _new_client(self, token: str | None = None) -> RealtimeClient:
         key = self.param("key") or SETTINGS.key
@@ -203,7 +206,9 @@ class RealtimeUser(User):
         return None
 
     def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
+        # Below a microsecond there is nothing to wait for, only a trip through the hub
+        # (Locust's own wait between tasks already yields to the other users).
+        if seconds >= 1e-6:
             gevent.sleep(seconds)
 
     def channel(self) -> str:
