@@ -66,7 +66,7 @@ def _rows(run_dir: Path, op: str, outcome: str = "ok") -> list[float]:
     return times
 
 
-ROUNDS = 3
+ROUNDS = 5
 
 
 def locust_round_trips(children: Children, base_url: str, connections: int, seconds: float,

@@ -213,7 +213,7 @@ class RealtimeUser(User):
 
     def channel(self) -> str:
         channels = self.param("channels")
-        return channels[self.rng.randrange(len(channels))]
+        return channels[self.rng.randrange(len(channels))] if len(channels) > 1 else channels[0]
 
 
 class Subscriber(RealtimeUser):
@@ -243,11 +243,15 @@ class Publisher(RealtimeUser):
 
     defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Publisher"]
 
+    def on_start(self) -> None:
+        self.payload = "x" * int(self.param("payload_bytes"))
+        super().on_start()
+
     @task
     def publish_one(self) -> None:
         self.ensure_connected()
         intended = self.pace()
-        self.publish(self.channel(), "x" * int(self.param("payload_bytes")), intended)
+        self.publish(self.channel(), self.payload, intended)
 
 
 class DirectSender(RealtimeUser):
