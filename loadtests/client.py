@@ -145,9 +145,23 @@ class RealtimeClient:
         """Wait (bounded) for the replies of fired requests still in flight, so a
         client that stops does not leave the server's answers unaccounted."""
         deadline = time.monotonic() + timeout
-        while (self.is_open and time.monotonic() < deadline
-               and any(p.report is not None for p in list(self._pending.values()))):
+        while self.is_open and time.monotonic() < deadline and self._in_flight():
             time.sleep(0.01)
+
+    def _in_flight(self) -> bool:
+        """Whether a request whose reply is reported when it comes is still out."""
+        waiting = list(self._pending.values()) + list(self._uncorrelated)
+        return any(p.report is not None for p in waiting)
+
+    def _hand_over(self, pending: _Pending, report: Callable[[str], None]) -> None:
+        """A wait interrupted while its request is in flight (Locust stops users by
+        killing their greenlets, and may catch one mid-request). The request stays
+        pending as a fired one does, so its reply is still reported when it comes
+        (`drain` waits for it), or its close; the server counted it, so must we."""
+        if pending.event.is_set():
+            report(pending.outcome)  # the reply came before the interruption did
+        else:
+            pending.report = report
 
     def close(self) -> None:
         """Close from our side (not reported as a server close)."""
@@ -200,7 +214,13 @@ class RealtimeClient:
             return self._finish(op, f"close {self.close_code}", started, attempt,
                                 channel=channel, msg_id=msg_id, peer=peer,
                                 intended_t=intended_t, nbytes=len(payload))
-        DEADLINES.wait(pending.event, self.timeout)
+        try:
+            DEADLINES.wait(pending.event, self.timeout)
+        except BaseException:  # Locust stopping this user mid-request (GreenletExit)
+            self._hand_over(pending, lambda outcome: self._finish(
+                op, outcome, started, attempt, channel=channel, msg_id=msg_id, peer=peer,
+                intended_t=intended_t, nbytes=len(payload)))
+            raise
         self._pending.pop(rid, None)
         return self._finish(op, pending.outcome, started, attempt, channel=channel,
                             msg_id=msg_id, peer=peer, intended_t=intended_t,
@@ -285,11 +305,16 @@ class RealtimeClient:
             ws.send(data, text=isinstance(data, str))
         except Closed as exc:
             self._closed(exc.code)
-        DEADLINES.wait(pending.event, self.timeout)
+        nbytes = len(data) if data else 0
+        try:
+            DEADLINES.wait(pending.event, self.timeout)
+        except BaseException:  # as in `request`
+            self._hand_over(pending, lambda outcome: self._finish(op, outcome, started,
+                                                                  attempt, nbytes=nbytes))
+            raise
         with self._lock, contextlib.suppress(ValueError):
             self._uncorrelated.remove(pending)
-        return self._finish(op, pending.outcome, started, attempt,
-                            nbytes=len(data) if data else 0)
+        return self._finish(op, pending.outcome, started, attempt, nbytes=nbytes)
 
     # -- inbound ---------------------------------------------------------------------------
 
@@ -362,9 +387,12 @@ class RealtimeClient:
         outcome = f"close {self.close_code}"
         with self._lock:
             waiting = list(self._pending.values()) + list(self._uncorrelated)
+            # Requests reported by callback are reported here, once: drop them.
             fired = [rid for rid, p in self._pending.items() if p.report is not None]
             for rid in fired:
                 del self._pending[rid]
+            self._uncorrelated = collections.deque(p for p in self._uncorrelated
+                                                   if p.report is None)
         for pending in waiting:
             pending.outcome = outcome
             pending.event.set()

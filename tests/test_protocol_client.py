@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from serverproc import ServerProcess
 
+import loadtests.client as client_module
 from loadtests.client import RealtimeClient
 from loadtests.reporting import Reporter
 
@@ -188,3 +189,44 @@ def test_fired_requests_are_each_reported_once(demo_server):
     finally:
         c.close()
     assert rec.outcomes("publish") == ["ok"] * 200
+
+
+class Interrupt(BaseException):
+    """Stands in for the GreenletExit with which Locust stops a user."""
+
+
+def test_a_request_interrupted_mid_flight_is_still_reported(server_factory, monkeypatch):
+    server = server_factory('\n[[faults]]\nkind = "latency"\nms = 300\nops = ["publish"]\n'
+                            'where = "before_ack"\n')
+    c, rec = client(server)
+    assert c.connect().ok
+
+    def interrupted(event: Any, timeout: float) -> None:
+        raise Interrupt
+
+    monkeypatch.setattr(client_module.DEADLINES, "wait", interrupted)
+    with pytest.raises(Interrupt):
+        c.publish("room/1", 1)
+    monkeypatch.undo()
+    assert rec.outcomes("publish") == []  # the ack is 300 ms away
+    c.drain(5.0)
+    c.close()
+    (_, outcome, latency, fields), = [r for r in rec.requests if r[0] == "publish"]
+    assert outcome == "ok" and latency >= 300 and fields["msg_id"]
+    assert server.stats()["totals"]["messages"]["published"] == 1  # both sides agree
+
+
+def test_an_interrupted_request_that_never_gets_a_reply_reports_the_close(server_factory,
+                                                                         monkeypatch):
+    server = server_factory('\n[[faults]]\nkind = "latency"\nms = 5000\nops = ["publish"]\n'
+                            'where = "before_ack"\n')
+    c, rec = client(server)
+    assert c.connect().ok
+    monkeypatch.setattr(client_module.DEADLINES, "wait",
+                        lambda event, timeout: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(Interrupt):
+        c.publish("room/1", 1)
+    monkeypatch.undo()
+    c.drain(0.2)
+    c.close()
+    assert rec.outcomes("publish") == ["close 1000"]  # reported once, as our close
