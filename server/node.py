@@ -271,12 +271,11 @@ class Node:
     def _deliver_with_faults(self, deliveries: list[Deliver]) -> None:
         """The slow path: per-recipient loss/duplication and outbound-buffer bounds.
 
-        Which faults act is decided once per message; each recipient then costs one
-        seeded draw per acting fault.
+        Which faults act, and which recipients they hit, is decided once per message
+        (`delivery_plan`): a recipient nobody hit costs a dictionary lookup.
         """
         faults = self.faults
         now = self.clock()
-        t = faults.scenario_time(now)
         for d in deliveries:
             if not d.targets:
                 continue
@@ -285,14 +284,21 @@ class Node:
             limit = faults.buffer_limit(app_id, now) if faults.has_buffer_faults else None
             counted = d.kind in ("message", "direct")
             acting = faults.delivery_faults(app_id, d.channel, now) if counted else []
-            for conn in d.targets:
+            plan = faults.delivery_plan(acting, len(d.targets)) if acting else None
+            for i, conn in enumerate(d.targets):
                 ws = conn.transport
                 if ws.protocol.state is not OPEN:
                     continue
                 if limit is not None and ws.transport.get_write_buffer_size() > limit:
                     self.close_connection(conn, codes.POLICY_VIOLATION, "slow consumer")
                     continue
-                copies = faults.copies(acting, t) if acting else 1
+                copies = 1
+                if plan:
+                    hit = plan.get(i)
+                    if hit is not None:
+                        copies = hit[0]
+                        for fault in hit[1]:
+                            fault.hits += 1
                 try:
                     for _ in range(copies):
                         ws.protocol.send_text(d.payload)

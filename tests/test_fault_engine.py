@@ -1,6 +1,8 @@
 """The fault engine's decisions: seeded, scheduled, targeted (PROTOCOL.md section 9)."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from server.config import ConfigError, parse_config
 from server.faults import Fail, FaultEngine, FaultSpecError
@@ -159,3 +161,47 @@ def test_config_faults_are_validated_at_load_with_their_index():
     cfg = parse_config({"faults": [{"kind": "outage", "start_s": 1, "end_s": 2}]})
     assert cfg.faults == ({"kind": "outage", "start_s": 1, "end_s": 2},)
 
+
+
+# -- per-recipient draws as geometric gaps (Fault.hit_positions) ----------------------------
+
+
+def _loss(p: float, seed: int = 7):
+    return engine({"kind": "loss", "probability": p}, seed=seed)._deliver[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0.001, 0.999), st.lists(st.integers(0, 300), min_size=1, max_size=20))
+def test_hits_do_not_depend_on_how_recipients_are_batched(p, sizes):
+    whole, parts = _loss(p), _loss(p)
+    expected = whole.hit_positions(p, sum(sizes))
+    got, offset = [], 0
+    for n in sizes:
+        got += [offset + i for i in parts.hit_positions(p, n)]
+        offset += n
+    assert got == expected
+
+
+@pytest.mark.parametrize("p", [0.01, 0.1, 0.5, 0.9])
+def test_hits_are_bernoulli_per_recipient(p):
+    fault = _loss(p)
+    n = 200_000
+    hits = fault.hit_positions(p, n)
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert abs(len(hits) - n * p) < 5 * sigma
+    # Memoryless: a recipient right after a hit is hit with the same probability.
+    hit = set(hits)
+    followers = sum(1 for i in hits if i + 1 in hit)
+    assert abs(followers - len(hits) * p) < 5 * (len(hits) * p * (1 - p)) ** 0.5 + 1
+
+
+def test_certain_and_impossible_hits():
+    assert _loss(0.0).hit_positions(0.0, 1000) == []
+    assert _loss(1.0).hit_positions(1.0, 5) == [0, 1, 2, 3, 4]
+
+
+def test_a_loss_wins_over_a_duplicate_and_both_count_their_hits():
+    e = engine({"kind": "loss", "probability": 1.0}, {"kind": "duplicate", "probability": 1.0})
+    plan = e.delivery_plan(e._deliver, 3)
+    assert {i: copies for i, (copies, _) in plan.items()} == {0: 0, 1: 0, 2: 0}
+    assert all(len(by) == 2 for _, by in plan.values())

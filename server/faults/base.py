@@ -155,6 +155,7 @@ class Fault:
                 raise spec.fail("end_s", f"must be > start_s ({self.start_s:g}), "
                                          f"got {self.end_s!r}")
         self.rng = random.Random(f"{seed}:{fault_id}")
+        self._gap: int | None = None  # trials left before the next hit (hit_positions)
         self.fired = False
         self.hits = 0  # decisions that took effect, for /sim/v1/faults
 
@@ -174,12 +175,37 @@ class Fault:
         """One seeded Bernoulli draw; always drawn, so the sequence is reproducible."""
         return self.rng.random() < probability
 
+    def hit_positions(self, probability: float, n: int) -> list[int]:
+        """Which of the next `n` Bernoulli(`probability`) trials succeed, as positions.
+
+        Drawn as geometric gaps between successes, carried across calls: the same
+        distribution as one draw per trial, at a cost that grows with the successes
+        rather than with `n` (a fan-out to thousands of recipients with a 1% loss fault
+        costs tens of draws, not thousands). Seeded, so as reproducible as `chance`.
+        """
+        if probability <= 0.0:
+            return []
+        at = self._gap if self._gap is not None else self._draw_gap(probability)
+        positions = []
+        while at < n:
+            positions.append(at)
+            at += 1 + self._draw_gap(probability)
+        self._gap = at - n
+        return positions
+
+    def _draw_gap(self, probability: float) -> int:
+        """Failures before the next success: P(k) = (1 - p)^k p."""
+        if probability >= 1.0:
+            return 0
+        return int(math.log1p(-self.rng.random()) / math.log1p(-probability))
+
     # Hooks: the engine calls these only for faults that are active and target the op.
     def on_route(self, op: str, t: float) -> Fail | Delay | None:
         return None
 
-    def deliver_copies(self, t: float) -> int:
-        return 1
+    # Delivery faults: each recipient they hit gets this many copies (0: lost).
+    copies_on_hit: int | None = None
+    probability: float = 0.0
 
     def strike(self) -> ConnectionStrike | None:
         return None

@@ -1,6 +1,7 @@
 """`loss` and `duplicate`: each delivery to a recipient is dropped or sent twice.
 
-Decided per recipient, so clients and the harness can count exactly what was lost.
+Decided per recipient, so clients and the harness can count exactly what was lost; the
+engine draws the recipients hit by one message at once (`Fault.hit_positions`).
 """
 
 from __future__ import annotations
@@ -21,20 +22,10 @@ class _DeliveryFault(Fault):
 @register
 class LossFault(_DeliveryFault):
     kind = "loss"
-
-    def deliver_copies(self, t: float) -> int:
-        if self.chance(self.probability):
-            self.hits += 1
-            return 0
-        return 1
+    copies_on_hit = 0
 
 
 @register
 class DuplicateFault(_DeliveryFault):
     kind = "duplicate"
-
-    def deliver_copies(self, t: float) -> int:
-        if self.chance(self.probability):
-            self.hits += 1
-            return 2
-        return 1
+    copies_on_hit = 2

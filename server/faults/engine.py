@@ -86,8 +86,7 @@ class FaultEngine:
         faults = list(self.faults.values())
         base = Fault
         self._route = [f for f in faults if type(f).on_route is not base.on_route]
-        self._deliver = [f for f in faults
-                         if type(f).deliver_copies is not base.deliver_copies]
+        self._deliver = [f for f in faults if f.copies_on_hit is not None]
         self._buffer = [f for f in faults if type(f).buffer_limit is not base.buffer_limit]
         self._strikes = [f for f in faults if f.one_shot]
         # Hot-path flags: with no fault of a family the adapter skips the call.
@@ -128,23 +127,31 @@ class FaultEngine:
         return [f for f in self._deliver if f.active(t) and f.targets("deliver", app_id, channel)]
 
     @staticmethod
-    def copies(faults: list[Fault], t: float) -> int:
-        """How many copies of one delivery to one recipient go out (0, 1 or 2+).
+    def delivery_plan(faults: list[Fault], n: int) -> dict[int, tuple[int, list[Fault]]]:
+        """The recipients (positions among `n`) whose copy of one message the acting
+        faults change: position -> (copies, the faults that hit it).
 
-        Every acting fault draws, in id order, so decisions stay reproducible.
+        Every acting fault draws, in id order, so decisions stay reproducible; a loss
+        wins over a duplication. Recipients not in the plan get one copy.
         """
-        copies = 1
+        plan: dict[int, tuple[int, list[Fault]]] = {}
         for fault in faults:
-            n = fault.deliver_copies(t)
-            if n == 0:
-                copies = 0
-            elif copies:
-                copies = max(copies, n)
-        return copies
+            on_hit = fault.copies_on_hit
+            assert on_hit is not None
+            for i in fault.hit_positions(fault.probability, n):
+                copies, hit_by = plan.get(i, (1, []))
+                copies = 0 if on_hit == 0 or copies == 0 else max(copies, on_hit)
+                plan[i] = (copies, [*hit_by, fault])
+        return plan
 
     def deliver_copies(self, app_id: str, channel: str | None, now: float) -> int:
-        """Copies of one delivery to one recipient (the per-recipient form of `copies`)."""
-        return self.copies(self.delivery_faults(app_id, channel, now), now - self.origin)
+        """Copies of one delivery to one recipient (the plan of a single recipient)."""
+        hit = self.delivery_plan(self.delivery_faults(app_id, channel, now), 1).get(0)
+        if hit is None:
+            return 1
+        for fault in hit[1]:
+            fault.hits += 1
+        return hit[0]
 
     def buffer_limit(self, app_id: str, now: float) -> int | None:
         """The smallest active outbound-buffer bound for this app's connections."""
