@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 import orjson
-from websockets.exceptions import InvalidStatus, WebSocketException
+from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from .deadlines import DEADLINES
 from .reporting import Reporter
@@ -402,6 +402,8 @@ class RealtimeClient:
 
 
 def _transport_outcome(exc: BaseException) -> str:
+    if isinstance(exc, InvalidURI):  # Locust's failure table then says what is wrong
+        return "invalid_url"
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     if isinstance(exc, TimeoutError):

@@ -17,6 +17,8 @@ import time
 import urllib.request
 
 from locust import events
+from websockets.exceptions import InvalidURI
+from websockets.uri import parse_uri
 
 from loadtests.swarmconfig import load_settings
 from loadtests.users import (  # noqa: F401  (Locust collects the User classes)
@@ -85,6 +87,11 @@ def _align_fault_clock(environment, **_kwargs):
 @events.init.add_listener
 def _init(environment, **_kwargs):
     settings = load_settings(environment.parsed_options)
+    for url in settings.hosts or [settings.host]:
+        try:
+            parse_uri(url)
+        except InvalidURI as exc:  # one line, not a traceback per user
+            raise SystemExit(f"rtmsim: --host must be a ws:// or wss:// URL: {exc}") from None
     for cls in environment.user_classes:
         params = settings.params(cls.__name__)
         if "weight" in params:

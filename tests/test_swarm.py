@@ -112,3 +112,14 @@ def test_retry_budget_caps_amplification_while_naive_explodes(server_factory, tm
     naive_ratio = attempts_per_operation(load_client_events(tmp_path / "naive"))
     assert budget_ratio <= 1.1
     assert naive_ratio >= 1.8  # ~2 expected attempts per publish at p = 0.5
+
+
+def test_a_host_that_is_not_a_websocket_url_is_one_clear_line(tmp_path):
+    cmd = [sys.executable, "-m", "locust", "-f", "loadtests/locustfile.py", "--headless",
+           "-u", "1", "-r", "1", "--run-time", "2s", "--host", "http://127.0.0.1:8765",
+           "Publisher"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=SWARM_TIMEOUT_S)
+    assert proc.returncode != 0
+    assert "rtmsim: --host must be a ws:// or wss:// URL" in proc.stderr
+    assert "Traceback" not in proc.stderr
