@@ -8,7 +8,7 @@ same `requestId`, uncorrelated errors complete the oldest request that could not
 carry one, deliveries are timed publish-to-delivery and handed to the user.
 
 Every `publish`/`send` wraps its payload in an accounting envelope
-`{"id", "ts", "pub", "seq", "v"}` so receivers can time, de-duplicate and order
+`{"id", "ts", "pub", "ch", "v"}` so receivers can time, de-duplicate and order
 deliveries and the analysis can count losses.
 """
 

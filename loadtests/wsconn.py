@@ -64,9 +64,8 @@ class Connection:
 
     @classmethod
     def open(cls, url: str, *, timeout: float, max_size: int | None = None,
-             ssl_context: ssl.SSLContext | None = None,
-             headers: dict[str, str] | None = None) -> Connection:
-        """Connect and do the opening handshake within `timeout` seconds.
+             ssl_context: ssl.SSLContext | None = None) -> Connection:
+        """Connect and do the opening handshake, each socket step bounded by `timeout`.
 
         Raises OSError/TimeoutError for the transport, websockets' `InvalidStatus` for
         a non-101 answer and its other `InvalidHandshake` errors for a bad one.
@@ -81,8 +80,6 @@ class Connection:
             protocol = ClientProtocol(uri, max_size=max_size)
             request = protocol.connect()
             request.headers.setdefault("User-Agent", USER_AGENT)
-            for name, value in (headers or {}).items():
-                request.headers[name] = value
             protocol.send_request(request)
             sock.sendall(b"".join(protocol.data_to_send()))
             conn = cls._handshake(sock, protocol)
