@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from server.codes import CLOSE_CODES
+
 from .analysis_codes import is_service_fault
 from .analysis_run import NOTE_OPS, Run, bin_range, fault_windows, time_bins
 from .analysis_timeline import throughput
@@ -94,9 +96,20 @@ def recovery_times(run: Run, *, baseline_s: float = 10.0, hold_s: int = 2,
         if first is not None:
             at = float(after.index[first])
             row.update(recovered_at_s=at, recovered_s=at - float(w.end_s))
+        elif _terminal_close(w.close_code):
+            row["note"] = (f"terminal close {int(w.close_code)}: well-behaved clients stay "
+                           "away, so throughput is not expected to come back")
         else:
             row["note"] = "not recovered before the scenario ended"
     return pd.DataFrame(rows, columns=cols)
+
+
+def _terminal_close(code: Any) -> bool:
+    """Whether a close fault's code tells clients never to reconnect (PROTOCOL.md 6)."""
+    if code is None or (isinstance(code, float) and math.isnan(code)):
+        return False
+    entry = CLOSE_CODES.get(int(code))
+    return entry is not None and entry.is_terminal
 
 
 def _first_held(healthy: np.ndarray, hold_s: int) -> int | None:

@@ -176,7 +176,8 @@ def normalize_faults(faults: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def fault_windows(run: Run) -> pd.DataFrame:
-    """id, kind, start_s, end_s, open_ended, one_shot, label: for shading and recovery.
+    """id, kind, start_s, end_s, open_ended, one_shot, label, close_code (of `close`
+    faults, else None): for shading and recovery.
 
     A fault without an end lasts the whole run: its end_s is the run's duration and
     `open_ended` says so (a chart may prefer not to shade it).
@@ -192,9 +193,10 @@ def fault_windows(run: Run) -> pd.DataFrame:
             f"from {start:g} s" if open_ended else f"{start:g}-{end:g} s")
         rows.append({"id": str(f["id"]), "kind": str(f.get("kind", "?")), "start_s": start,
                      "end_s": end, "open_ended": open_ended, "one_shot": one_shot,
-                     "label": f"{f['id']} {f.get('kind', '?')} {when}"})
+                     "label": f"{f['id']} {f.get('kind', '?')} {when}",
+                     "close_code": f.get("close_code")})
     return pd.DataFrame(rows, columns=["id", "kind", "start_s", "end_s", "open_ended",
-                                       "one_shot", "label"])
+                                       "one_shot", "label", "close_code"])
 
 
 def time_bins(ts: pd.Series, bin_s: float) -> pd.Series:

@@ -328,6 +328,23 @@ def test_recovery_never_within_the_run_is_nan(rd: RunDir) -> None:
     assert "fault f1 (outage): not recovered before the scenario ended" in warnings
 
 
+@pytest.mark.parametrize(("close_code", "note", "warned"), [
+    (4020, "terminal close 4020: well-behaved clients stay away, so throughput is not "
+           "expected to come back", False),
+    (4011, "not recovered before the scenario ended", True),  # clients should come back
+])
+def test_a_terminal_close_is_not_a_failure_to_recover(rd: RunDir, close_code: int,
+                                                      note: str, warned: bool) -> None:
+    outage_run(rd, back_at=99)
+    rd.meta["faults"] = [{"id": "f1", "kind": "close", "close_code": close_code,
+                          "start_s": 10, "end_s": 13}]
+    rec = A.recovery_times(rd.load()).set_index("id")
+    assert math.isnan(rec.loc["f1"].recovered_s)
+    assert rec.loc["f1"].note == note
+    warnings = A.summary(A.load_run(rd.path))["warnings"]
+    assert any(w.startswith("fault f1") for w in warnings) is warned
+
+
 def storm_run(rd: RunDir, delays: list[float]) -> A.Run:
     """A deploy closes 4 connections at 5.00-5.03 s; each user is back after `delays`."""
     rd.meta["faults"] = [{"id": "f1", "kind": "deploy", "at_s": 5, "fraction": 1.0}]
