@@ -54,10 +54,13 @@ serve: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
-bench: $(STAMP)
+bench: $(STAMP) redis-server
 	$(BIN)/python -m bench fanout --seconds 5 --json
+	$(BIN)/python -m bench fanout --seconds 5 --faults armed --json
 	$(BIN)/python -m bench reqack --seconds 5 --json
 	$(BIN)/python -m bench connections --n 15000 --json
+	$(BIN)/python -m bench redis --seconds 5 --json
+	$(BIN)/python -m bench swarm --seconds 10 --json
 
 clean:
 	rm -rf $(VENV)
