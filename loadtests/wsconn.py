@@ -167,7 +167,7 @@ class Connection:
             ended = self._protocol.state is State.CLOSED
         self._write_out()
         self._take(events)
-        return bool(data) and not ended and not self._broken
+        return bool(data) and not ended
 
     def _take(self, events: list[Any]) -> None:
         for event in events:
@@ -217,9 +217,12 @@ class Connection:
                     else:  # the protocol's end of stream: half-close
                         self._sock.shutdown(socket.SHUT_WR)
             except OSError:
+                # Sends fail from now on; the reader still takes what the server sent
+                # (its close frame, e.g. 1009 for a frame it refused mid-write).
                 self._outbox.clear()
                 self._broken = True
-                self.abort()
+                with contextlib.suppress(OSError):
+                    self._sock.shutdown(socket.SHUT_WR)
             finally:
                 self._write_lock.release()
 
