@@ -20,6 +20,7 @@ import gevent
 from locust import User, constant, task
 from locust.exception import StopUser
 
+from . import hooks  # noqa: F401  (registers rtmsim's options and settings with Locust)
 from .catalog import BAD_INPUT, BASE_DEFAULTS, USER_CLASSES
 from .client import RealtimeClient, Result
 from .reporting import Reporter

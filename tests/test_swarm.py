@@ -123,3 +123,33 @@ def test_a_host_that_is_not_a_websocket_url_is_one_clear_line(tmp_path):
     assert proc.returncode != 0
     assert "rtmsim: --host must be a ws:// or wss:// URL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+OWN_LOCUSTFILE = '''
+from loadtests import users
+
+
+class MyPublisher(users.Publisher):
+    defaults = {**users.Publisher.defaults, "rate": 20, "channels": ["orders/eu"],
+                "policy": {"policy": "default", "backoff": "full_jitter", "budget": 0.1}}
+'''
+
+
+def test_a_locustfile_of_a_few_lines_gets_the_options_and_the_event_log(fast_server,
+                                                                         tmp_path):
+    locustfile = tmp_path / "mylocust.py"
+    locustfile.write_text(OWN_LOCUSTFILE)
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2",
+           "-r", "2", "--run-time", "3s", "--stop-timeout", "10",
+           "--host", fast_server.ws_url.removesuffix("/v1"), "--rtmsim-run-dir", str(run_dir),
+           "--rtmsim-key", "pk_live_demo", "--exit-code-on-error", "0", "--only-summary"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=SWARM_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    df = load_client_events(run_dir)
+    assert set(df.user_class) == {"MyPublisher"}  # the imported base class did not run
+    pubs = df[(df.op == "publish") & (df.outcome == "ok")]
+    assert set(pubs.channel) == {"orders/eu"} and set(df.policy) == {"default"}
+    assert 20 <= len(pubs) <= 2 * 20 * 4  # two users at 20/s for about 3 s
+    assert len(pubs) == fast_server.stats()["totals"]["messages"]["published"]
