@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from serverproc import ServerProcess, start_server
+from wsclient import ClientPool, client_pool
 
 
 @pytest.fixture(scope="module")
@@ -17,6 +18,13 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     server = start_server(tmp=tmp_path_factory.mktemp("demo"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
+    """A pool of protocol clients on the demo server, closed after the test."""
+    with client_pool(demo_server.ws_url) as pool:
+        yield pool
 
 
 @pytest.fixture

@@ -34,12 +34,6 @@ from wsclient import (
 MAX_FRAME = 65536
 
 
-@pytest.fixture
-def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
-    with client_pool(demo_server.ws_url) as pool:
-        yield pool
-
-
 def _b64(obj: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 

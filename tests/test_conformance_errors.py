@@ -24,12 +24,6 @@ from wsclient import (
 )
 
 
-@pytest.fixture
-def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
-    with client_pool(demo_server.ws_url) as pool:
-        yield pool
-
-
 def error_of(client: Client, frame) -> dict:
     """Send `frame` (JSON value or raw str/bytes); the error frame minus `message`."""
     if isinstance(frame, str | bytes):

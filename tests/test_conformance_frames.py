@@ -30,12 +30,6 @@ from wsclient import (
 MAX_FRAME = 65536
 
 
-@pytest.fixture
-def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
-    with client_pool(demo_server.ws_url) as pool:
-        yield pool
-
-
 def ack(rid: str) -> dict:
     return {"type": "ack", "requestId": rid}
 

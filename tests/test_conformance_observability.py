@@ -10,13 +10,10 @@ reads poll for a condition (bounded), never sleep.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 
-import pytest
 from serverproc import ServerProcess
 from wsclient import (
     Client,
-    ClientPool,
     client_pool,
     make_token,
     unique,
@@ -25,12 +22,6 @@ from wsclient import (
 
 MAX_FRAME = 65536
 EVENT_WAIT_S = 5.0  # the log flushes every ~1 s
-
-
-@pytest.fixture
-def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
-    with client_pool(demo_server.ws_url) as pool:
-        yield pool
 
 
 def story_of(server: ServerProcess, peer: str, last: str = "disconnect") -> list[dict]:
