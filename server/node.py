@@ -47,6 +47,19 @@ OPEN = State.OPEN
 WS_PATH = "/v1"
 
 
+
+async def hold(seconds: float) -> None:
+    """Sleep at least `seconds`: an injected latency must never be shorter than asked.
+
+    uvloop (libuv) measures a timer from the loop iteration's cached clock, so a plain
+    `asyncio.sleep` scheduled late in a busy iteration ends up to that iteration's age
+    early (50 ms measured as 49.2 ms), and clients would count the request undelayed.
+    """
+    deadline = time.monotonic() + seconds
+    await asyncio.sleep(seconds)
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(left)
+
 class Node:
     """One server instance: a websockets server around one `Service` and a backend."""
 
@@ -116,7 +129,7 @@ class Node:
         if self.faults.has_route_faults:
             fail, before, _ = self.faults.on_route("connect", app_id, None, self.clock())
             if before:
-                await asyncio.sleep(before)
+                await hold(before)
             refused = fail.message if fail else None
         admitted = refused is None and await self.ledgers.admit_connection(app_id,
                                                                           self.clock())
@@ -193,7 +206,7 @@ class Node:
                 fail, before, after = self.faults.on_route(op, conn.app_id, route.channel,
                                                            self.clock())
                 if before:
-                    await asyncio.sleep(before)
+                    await hold(before)
                 if fail is not None:
                     return conn.fail(route, fail.code, fail.message, self.clock())
             if op == "publish":
@@ -212,7 +225,7 @@ class Node:
             log.exception("unexpected error routing %s", op)
             return conn.fail(route, "internal_error", "internal error", self.clock())
         if after:
-            await asyncio.sleep(after)
+            await hold(after)
         return conn.complete(route, result, self.clock())
 
     def _close_later(self, conn: Connection, code: int, reason: str) -> None:

@@ -235,3 +235,4 @@ def test_an_interrupted_request_that_never_gets_a_reply_reports_the_close(server
 def test_a_url_that_is_not_websocket_is_its_own_outcome():
     c = RealtimeClient("http://127.0.0.1:1", key=DEMO_KEY, reporter=Recorder())
     assert c.connect().outcome == "invalid_url"
+
