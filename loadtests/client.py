@@ -26,6 +26,8 @@ from urllib.parse import urlencode
 import orjson
 from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
+from server import jsonenc
+
 from .deadlines import DEADLINES
 from .reporting import Reporter
 from .wsconn import Closed, Connection
@@ -320,7 +322,7 @@ class RealtimeClient:
 
     def _on_message(self, raw: bytes) -> None:
         try:
-            frame = orjson.loads(raw)
+            frame = jsonenc.loads(raw)  # JSON.parse's reading: a `\ud800` in data is fine
         except orjson.JSONDecodeError:
             return
         if isinstance(frame, dict):

@@ -321,6 +321,7 @@ ERROR_RULES: dict[Retry, Rule] = {
     Retry.RECONNECT_AFTER_WAIT: DefaultPolicy._after_floor,
     Retry.RECONNECT_THROTTLED: DefaultPolicy._throttled,
     Retry.TERMINAL: DefaultPolicy._no_retry,
+    Retry.RECONNECT_LIGHTER: DefaultPolicy._with_backoff,  # never on an error frame
     Retry.INSPECT: DefaultPolicy._no_retry,  # no reason to inspect: like an unknown code
 }
 
@@ -336,7 +337,8 @@ CLOSE_RULES: dict[Retry, Rule] = {
     Retry.RECONNECT_AFTER_WAIT: DefaultPolicy._after_floor,
     Retry.RECONNECT_THROTTLED: DefaultPolicy._throttled,
     Retry.TERMINAL: DefaultPolicy._no_retry,
-    Retry.INSPECT: DefaultPolicy._with_backoff,  # 1008: a slow consumer may recover
+    Retry.RECONNECT_LIGHTER: DefaultPolicy._with_backoff,  # 1008: a slow consumer
+    Retry.INSPECT: DefaultPolicy._with_backoff,  # a reason to read: it may recover
 }
 
 POLICIES: dict[str, type[RetryPolicy]] = {

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-import orjson
 
 from . import codes
 from .config import ACTIONS, App, Config, Key
+from .jsonenc import dumps
 from .patterns import match_any, peer_id_problem
 
 # The demo secret is short by contract (`sk_secret_demo`); PyJWT's warning about it
@@ -150,7 +150,7 @@ def claims_problem(claims: dict[str, Any]) -> str | None:
             continue
         if not isinstance(value, dict):
             return f"{name}: must be an object"
-        if len(orjson.dumps(value)) > limit:
+        if len(dumps(value)) > limit:  # claims may hold lone surrogates
             return f"{name}: larger than {limit} bytes"
     return None
 

@@ -25,6 +25,7 @@ class Retry(StrEnum):
     RECONNECT_AFTER_WAIT = "reconnect_after_wait"  # wait (SDKs: >= 30 s)
     RECONNECT_THROTTLED = "reconnect_throttled"  # back off and lower the send rate
     TERMINAL = "terminal"  # do not reconnect
+    RECONNECT_LIGHTER = "reconnect_lighter"  # back off; read faster or subscribe to less
     INSPECT = "inspect"  # read the reason
 
 
@@ -98,8 +99,9 @@ CLOSE_CODES: dict[int, CloseCode] = {
     for c in (
         CloseCode(1001, "going_away", "shutdown or simulated deploy, after `going_away`",
                   Retry.RECONNECT_AFTER_HINT, "reconnect after retryAfterMs (+ jitter)"),
-        CloseCode(1008, "policy_violation", "policy violation (slow consumer)",
-                  Retry.INSPECT, "inspect reason"),
+        CloseCode(1008, "policy_violation", "slow consumer: queued outbound bytes passed "
+                  "limits.max_outbound_bytes", Retry.RECONNECT_LIGHTER,
+                  "read faster or subscribe to less; reconnect with backoff"),
         CloseCode(1009, "message_too_big", "inbound frame larger than 65536 bytes",
                   Retry.NEVER, "split payloads"),
         CloseCode(1011, "internal_error", "the server could not serve the connection "

@@ -49,6 +49,10 @@ class Limits:
     burst: float = 200.0
     max_subscriptions: int = 100
     max_frame_bytes: int = 65536
+    # Queued outbound bytes per connection before it is closed 1008 "slow consumer":
+    # a reader that stops must not grow the server without bound (Centrifugo's client
+    # queue defaults to 1 MiB, NATS's pending bytes to 64 MiB).
+    max_outbound_bytes: int = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +235,8 @@ def parse_config(data: dict[str, Any]) -> Config:
         burst=lim.number("burst", 200.0, minimum=1),
         max_subscriptions=lim.number("max_subscriptions", 100, minimum=1, integer=True),
         max_frame_bytes=lim.number("max_frame_bytes", 65536, minimum=64, integer=True),
+        max_outbound_bytes=lim.number("max_outbound_bytes", 4 << 20, minimum=1024,
+                                      integer=True),
     )
     lim.done()
     raw_apps = top.get("apps", None)

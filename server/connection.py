@@ -15,6 +15,7 @@ import orjson
 from . import codes
 from .actions import Close, Direct, Message, Route, Send
 from .hub import subscription_key
+from .jsonenc import dumps, loads
 from .patterns import channel_problem, is_reserved, peer_id_problem
 
 if TYPE_CHECKING:
@@ -23,18 +24,21 @@ if TYPE_CHECKING:
 
 Action = Any  # Send | Deliver | Close | CloseAt | Route
 MAX_REQUEST_ID_BYTES = 128
+SLOW_CONSUMER = "slow consumer"  # the reason of a 1008 close
 
 
 def error_frame(code: str, message: str, request_id: str | None) -> bytes:
+    """An `error` frame; the safe encoder, as `requestId` and `message` echo client text."""
     frame = {"type": "error", "code": code, "message": message}
     if request_id is not None:
         frame["requestId"] = request_id
-    return orjson.dumps(frame)
+    return dumps(frame)
 
 
 def _request_id_ok(rid: object) -> bool:
+    """1..128 bytes; a lone surrogate (valid JSON) counts 3, as TextEncoder's U+FFFD."""
     return isinstance(rid, str) and 0 < len(rid) <= MAX_REQUEST_ID_BYTES and (
-        rid.isascii() or len(rid.encode()) <= MAX_REQUEST_ID_BYTES)
+        rid.isascii() or len(rid.encode("utf-8", "surrogatepass")) <= MAX_REQUEST_ID_BYTES)
 
 
 class Connection:
@@ -82,7 +86,7 @@ class Connection:
             return self._error("malformed_message", "binary frames are not accepted",
                                None, None, now)
         try:
-            msg = orjson.loads(frame)
+            msg = loads(frame)
         except orjson.JSONDecodeError:
             self.counters.frames_in["invalid"] += 1
             return self._error("malformed_message", "frame is not valid JSON", None, None,
@@ -211,7 +215,7 @@ class Connection:
             if self.has_presence:
                 frame = {"type": "presence", "channel": subscription_key(route.body)[0],
                          "joined": result or [], "left": []}
-                out.append(Send(orjson.dumps(frame), "presence"))
+                out.append(Send(dumps(frame), "presence"))  # metadata is from tokens
             return out
         self.subscriptions.pop(route.body, None)  # unsubscribe
         return self._ack(route.request_id, op, now)
@@ -227,6 +231,14 @@ class Connection:
         return self.fail(route, "over_message_quota", "message quota used up for this period",
                          now)
 
+    def outbound_full(self, now: float) -> list[Action]:
+        """The driver holds more unsent bytes for this peer than its bound: close 1008.
+
+        The bound is `limits.max_outbound_bytes`, or lower while a `slow_consumer`
+        fault is active; the driver measures, the rule and its code live here.
+        """
+        return self.close(codes.POLICY_VIOLATION, SLOW_CONSUMER, now)
+
     # -- outbound helpers --------------------------------------------------------------
 
     def _ack(self, rid: str | None, op: str, now: float) -> list[Action]:
@@ -236,7 +248,7 @@ class Connection:
                         requestId=rid)
         if rid is None:
             return []
-        return [Send(b'{"type":"ack","requestId":' + orjson.dumps(rid) + b"}", "ack")]
+        return [Send(b'{"type":"ack","requestId":' + dumps(rid) + b"}", "ack")]
 
     def _error(self, code: str, message: str, rid: str | None, op: str | None,
                now: float) -> list[Action]:

@@ -14,6 +14,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from .jsonenc import dumps
+
 
 class EventSink(Protocol):
     wants_requests: bool
@@ -57,8 +59,11 @@ class JsonlEventLog:
         self._extra = {"instance": instance} if instance else {}
 
     def emit(self, t: float, kind: str, **fields: Any) -> None:
-        line = orjson.dumps({"t": round(t, 6), "event": kind, **self._extra, **fields},
-                            option=orjson.OPT_APPEND_NEWLINE)
+        record = {"t": round(t, 6), "event": kind, **self._extra, **fields}
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except orjson.JSONEncodeError:  # a client's requestId with a lone surrogate
+            line = dumps(record) + b"\n"
         self._buffer.append(line)
         self._size += len(line)
         if self._size >= self.FLUSH_BYTES:

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .actions import Deliver, Direct, Message
 from .jsonenc import dumps
 from .patterns import is_wildcard, match_channel, unescape
@@ -161,7 +159,7 @@ class Hub:
         frame = {"type": "presence", "channel": change.key,
                  "joined": [entry] if change.joined else [],
                  "left": [] if change.joined else [entry]}
-        return [Deliver(targets, orjson.dumps(frame), "presence")]
+        return [Deliver(targets, dumps(frame), "presence")]  # metadata is from tokens
 
     def local_presence(self) -> list[PresenceChange]:
         """A `joined` change for every (app, channel, peer) present here (resync)."""

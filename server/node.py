@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from .auth import MAX_TOKEN_BYTES
 from .backend import Backend, BackendError
 from .config import Config
 from .connection import Connection
+from .descriptors import RETRY_AFTER_S, DescriptorGuard
 from .events import EventSink
 from .faults import ConnectionStrike, FaultEngine
 from .ledgers import Ledgers, MemoryLedgers
@@ -45,7 +47,9 @@ websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH,
                                         MAX_TOKEN_BYTES + 8192)
 OPEN = State.OPEN
 WS_PATH = "/v1"
-
+# How long a close handshake may wait for a peer that does not read (websockets'
+# close_timeout) before the socket is cut.
+CLOSE_TIMEOUT_S = 10.0
 
 
 async def hold(seconds: float) -> None:
@@ -59,6 +63,24 @@ async def hold(seconds: float) -> None:
     await asyncio.sleep(seconds)
     while (left := deadline - time.monotonic()) > 0:
         await asyncio.sleep(left)
+
+class BoundedConnection(ServerConnection):
+    """websockets' connection that tells the node when its outbound bound is passed.
+
+    The transport calls `pause_writing` once it buffers more than its high-water mark,
+    which `serve(write_limit=...)` sets to `limits.max_outbound_bytes`: the bound is
+    checked by the transport on every write path (deliveries, acks, presence, REST and
+    Redis fan-out), with nothing added per delivery. It is called from inside
+    `transport.write()`, so the node acts on it on the next turn of the loop.
+    """
+
+    on_outbound_full: Callable[[], None] | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.on_outbound_full is not None:
+            self.loop.call_soon(self.on_outbound_full)
+
 
 class Node:
     """One server instance: a websockets server around one `Service` and a backend."""
@@ -81,6 +103,7 @@ class Node:
         self._faults_changed = asyncio.Event()
         self._strikes: asyncio.Task[None] | None = None
         self.server: Server | None = None
+        self.descriptors = DescriptorGuard()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -89,10 +112,13 @@ class Node:
         await self.backend.start()
         self.server = await serve(
             self._handle, host, port,
-            process_request=_only_ws_path,
+            process_request=self._process_request,
             max_size=self.config.limits.max_frame_bytes,
             ping_interval=30, ping_timeout=10,  # silent for 40 s -> closed (PROTOCOL 2.4)
             compression=None,
+            create_connection=BoundedConnection,
+            write_limit=self.config.limits.max_outbound_bytes,
+            close_timeout=CLOSE_TIMEOUT_S,
             backlog=2048,  # reconnect storms: the default 100 overflows the accept queue
         )
         self._strikes = asyncio.create_task(self._strike_loop())
@@ -110,6 +136,19 @@ class Node:
         if self.server is not None:
             await self.server.wait_closed()
         await self.backend.stop()
+
+    async def _process_request(self, connection: ServerConnection, request: Any) -> Any:
+        """The HTTP upgrade: 404 off /v1; 503 while file descriptors run out."""
+        sock = connection.transport.get_extra_info("socket")
+        if sock is not None and not self.descriptors.admits(sock.fileno()):
+            response = connection.respond(HTTPStatus.SERVICE_UNAVAILABLE,
+                                          "out of file descriptors: retry later\n")
+            response.headers["Retry-After"] = str(RETRY_AFTER_S)
+            # Free the descriptor once the response is written, without waiting (as
+            # websockets does after a refusal) for the client to close its side.
+            connection.close_timeout = 0
+            return response
+        return _only_ws_path(connection, request)
 
     def faults_changed(self) -> None:
         """Call after adding faults or moving the origin: re-plans one-shot faults."""
@@ -138,6 +177,7 @@ class Node:
             await ws.close(actions[0].code, actions[0].reason)
             return
         conn.transport = ws
+        ws.on_outbound_full = functools.partial(self._outbound_full, conn)
         try:
             await self.backend.connect(conn)
             await self._perform(conn, actions)
@@ -187,7 +227,7 @@ class Node:
             elif cls is Close:
                 # In the background: the frame loop keeps draining what the client
                 # already queued (ignored now), so the close handshake can finish.
-                self._background(ws.close(action.code, action.reason))
+                self._background(close_ws(ws, action.code, action.reason))
             elif cls is CloseAt:
                 delay = max(0.0, action.at - self.clock())
                 self._timers[conn.id] = asyncio.get_running_loop().call_later(
@@ -243,8 +283,13 @@ class Node:
             ws.protocol.send_text(payload)
             ws.send_data()
             conn.counters.frames_out["going_away"] += 1
-        self._background(ws.close(code, reason))
+        self._background(close_ws(ws, code, reason))
         return True
+
+    def _outbound_full(self, conn: Connection) -> None:
+        """The transport holds more than the bound for `conn`: the core decides."""
+        for action in conn.outbound_full(self.clock()):
+            self._background(close_ws(conn.transport, action.code, action.reason))
 
     def drop_connection(self, conn: Connection, reason: str) -> bool:
         """Cut the socket with no close frame (a crash, a network partition)."""
@@ -303,7 +348,7 @@ class Node:
                 if ws.protocol.state is not OPEN:
                     continue
                 if limit is not None and ws.transport.get_write_buffer_size() > limit:
-                    self.close_connection(conn, codes.POLICY_VIOLATION, "slow consumer")
+                    self._outbound_full(conn)
                     continue
                 copies = 1
                 if plan:
@@ -375,7 +420,19 @@ class Node:
         return n
 
 
-async def _only_ws_path(connection: ServerConnection, request: Any) -> Any:
+async def close_ws(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close with `code`, cutting the socket if the peer has not taken the close frame
+    within CLOSE_TIMEOUT_S: websockets' `close()` first waits for its write buffer to
+    drain, without a deadline, so a peer that stopped reading would hold it forever.
+    """
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await ws.close(code, reason)
+    except TimeoutError:
+        ws.transport.abort()
+
+
+def _only_ws_path(connection: ServerConnection, request: Any) -> Any:
     """Reject any path but /v1 at the HTTP upgrade (404)."""
     if urlsplit(request.path).path != WS_PATH:
         return connection.respond(HTTPStatus.NOT_FOUND, "not found\n")

@@ -25,8 +25,17 @@ def channel_problem(channel: object) -> str | None:
         return "channel must be a string" if channel is not None else "channel is missing"
     if not channel:
         return "channel is empty"
-    if len(channel) > MAX_CHANNEL_BYTES or len(channel.encode()) > MAX_CHANNEL_BYTES:
+    if len(channel) > MAX_CHANNEL_BYTES:
         return f"channel is longer than {MAX_CHANNEL_BYTES} bytes"
+    if not channel.isascii():
+        try:
+            size = len(channel.encode())
+        except UnicodeEncodeError:
+            # A lone surrogate escape is valid JSON but has no UTF-8 form: it could not
+            # be a Redis key, a close reason or a log line, so it is not a channel name.
+            return "channel is not valid UTF-8 (unpaired surrogate)"
+        if size > MAX_CHANNEL_BYTES:
+            return f"channel is longer than {MAX_CHANNEL_BYTES} bytes"
     if _CONTROL.search(channel):
         return "channel contains control characters"
     return None

@@ -22,12 +22,10 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from .actions import Direct, Message
 from .backend import BackendError, LocalNode
 from .hub import Hub, PresenceChange, presence_entry, subscription_key
-from .jsonenc import dumps
+from .jsonenc import dumps, loads
 from .redis_link import FAILURES, RedisLink
 
 if TYPE_CHECKING:
@@ -223,7 +221,7 @@ class RedisBackend:
             self.link.mark_down(exc)
 
     def _on_message(self, data: bytes) -> None:
-        m = orjson.loads(data)
+        m = loads(data)  # `dumps` may have written lone surrogates as escapes
         if m["i"] == self.instance:
             return  # ours: delivered locally before it was published
         kind, app_id = m["k"], m["a"]
@@ -319,7 +317,7 @@ class RedisBackend:
         peers: dict[str, dict[str, Any] | None] = {}
         for peer_id, inst, meta in entries:
             if inst in self.live and peer_id != exclude_peer and peer_id not in peers:
-                peers[peer_id] = orjson.loads(meta) if meta not in (b"", "") else None
+                peers[peer_id] = loads(meta) if meta not in (b"", "") else None
         return [presence_entry(p, m) for p, m in peers.items()]
 
     async def publish(self, msg: Message) -> int:
@@ -375,7 +373,7 @@ class RedisBackend:
 
 
 def _meta(metadata: dict[str, Any] | None) -> bytes:
-    return orjson.dumps(metadata) if metadata is not None else b""
+    return dumps(metadata) if metadata is not None else b""
 
 
 def _text(value: Any) -> str:

@@ -7,8 +7,11 @@ Every error is `{"error": code, "message": text}`, including aiohttp's own 404/4
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import math
+import os
 import resource
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +25,7 @@ from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
 from .backend import BackendError
 from .config import ACTIONS, App, Key
 from .faults import FaultSpecError
+from .jsonenc import dumps, loads
 from .node import Node
 from .patterns import channel_problem, is_reserved, peer_id_problem
 
@@ -43,7 +47,8 @@ class ApiError(Exception):
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status,
+    """A JSON response; the safe encoder, as peers' metadata and messages echo client text."""
+    return web.Response(body=dumps(body), status=status,
                         content_type="application/json")
 
 
@@ -108,7 +113,7 @@ async def _body(request: web.Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        body = orjson.loads(raw)
+        body = loads(raw)  # the WebSocket frames' JSON.parse semantics
     except orjson.JSONDecodeError:
         raise ApiError(400, "invalid_request", "body is not valid JSON") from None
     if not isinstance(body, dict):
@@ -136,7 +141,7 @@ def _object_field(body: dict[str, Any], name: str, limit: int) -> dict[str, Any]
         return None
     if not isinstance(value, dict):
         raise ApiError(400, "invalid_request", f"{name}: must be an object")
-    if len(orjson.dumps(value)) > limit:
+    if len(dumps(value)) > limit:
         raise ApiError(400, "invalid_request", f"{name}: larger than {limit} bytes")
     return value
 
@@ -250,6 +255,7 @@ async def sim_stats(request: web.Request) -> web.Response:
     body["instance"] = node.service.instance_id
     body["backend"] = node.backend.state()
     body["process"] = process_usage()
+    body["process"]["refused_no_descriptors"] = node.descriptors.refused
     body["serverTime"] = int(now * 1000)
     body["usage"] = {}
     for app in node.config.apps:
@@ -319,7 +325,8 @@ async def sim_clock(request: web.Request) -> web.Response:
     _check_sim_token(request)
     body = await _body(request)
     origin = body.get("origin")
-    if isinstance(origin, bool) or not isinstance(origin, int | float) or origin <= 0:
+    if (isinstance(origin, bool) or not isinstance(origin, int | float) or origin <= 0
+            or not math.isfinite(origin)):  # 1e400 reads as inf
         raise ApiError(400, "invalid_request", "origin: must be unix milliseconds > 0")
     node = request.app[APP_KEY]
     node.faults.set_origin(origin / 1000.0)
@@ -329,10 +336,31 @@ async def sim_clock(request: web.Request) -> web.Response:
 
 
 def process_usage() -> dict[str, float]:
-    """This process's CPU seconds and memory: which resource a capacity run used up."""
+    """This process's CPU seconds, memory, descriptors and tasks.
+
+    CPU says which resource a capacity run used up; current RSS (not the peak), open
+    descriptors and asyncio tasks say whether a long run leaks.
+    """
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {"cpu_s": round(usage.ru_utime + usage.ru_stime, 6),
-            "max_rss_kb": usage.ru_maxrss}
+            "max_rss_kb": usage.ru_maxrss, "rss_kb": _current_rss_kb(),
+            "open_fds": _open_fds(), "asyncio_tasks": len(asyncio.all_tasks())}
+
+
+def _current_rss_kb() -> int | None:
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None  # not Linux
+    return pages * resource.getpagesize() // 1024
+
+
+def _open_fds() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return None
 
 
 def make_app(node: Node) -> web.Application:

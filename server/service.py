@@ -12,8 +12,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from . import codes
 from .actions import Close, CloseAt, Send
 from .auth import EXPIRY_LEAD_S, AuthFailure, Credential, authenticate
@@ -21,6 +19,7 @@ from .config import Config
 from .connection import Connection
 from .events import EventSink
 from .hub import Hub
+from .jsonenc import dumps
 from .stats import UNAUTHENTICATED, Stats
 
 
@@ -104,7 +103,7 @@ class Service:
             metadata.setdefault("instanceId", self.instance_id)
         if metadata:
             welcome["metadata"] = metadata
-        actions: list[Any] = [Send(orjson.dumps(welcome), "welcome")]
+        actions: list[Any] = [Send(dumps(welcome), "welcome")]  # token metadata
         if cred.expires_at is not None:
             actions.append(CloseAt(cred.expires_at - EXPIRY_LEAD_S, codes.TOKEN_EXPIRED,
                                    "token expired"))

@@ -66,6 +66,7 @@ THRESHOLDS = {"min_backoff_s": MIN_BACKOFF_S, "min_reconnect_s": MIN_RECONNECT_S
 # 1006 is not in the code table (the server never sends it: a socket that died);
 # it reads like 1011: reconnect after a backoff.
 ABNORMAL = 1006
+SLOW_CONSUMER = 1008
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          f"4010: no connection attempt for {RECONNECT_WAIT_FLOOR_S:g} s"),
     Rule("reconnect_backoff", "back off before reconnecting",
          f"1006 / 1011 / 4011: the next attempt no sooner than {MIN_RECONNECT_S * 1000:g} ms"),
+    Rule("come_back_lighter", "a slow consumer comes back lighter",
+         f"1008 (slow consumer): the next attempt no sooner than {MIN_RECONNECT_S * 1000:g} "
+         "ms, and the connection it opens is not closed 1008 again"),
     Rule("stay_away", "terminal closes are terminal",
          "4001 / 4003 / 4012 / 4020: no reconnect"),
     Rule("jitter", "spread reconnects (jitter)",
@@ -117,8 +121,8 @@ ERROR_RULE: dict[Retry, str] = {
     Retry.AFTER_PERIOD: "wait_for_period",
     Retry.BACKOFF: "backoff_on_error",
 }
-# Which rule grades the reconnect after a close code; INSPECT and NEVER (1008, 1009:
-# fix the payload, then reconnecting is fine) have none.
+# Which rule grades the reconnect after a close code; INSPECT and NEVER (1009: fix the
+# payload, then reconnecting is fine) have none.
 CLOSE_RULE: dict[Retry, str] = {
     Retry.RECONNECT_AFTER_HINT: "respect_retry_after",
     Retry.RECONNECT_NEW_TOKEN: "fresh_token",
@@ -126,10 +130,12 @@ CLOSE_RULE: dict[Retry, str] = {
     Retry.RECONNECT_THROTTLED: "reconnect_backoff",
     Retry.BACKOFF: "reconnect_backoff",
     Retry.TERMINAL: "stay_away",
+    Retry.RECONNECT_LIGHTER: "come_back_lighter",
 }
 # Closes after which the client is expected back: graded for jitter and resubscribe.
 COME_BACK = frozenset({Retry.RECONNECT_AFTER_HINT, Retry.RECONNECT_NEW_TOKEN,
-                       Retry.RECONNECT_AFTER_WAIT, Retry.RECONNECT_THROTTLED, Retry.BACKOFF})
+                       Retry.RECONNECT_AFTER_WAIT, Retry.RECONNECT_THROTTLED, Retry.BACKOFF,
+                       Retry.RECONNECT_LIGHTER})
 
 
 def close_retry(code: int) -> Retry | None:
@@ -339,6 +345,8 @@ def grade_closes(ev: pd.DataFrame, rc: pd.DataFrame, tokens: pd.DataFrame,
                  f: Findings) -> None:
     """Reconnect rules per close; one violation per (rule, client, code) with a count."""
     found: dict[tuple[str, str, int, bool], list[tuple[float, float, str]]] = defaultdict(list)
+    closed_slow = set(zip(rc.client[rc.code == SLOW_CONSUMER], rc.conn[rc.code == SLOW_CONSUMER],
+                          strict=True))
     for _, r in rc.iterrows():
         retry = close_retry(int(r.code))
         rule = CLOSE_RULE.get(retry) if retry else None
@@ -360,6 +368,11 @@ def grade_closes(ev: pd.DataFrame, rc: pd.DataFrame, tokens: pd.DataFrame,
             text = f"{after}, before the {RECONNECT_WAIT_FLOOR_S:g} s floor"
         elif rule == "reconnect_backoff" and back and r.delay_s < MIN_RECONNECT_S:
             text = f"{after}: no backoff"
+        elif rule == "come_back_lighter" and back:
+            if r.delay_s < MIN_RECONNECT_S:
+                text = f"{after}: no backoff"
+            elif (r.client, r.next_conn) in closed_slow:
+                text = f"{after}, and was closed 1008 again: read faster or subscribe to less"
         elif rule == "fresh_token":
             mine = tokens[(tokens.peer == r.client) & (tokens.ts > r.close_ts)
                           & ~tokens.initial.astype(bool)]

@@ -12,6 +12,7 @@ import orjson
 from server.actions import Close, CloseAt, Deliver, Route, Send
 from server.config import Config, default_config
 from server.events import MemoryEventLog
+from server.jsonenc import loads
 from server.ledgers import MemoryLedgers
 from server.memory import MemoryBackend
 from server.service import Service
@@ -35,6 +36,7 @@ class Core:
         self.backend = MemoryBackend(self.service.hub, self)
         self.ledgers = MemoryLedgers(self.service.config, now)
         self.inbox: dict[int, list[dict[str, Any]]] = {}
+        self.raw: dict[int, list[bytes]] = {}  # the same frames, as sent on the wire
         self.closed: dict[int, int] = {}
         self.timers: list[CloseAt] = []
 
@@ -42,7 +44,7 @@ class Core:
     def deliver(self, deliveries: list[Deliver]) -> None:
         for d in deliveries:
             for conn in d.targets:
-                self.inbox[conn.id].append(orjson.loads(d.payload))
+                self._received(conn, d.payload)
 
     def close_peer(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
         conns = self.service.hub.peer_connections(app_id, peer_id)
@@ -60,14 +62,19 @@ class Core:
             assert isinstance(actions[0], Close)
             return actions[0]
         self.inbox[conn.id] = []
+        self.raw[conn.id] = []
         finish(self.backend.connect(conn))
         self.perform(conn, actions)
         return conn
 
+    def _received(self, conn, payload: bytes) -> None:
+        self.raw[conn.id].append(payload)
+        self.inbox[conn.id].append(loads(payload))  # the server's frames may carry \ud800
+
     def perform(self, conn, actions) -> None:
         for a in actions:
             if isinstance(a, Send):
-                self.inbox[conn.id].append(orjson.loads(a.payload))
+                self._received(conn, a.payload)
             elif isinstance(a, Deliver):
                 self.deliver([a])
             elif isinstance(a, Close):
@@ -101,4 +108,5 @@ class Core:
 
     def take(self, conn) -> list[dict[str, Any]]:
         out, self.inbox[conn.id] = self.inbox[conn.id], []
+        self.raw[conn.id] = []
         return out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -85,8 +86,12 @@ class ServerProcess:
 
 
 def start_server(config: str | None = None, *args: str, events: bool = True,
-                 tmp: Path | None = None) -> ServerProcess:
-    """Start `rtmsim serve` with an optional TOML config text; wait until it listens."""
+                 tmp: Path | None = None, nofile: int | None = None) -> ServerProcess:
+    """Start `rtmsim serve` with an optional TOML config text; wait until it listens.
+
+    `nofile` lowers the server's RLIMIT_NOFILE (soft and hard), to run it out of file
+    descriptors.
+    """
     tmp = tmp or Path(tempfile.mkdtemp(prefix="rtmsim-test-"))
     cmd = [sys.executable, "-m", "sim.cli", "serve", "--port", "0", "--admin-port", "0"]
     if config is not None:
@@ -98,8 +103,12 @@ def start_server(config: str | None = None, *args: str, events: bool = True,
         cmd += ["--events", str(events_path)]
     cmd += list(args)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    def limit_descriptors() -> None:
+        if nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=limit_descriptors)
     output: list[str] = []
     ready = threading.Event()
     found: dict[str, str] = {}

@@ -105,7 +105,8 @@ def test_bad_client_fails_the_rules_it_breaks(tmp_path):
         "connected": "pass", "no_retry": "fail", "unsubscribe_first": "n/a", "dont_loop": "n/a",
         "wait_for_period": "fail", "backoff_on_error": "fail",
         "respect_retry_after": "fail", "fresh_token": "fail", "concurrency_floor": "n/a",
-        "reconnect_backoff": "n/a", "stay_away": "fail", "jitter": "fail",
+        "reconnect_backoff": "n/a", "come_back_lighter": "n/a", "stay_away": "fail",
+        "jitter": "fail",
         "resubscribe": "fail"}
     by_client = {c["client"]: c for c in grades["clients"]}
     assert sorted(by_client) == [f"client-{i}" for i in range(5)]
@@ -341,3 +342,20 @@ def test_repeated_4010_reconnects_are_one_violation_with_a_count(tmp_path):
     # Refused (and waiting) is reaching the server; client-2 never did.
     assert [v["text"] for v in g["rules"]["connected"]["violations"]] == [
         "never reached the server as client-2 (see clients/client-2.err)"]
+
+
+def test_a_slow_consumer_closed_1008_again_after_reconnecting_fails(tmp_path):
+    def slow(t, conn, peer):
+        return {"t": t, "event": "close", "conn": conn, "peer": peer, "code": 1008,
+                "reason": "slow consumer"}
+    events = [_conn(0.0, 1, "client-0"), _conn(0.0, 2, "client-1"),
+              slow(5.0, 1, "client-0"), slow(5.0, 2, "client-1"),
+              _conn(5.5, 3, "client-0"), _conn(5.02, 4, "client-1"),
+              slow(9.0, 3, "client-0")]  # client-0 backed off, but came back as slow
+    g = grading.grade_run(_write_run(tmp_path / "r", events))
+    r = g["rules"]["come_back_lighter"]
+    assert (r["grade"], r["incidents"]) == ("fail", 3)
+    assert sorted(v["text"] for v in r["violations"]) == [
+        "reconnected 20 ms after 1008 (policy_violation) at 5.0 s: no backoff",
+        "reconnected 500 ms after 1008 (policy_violation) at 5.0 s, and was closed 1008 "
+        "again: read faster or subscribe to less"]

@@ -340,6 +340,7 @@ EXPECTED_AFTER_ERROR: dict[Retry, tuple[bool, float, str | None]] = {
     Retry.RECONNECT_AFTER_WAIT: (True, FLOOR + BASE, None),
     Retry.RECONNECT_THROTTLED: (True, BASE, "throttle"),
     Retry.TERMINAL: (False, 0.0, None),
+    Retry.RECONNECT_LIGHTER: (True, BASE, None),
     Retry.INSPECT: (False, 0.0, None),
 }
 
@@ -356,6 +357,7 @@ EXPECTED_AFTER_CLOSE: dict[Retry, tuple[bool, float, str | None]] = {
     Retry.RECONNECT_AFTER_WAIT: (True, FLOOR + BASE, None),
     Retry.RECONNECT_THROTTLED: (True, BASE, "throttle"),
     Retry.TERMINAL: (False, 0.0, None),
+    Retry.RECONNECT_LIGHTER: (True, BASE, None),
     Retry.INSPECT: (True, BASE, None),
 }
 
