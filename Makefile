@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo serve lint bench clean redis-server clients-sdk clients-demo
+.PHONY: test demo serve lint bench soak clean redis-server clients-sdk clients-demo
 
 # The Redis tests start their own private redis-server; install Debian's when missing.
 redis-server:
@@ -61,6 +61,10 @@ bench: $(STAMP) redis-server
 	$(BIN)/python -m bench connections --n 15000 --json
 	$(BIN)/python -m bench redis --seconds 5 --json
 	$(BIN)/python -m bench swarm --seconds 10 --json
+
+# Not part of `bench`: ten minutes of churning load, then are fds and tasks back?
+soak: $(STAMP)
+	$(BIN)/python -m bench soak --minutes 10 --json
 
 clean:
 	rm -rf $(VENV)

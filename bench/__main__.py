@@ -3,6 +3,7 @@
     python -m bench fanout --seconds 5 --json       delivered msgs/s, 50 subs, 4 pubs
     python -m bench reqack --seconds 5 --json       publish+ack round trips/s, 8 conns
     python -m bench connections --n 15000 --json    KB of RSS per idle connection
+    python -m bench soak --minutes 10 --json        leaks: RSS slope, fds and tasks after
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
@@ -32,6 +33,23 @@ def _positive(kind: type) -> Any:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
     return parse
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _non_negative(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subscribers", type=_positive(int), default=50)
     p.add_argument("--publishers", type=_positive(int), default=4)
     common(p)
+    text = ("minutes of modest load with churning connections on one server: RSS slope, "
+            "and whether descriptors and tasks come back once the clients left")
+    p = sub.add_parser("soak", help=text, description=text)
+    p.add_argument("--minutes", type=_positive(float), default=10.0,
+                   help="of load once connected; fractions allowed (default 10)")
+    p.add_argument("--connections", type=_positive(int), default=2000)
+    p.add_argument("--churn-fraction", type=_fraction, default=0.2,
+                   help="of the connections that leave and reconnect (default 0.2)")
+    p.add_argument("--churn-s", type=_positive(float), default=5.0,
+                   help="seconds a churning connection stays (default 5)")
+    p.add_argument("--warmup-minutes", type=_non_negative, default=2.0,
+                   help="RSS before this is left out of the slope (default 2)")
+    common(p)
     return parser
 
 
@@ -128,6 +159,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         return redis_fanout(seconds=args.seconds, warmup=args.warmup,
                             subscribers=args.subscribers, publishers=args.publishers,
                             log=log)
+    if args.command == "soak":
+        from .soak import soak
+
+        if args.warmup_minutes >= args.minutes:
+            raise BenchError(f"--warmup-minutes {args.warmup_minutes:g} leaves no time to "
+                             f"measure in --minutes {args.minutes:g}: make it smaller")
+        return soak(minutes=args.minutes, connections=args.connections,
+                    churn_fraction=args.churn_fraction, churn_s=args.churn_s,
+                    warmup_minutes=args.warmup_minutes, placement=placement, log=log)
     if args.command == "reqack":
         return benchmarks.reqack(seconds=args.seconds, warmup=args.warmup, slice_s=args.slice,
                                  connections=args.connections,
@@ -139,6 +179,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summary(result: dict[str, Any]) -> str:
     """The human-readable result."""
+    if result.get("benchmark") == "soak":
+        m, rss = result["messages"], result["rss_mb"]
+        slope = result["rss_slope_mb_per_10min"]
+        return (f"soak: {result['duration_s'] / 60:.1f} min, {result['connections']} "
+                f"connections, {result['churn_reconnects']} churn reconnects; "
+                f"{m['published']} published, {m['sent']} sent, {m['delivered']} "
+                f"delivered; RSS {rss['start']} -> {rss['end']} MB, slope "
+                f"{'n/a' if slope is None else slope} MB/10 min; fds {result['fds']}, "
+                f"tasks {result['tasks']}; server cpu {result['server_cpu']} core; "
+                + ("unexpected: " + "; ".join(result["unexpected"]) if result["unexpected"]
+                   else "nothing unexpected"))
     if result.get("benchmark") == "swarm":
         return (f"swarm: Locust {result['locust']:,.0f} round trips/s, raw asyncio "
                 f"{result['raw']:,.0f}, ratio {result['ratio']} (uvloop "

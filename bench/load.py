@@ -10,6 +10,8 @@ from `data_received` callbacks (see `rawws` for why), on uvloop like the servers
   each on a channel of its own with no subscribers: the cost of a request, alone.
 - `idle`: open N authenticated connections with bounded concurrency, hold them open
   until told to close (on stdin), answering pings meanwhile.
+- `soak`: thousands of connections for minutes, some talking, some churning
+  (`bench.soakload`).
 
 Why the throughput clients alternate between servers in short slices: the effective
 speed of this machine's vCPUs drifts by up to 2x within a second (a spinning loop's
@@ -392,13 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("--url", required=True)
     idle.add_argument("--n", type=int, required=True)
     idle.add_argument("--concurrency", type=int, default=100)
+    from .soakload import add_arguments  # it imports this module
+
+    add_arguments(sub.add_parser("soak"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    raise_nofile(getattr(args, "n", 0) + 1024)
-    run = run_idle(args) if args.kind == "idle" else run_throughput(args)
+    raise_nofile(max(getattr(args, "n", 0), getattr(args, "connections", 0)) + 1024)
+    if args.kind == "soak":
+        from .soakload import run_soak
+
+        run = run_soak(args)
+    else:
+        run = run_idle(args) if args.kind == "idle" else run_throughput(args)
     try:
         import uvloop
     except ImportError:  # the servers fall back the same way

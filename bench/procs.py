@@ -1,10 +1,11 @@
 """Child processes of a benchmark: servers and load clients, and what /proc says of them.
 
 Servers bind port 0 on 127.0.0.1 and announce `... listening ws=ws://HOST:PORT/v1` on
-their first line; clients speak JSON lines. A reader thread per child turns its stdout
-into a queue of lines, so waiting for "ready" or for a result is waiting on an event
-with a deadline, never a sleep. Every child is stopped by the `Children` context
-manager that started it, whatever happens.
+their first line (`ours` adds ` admin=http://HOST:PORT`, its REST port); clients speak
+JSON lines. A reader thread per child turns its stdout into a queue of lines, so
+waiting for "ready" or for a result is waiting on an event with a deadline, never a
+sleep. Every child is stopped by the `Children` context manager that started it,
+whatever happens.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"listening ws=(ws://\S+)")
+READY = re.compile(r"listening ws=(ws://\S+)(?: admin=(http://\S+))?")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -221,28 +223,49 @@ class Child:
             self.lines.put(line)
         self.lines.put(None)  # EOF
 
-    def next_line(self, deadline: float) -> str:
-        """The next stdout line; BenchError at EOF or past `deadline` (monotonic)."""
+    def _line(self, deadline: float) -> str | None:
+        """The next stdout line, None past `deadline` (monotonic); BenchError at EOF."""
         try:
             line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
-            raise BenchError(f"{self.name}: no answer in time{self._output()}") from None
+            return None
         if line is None:
             self.lines.put(None)
             raise BenchError(f"{self.name}: exited early (code {self.popen.wait()})"
                              f"{self._output()}")
         return line
 
+    def next_line(self, deadline: float) -> str:
+        """The next stdout line; BenchError at EOF or past `deadline` (monotonic)."""
+        line = self._line(deadline)
+        if line is None:
+            raise BenchError(f"{self.name}: no answer in time{self._output()}")
+        return line
+
+    def _event(self, line: str) -> dict[str, Any] | None:
+        if not line.startswith("{"):
+            return None
+        event = json.loads(line)
+        if event.get("event") == "error":
+            raise BenchError(f"{self.name}: {event['error']}")
+        return event
+
     def next_event(self, timeout: float) -> dict[str, Any]:
         """The next JSON line of a load client; its `error` event becomes a BenchError."""
         deadline = time.monotonic() + timeout
         while True:
-            line = self.next_line(deadline)
-            if line.startswith("{"):
-                event = json.loads(line)
-                if event.get("event") == "error":
-                    raise BenchError(f"{self.name}: {event['error']}")
+            event = self._event(self.next_line(deadline))
+            if event is not None:
                 return event
+
+    def poll_event(self, timeout: float) -> dict[str, Any] | None:
+        """Like `next_event`, but None when no event arrived within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while (line := self._line(deadline)) is not None:
+            event = self._event(line)
+            if event is not None:
+                return event
+        return None
 
     def tell(self, command: str) -> None:
         if self.popen.stdin is not None and self.popen.poll() is None:
@@ -274,6 +297,7 @@ class Server:
     kind: str
     child: Child
     ws_url: str  # ws://127.0.0.1:PORT/v1
+    admin_url: str | None = None  # http://127.0.0.1:PORT (`ours` only)
 
     @property
     def pid(self) -> int:
@@ -282,6 +306,17 @@ class Server:
     @property
     def url(self) -> str:
         return f"{self.ws_url}?key={DEMO_KEY}"
+
+    def stats(self, timeout: float = 10.0) -> dict[str, Any]:
+        """`GET /sim/v1/stats` on the admin port (no auth on loopback)."""
+        if self.admin_url is None:
+            raise BenchError(f"{self.kind} server has no admin port to read stats from")
+        url = f"{self.admin_url}/sim/v1/stats"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:
+                return json.loads(resp.read())
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+            raise BenchError(f"{self.kind} server: GET {url} failed: {exc}") from None
 
 
 class Children:
@@ -349,7 +384,7 @@ class Children:
                 break
         pin(child.pid, self.server_cpus)  # threads started since spawn, too
         self.log(f"started {kind} server pid {child.pid} at {m.group(1)}")
-        return Server(kind, child, m.group(1))
+        return Server(kind, child, m.group(1), m.group(2))
 
     def stop_server(self, server: Server) -> None:
         server.child.stop()

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import hashlib
 import os
+import socket
 import struct
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -76,6 +77,8 @@ class RawClient(asyncio.Protocol):
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.frames = 0
         self.wants_payload = True
+        self.close_code: int | None = None  # from the server's close frame (1005: none)
+        self._close_sent = False
         self._upgraded = False
         self._buf = b""  # an incomplete frame header or payload we need
         self._skip = 0  # payload bytes still to skip before the next header
@@ -153,11 +156,13 @@ class RawClient(asyncio.Protocol):
             elif opcode == OP_PING:
                 self.write(client_frame(payload, OP_PONG))
             elif opcode == OP_CLOSE:
+                code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
+                self.close_code = code
                 if not self.opened.done():
-                    code = int.from_bytes(payload[:2]) if len(payload) >= 2 else 1005
                     self.opened.set_exception(HandshakeError(
                         f"closed {code} before welcome: {payload[2:].decode(errors='replace')}"))
-                self.write(client_frame(payload[:2], OP_CLOSE))
+                if not self._close_sent:  # echo, unless it answers our own close frame
+                    self.write(client_frame(payload[:2], OP_CLOSE))
                 if self.transport is not None:
                     self.transport.close()
                 return
@@ -211,3 +216,18 @@ class RawClient(asyncio.Protocol):
         """Drop the socket without a closing handshake (the server sees EOF)."""
         if self.transport is not None:
             self.transport.close()
+
+    def send_close(self, code: int = 1000) -> None:
+        """Start the closing handshake; the socket closes once the server answers."""
+        if not self._close_sent:
+            self._close_sent = True
+            self.write(client_frame(code.to_bytes(2, "big"), OP_CLOSE))
+
+    def reset(self) -> None:
+        """Drop the socket with a TCP RST: no close frame and no FIN (a crashed peer)."""
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
