@@ -20,6 +20,8 @@ import gevent
 from locust import User, constant, task
 from locust.exception import StopUser
 
+from server.codes import CloseCode
+
 from . import hooks  # noqa: F401  (registers rtmsim's options and settings with Locust)
 from .catalog import BAD_INPUT, BASE_DEFAULTS, USER_CLASSES
 from .client import RealtimeClient, Result
@@ -27,6 +29,7 @@ from .reporting import Reporter
 from .retry import RetryPolicy, make_policy
 from .swarmconfig import SETTINGS
 from .tokens import fetch_token
+from .wsconn import ABNORMAL
 
 _user_ids = itertools.count(1)
 MAX_RECONNECTS = 1000  # bound for one user's reconnect loop
@@ -105,7 +108,7 @@ class RealtimeUser(User):
             if result.ok:
                 return
             code = result.close_code
-            decision = self.policy.after_close(code if code is not None else 1006, attempt,
+            decision = self.policy.after_close(code if code is not None else ABNORMAL, attempt,
                                                self.client.going_away_ms)
             if decision.action == "throttle":
                 self.send_rate_factor = max(0.1, self.send_rate_factor / 2)
@@ -121,7 +124,7 @@ class RealtimeUser(User):
         """After the server closed us: decide per the policy whether and when to return."""
         if self.client.is_open:
             return
-        code = self.client.close_code or 1006
+        code = self.client.close_code or ABNORMAL
         decision = self.policy.after_close(code, 1, self.client.going_away_ms)
         if decision.action == "throttle":
             self.send_rate_factor = max(0.1, self.send_rate_factor / 2)
@@ -333,7 +336,7 @@ class Misbehaving(RealtimeUser):
 
     def ensure_connected(self) -> None:
         # An oversize frame earns close 1009 on purpose: come straight back for more.
-        if not self.client.is_open and self.client.close_code == 1009:
+        if not self.client.is_open and self.client.close_code == CloseCode.MESSAGE_TOO_BIG:
             self.client = self._renew_client()
             self.connect()
             return

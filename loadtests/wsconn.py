@@ -30,8 +30,10 @@ from websockets.http11 import USER_AGENT, Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from server.codes import CloseCode
+
 RECV_BUFSIZE = 65536
-ABNORMAL = 1006  # closed without a close frame (RFC 6455 7.1.5)
+ABNORMAL = CloseCode.ABNORMAL_CLOSURE  # closed without a close frame (RFC 6455 7.1.5)
 
 
 class Closed(Exception):

@@ -13,7 +13,7 @@ from typing import Any
 
 import jwt
 
-from . import codes
+from .codes import CloseCode
 from .config import ACTIONS, App, Config, Key
 from .jsonenc import dumps
 from .patterns import match_any, peer_id_problem
@@ -68,11 +68,11 @@ def authenticate(config: Config, params: dict[str, list[str]], now: float,
     keys = params.get("key", [])
     tokens = params.get("token", [])
     if len(keys) + len(tokens) != 1:
-        return AuthFailure(codes.INVALID_TOKEN, "exactly one of key or token is required")
+        return AuthFailure(CloseCode.INVALID_TOKEN, "exactly one of key or token is required")
     if keys:
         found = config.key(keys[0])
         if found is None or found[1].is_secret:
-            return AuthFailure(codes.INVALID_TOKEN, "unknown publishable key")
+            return AuthFailure(CloseCode.INVALID_TOKEN, "unknown publishable key")
         app, key = found
         return Credential(app=app, key=key, peer_id=new_peer_id(),
                           actions=frozenset(key.actions))
@@ -80,7 +80,7 @@ def authenticate(config: Config, params: dict[str, list[str]], now: float,
 
 
 def _verify_token(config: Config, token: str, now: float) -> Credential | AuthFailure:
-    bad = codes.INVALID_TOKEN
+    bad = CloseCode.INVALID_TOKEN
     if len(token) > MAX_TOKEN_BYTES:
         return AuthFailure(bad, "token too large")
     try:
@@ -110,7 +110,7 @@ def _verify_token(config: Config, token: str, now: float) -> Credential | AuthFa
     exp = float(claims["exp"])
     if now >= exp - EXPIRY_LEAD_S:
         # Named in the event log: a client reconnecting with a stale token is graded.
-        return AuthFailure(codes.TOKEN_EXPIRED, "token expired", app.id, claims["sub"])
+        return AuthFailure(CloseCode.TOKEN_EXPIRED, "token expired", app.id, claims["sub"])
     permissions = claims.get("permissions")
     actions = frozenset(key.actions)
     if permissions is not None:

@@ -8,7 +8,7 @@ adding a code is one line here.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 
 class Retry(StrEnum):
@@ -48,9 +48,27 @@ class ErrorCode:
         return self.retry in (Retry.NEVER, Retry.NEVER_ON_CONNECTION)
 
 
+class CloseCode(IntEnum):
+    """The WebSocket close codes of the service, by name (as websockets' `CloseCode`)."""
+
+    NORMAL_CLOSURE = 1000  # a client's own close; the service never sends it
+    GOING_AWAY = 1001
+    ABNORMAL_CLOSURE = 1006  # never sent: recorded when a socket dies with no close frame
+    POLICY_VIOLATION = 1008
+    MESSAGE_TOO_BIG = 1009
+    INTERNAL_ERROR = 1011
+    INVALID_TOKEN = 4001
+    TOKEN_EXPIRED = 4002
+    CHANNEL_NOT_AUTHORIZED = 4003
+    OVER_CONCURRENT_LIMIT = 4010
+    OVER_MESSAGE_RATE = 4011
+    ACCOUNT_SUSPENDED = 4012
+    ADMIN_DISCONNECT = 4020
+
+
 @dataclass(frozen=True, slots=True)
-class CloseCode:
-    """A WebSocket close code the service sends."""
+class CloseEntry:
+    """A WebSocket close code the service sends: its row of the code table."""
 
     code: int
     name: str
@@ -94,46 +112,37 @@ ERROR_CODES: dict[str, ErrorCode] = {
     )
 }
 
-CLOSE_CODES: dict[int, CloseCode] = {
+CLOSE_CODES: dict[int, CloseEntry] = {
     c.code: c
     for c in (
-        CloseCode(1001, "going_away", "shutdown or simulated deploy, after `going_away`",
-                  Retry.RECONNECT_AFTER_HINT, "reconnect after retryAfterMs (+ jitter)"),
-        CloseCode(1008, "policy_violation", "slow consumer: queued outbound bytes passed "
-                  "limits.max_outbound_bytes", Retry.RECONNECT_LIGHTER,
-                  "read faster or subscribe to less; reconnect with backoff"),
-        CloseCode(1009, "message_too_big", "inbound frame larger than 65536 bytes",
-                  Retry.NEVER, "split payloads"),
-        CloseCode(1011, "internal_error", "the server could not serve the connection "
-                  "(backend failure at connect, keepalive timeout)", Retry.BACKOFF,
-                  "reconnect after a backoff"),
-        CloseCode(4001, "invalid_token", "authentication failed at connect",
-                  Retry.TERMINAL, "terminal: fix credentials"),
-        CloseCode(4002, "token_expired", "JWT `exp` reached",
-                  Retry.RECONNECT_NEW_TOKEN, "fetch a fresh token, reconnect"),
-        CloseCode(4003, "channel_not_authorized", "channel outside the credential's scope "
-                  "(only with close_on_unauthorized)", Retry.TERMINAL, "terminal"),
-        CloseCode(4010, "over_concurrent_limit", "app at max_concurrent_connections, no "
-                  "overage possible", Retry.RECONNECT_AFTER_WAIT,
-                  "wait (SDKs: >= 30 s), then retry"),
-        CloseCode(4011, "over_message_rate", "per-connection token bucket empty",
-                  Retry.RECONNECT_THROTTLED, "reconnect with backoff; throttle"),
-        CloseCode(4012, "account_suspended", "app suspended", Retry.TERMINAL, "terminal"),
-        CloseCode(4020, "admin_disconnect", "REST kick", Retry.TERMINAL,
-                  "terminal (application decides)"),
+        CloseEntry(CloseCode.GOING_AWAY, "going_away",
+                   "shutdown or simulated deploy, after `going_away`",
+                   Retry.RECONNECT_AFTER_HINT, "reconnect after retryAfterMs (+ jitter)"),
+        CloseEntry(CloseCode.POLICY_VIOLATION, "policy_violation",
+                   "slow consumer: queued outbound bytes passed limits.max_outbound_bytes",
+                   Retry.RECONNECT_LIGHTER,
+                   "read faster or subscribe to less; reconnect with backoff"),
+        CloseEntry(CloseCode.MESSAGE_TOO_BIG, "message_too_big",
+                   "inbound frame larger than 65536 bytes", Retry.NEVER, "split payloads"),
+        CloseEntry(CloseCode.INTERNAL_ERROR, "internal_error",
+                   "the server could not serve the connection (backend failure at connect, "
+                   "keepalive timeout)", Retry.BACKOFF, "reconnect after a backoff"),
+        CloseEntry(CloseCode.INVALID_TOKEN, "invalid_token", "authentication failed at connect",
+                   Retry.TERMINAL, "terminal: fix credentials"),
+        CloseEntry(CloseCode.TOKEN_EXPIRED, "token_expired", "JWT `exp` reached",
+                   Retry.RECONNECT_NEW_TOKEN, "fetch a fresh token, reconnect"),
+        CloseEntry(CloseCode.CHANNEL_NOT_AUTHORIZED, "channel_not_authorized",
+                   "channel outside the credential's scope (only with close_on_unauthorized)",
+                   Retry.TERMINAL, "terminal"),
+        CloseEntry(CloseCode.OVER_CONCURRENT_LIMIT, "over_concurrent_limit",
+                   "app at max_concurrent_connections, no overage possible",
+                   Retry.RECONNECT_AFTER_WAIT, "wait (SDKs: >= 30 s), then retry"),
+        CloseEntry(CloseCode.OVER_MESSAGE_RATE, "over_message_rate",
+                   "per-connection token bucket empty", Retry.RECONNECT_THROTTLED,
+                   "reconnect with backoff; throttle"),
+        CloseEntry(CloseCode.ACCOUNT_SUSPENDED, "account_suspended", "app suspended",
+                   Retry.TERMINAL, "terminal"),
+        CloseEntry(CloseCode.ADMIN_DISCONNECT, "admin_disconnect", "REST kick", Retry.TERMINAL,
+                   "terminal (application decides)"),
     )
 }
-
-# Close codes by name, for readable call sites in the core.
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-ABNORMAL_CLOSURE = 1006  # never sent: recorded when a fault drops a socket
-MESSAGE_TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-INVALID_TOKEN = 4001
-TOKEN_EXPIRED = 4002
-CHANNEL_NOT_AUTHORIZED = 4003
-OVER_CONCURRENT_LIMIT = 4010
-OVER_MESSAGE_RATE = 4011
-ACCOUNT_SUSPENDED = 4012
-ADMIN_DISCONNECT = 4020

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from . import codes
 from .actions import Close, Direct, Message, Route, Send
+from .codes import CloseCode
 from .hub import subscription_key
 from .jsonenc import dumps, loads
 from .patterns import channel_problem, is_reserved, peer_id_problem
@@ -80,7 +80,7 @@ class Connection:
             return []
         if not self.bucket.take(now):
             self.counters.frames_in["rate_limited"] += 1
-            return self.close(codes.OVER_MESSAGE_RATE, "over message rate", now)
+            return self.close(CloseCode.OVER_MESSAGE_RATE, "over message rate", now)
         if frame.__class__ is not str:
             self.counters.frames_in["binary"] += 1
             return self._error("malformed_message", "binary frames are not accepted",
@@ -181,7 +181,7 @@ class Connection:
                                op, now)
         if not self.credential.allows_channel(name):
             if self.service.config.server.close_on_unauthorized:
-                return self.close(codes.CHANNEL_NOT_AUTHORIZED, f"not authorized: {name}"[:120],
+                return self.close(CloseCode.CHANNEL_NOT_AUTHORIZED, f"not authorized: {name}"[:120],
                                   now)
             return self._error("channel_not_authorized", f"not authorized: {name}", rid, op,
                                now)
@@ -237,7 +237,7 @@ class Connection:
         The bound is `limits.max_outbound_bytes`, or lower while a `slow_consumer`
         fault is active; the driver measures, the rule and its code live here.
         """
-        return self.close(codes.POLICY_VIOLATION, SLOW_CONSUMER, now)
+        return self.close(CloseCode.POLICY_VIOLATION, SLOW_CONSUMER, now)
 
     # -- outbound helpers --------------------------------------------------------------
 

@@ -24,10 +24,10 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from . import codes
 from .actions import Close, CloseAt, Deliver, Route, Send
 from .auth import MAX_TOKEN_BYTES
 from .backend import Backend, BackendError
+from .codes import CloseCode
 from .config import Config
 from .connection import Connection
 from .descriptors import RETRY_AFTER_S, DescriptorGuard
@@ -293,7 +293,7 @@ class Node:
 
     def drop_connection(self, conn: Connection, reason: str) -> bool:
         """Cut the socket with no close frame (a crash, a network partition)."""
-        if not conn.close(codes.ABNORMAL_CLOSURE, reason, self.clock()):
+        if not conn.close(CloseCode.ABNORMAL_CLOSURE, reason, self.clock()):
             return False
         conn.transport.transport.abort()
         return True
@@ -383,7 +383,7 @@ class Node:
         """Simulated deploy: `going_away` then 1001 for a seeded fraction of connections."""
         conns = sorted(self.service.connections.values(), key=lambda c: c.id)
         chosen = self.service.pick_fraction(conns, fraction)
-        return sum(self.close_connection(c, codes.GOING_AWAY, "going away", retry_after_ms)
+        return sum(self.close_connection(c, CloseCode.GOING_AWAY, "going away", retry_after_ms)
                    for c in chosen)
 
     # -- one-shot connection faults ----------------------------------------------------
@@ -411,7 +411,7 @@ class Node:
         if strike.action == "drop":
             n = sum(self.drop_connection(c, f"dropped ({reason})") for c in chosen)
         elif strike.action == "going_away":
-            n = sum(self.close_connection(c, codes.GOING_AWAY, f"going away ({reason})",
+            n = sum(self.close_connection(c, CloseCode.GOING_AWAY, f"going away ({reason})",
                                           strike.retry_after_ms) for c in chosen)
         else:
             n = sum(self.close_connection(c, strike.code, reason) for c in chosen)

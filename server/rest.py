@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from . import codes
 from .actions import Message
 from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
 from .backend import BackendError
+from .codes import CloseCode
 from .config import ACTIONS, App, Key
 from .faults import FaultSpecError
 from .jsonenc import dumps, loads
@@ -229,7 +229,7 @@ async def kick_peer(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_peer_id", problem)
     node = request.app[APP_KEY]
     try:
-        closed = await node.backend.kick(app.id, peer_id, codes.ADMIN_DISCONNECT,
+        closed = await node.backend.kick(app.id, peer_id, CloseCode.ADMIN_DISCONNECT,
                                          "admin disconnect")
     except BackendError as exc:
         raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None

@@ -12,9 +12,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from . import codes
 from .actions import Close, CloseAt, Send
 from .auth import EXPIRY_LEAD_S, AuthFailure, Credential, authenticate
+from .codes import CloseCode
 from .config import Config
 from .connection import Connection
 from .events import EventSink
@@ -65,7 +65,7 @@ class Service:
             return self._reject(conn_id, cred.app_id, cred.peer_id, cred.close_code,
                                 cred.reason, now)
         if cred.app.suspended:
-            return self._reject(conn_id, cred.app.id, cred.peer_id, codes.ACCOUNT_SUSPENDED,
+            return self._reject(conn_id, cred.app.id, cred.peer_id, CloseCode.ACCOUNT_SUSPENDED,
                                 "account suspended", now)
         return Pending(conn_id, cred)
 
@@ -80,10 +80,10 @@ class Service:
         app = cred.app
         if refused is not None:
             return None, self._reject(pending.conn_id, app.id, cred.peer_id,
-                                      codes.INTERNAL_ERROR, refused, now)
+                                      CloseCode.INTERNAL_ERROR, refused, now)
         if not admitted:
             return None, self._reject(pending.conn_id, app.id, cred.peer_id,
-                                      codes.OVER_CONCURRENT_LIMIT, "over concurrent limit",
+                                      CloseCode.OVER_CONCURRENT_LIMIT, "over concurrent limit",
                                       now)
         conn = Connection(self, pending.conn_id, cred, now)
         self.connections[conn.id] = conn
@@ -105,7 +105,7 @@ class Service:
             welcome["metadata"] = metadata
         actions: list[Any] = [Send(dumps(welcome), "welcome")]  # token metadata
         if cred.expires_at is not None:
-            actions.append(CloseAt(cred.expires_at - EXPIRY_LEAD_S, codes.TOKEN_EXPIRED,
+            actions.append(CloseAt(cred.expires_at - EXPIRY_LEAD_S, CloseCode.TOKEN_EXPIRED,
                                    "token expired"))
         return conn, actions
 

@@ -15,16 +15,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from server.codes import CLOSE_CODES, ERROR_CODES, Retry
+from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, Retry
 
 from .analysis_run import NO_ANSWER, Run, bin_range, time_bins
 
 NEVER_RETRY = frozenset(c for c, e in ERROR_CODES.items() if not e.is_retryable)
 # RFC 6455 codes the server never sends itself, so the protocol table has no row for them.
 WS_CLOSES = {
-    1000: ("normal_closure", "normal closure", "none needed"),
-    1006: ("abnormal_closure", "no close frame: the connection was dropped (network, "
-           "crash, or an injected drop)", "reconnect after a backoff"),
+    CloseCode.NORMAL_CLOSURE: ("normal_closure", "normal closure", "none needed"),
+    CloseCode.ABNORMAL_CLOSURE: ("abnormal_closure", "no close frame: the connection was "
+                                 "dropped (network, crash, or an injected drop)",
+                                 "reconnect after a backoff"),
 }
 
 

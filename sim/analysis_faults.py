@@ -15,13 +15,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from server.codes import CLOSE_CODES
+from server.codes import CLOSE_CODES, CloseCode
 
 from .analysis_codes import is_service_fault
 from .analysis_run import NOTE_OPS, Run, bin_range, fault_windows, time_bins
 from .analysis_timeline import throughput
 
-STORM_CODES = (1001, 4020, 1006)  # deploy, admin kick, dropped sockets
+# deploy, admin kick, dropped sockets
+STORM_CODES = (CloseCode.GOING_AWAY, CloseCode.ADMIN_DISCONNECT, CloseCode.ABNORMAL_CLOSURE)
 STORM_GAP_S = 1.0
 
 

@@ -19,12 +19,17 @@ import pandas as pd
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from server.codes import CloseCode
+
 from .analysis_run import fault_windows, load_run
 from .grading import RULES, client_events
 
 GRADE_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
-CODE_COLOURS = {1001: "#0969da", 4002: "#8250df", 4010: "#bf3989", 4011: "#bc4c00",
-                4020: "#cf222e", 1006: "#57606a", 1011: "#953800"}
+CODE_COLOURS = {CloseCode.GOING_AWAY: "#0969da", CloseCode.TOKEN_EXPIRED: "#8250df",
+                CloseCode.OVER_CONCURRENT_LIMIT: "#bf3989",
+                CloseCode.OVER_MESSAGE_RATE: "#bc4c00", CloseCode.ADMIN_DISCONNECT: "#cf222e",
+                CloseCode.ABNORMAL_CLOSURE: "#57606a", CloseCode.INTERNAL_ERROR: "#953800",
+                CloseCode.POLICY_VIOLATION: "#6639ba"}
 
 
 def _png(fig: plt.Figure) -> str:
@@ -50,8 +55,9 @@ def herd_chart(grades: dict[str, Any]) -> str | None:
                    color=CODE_COLOURS.get(g["code"], "#0969da"), zorder=3, label="reconnect")
         ax.set_yticks(ys, [m["client"] for m in back], fontsize=7)
         hint = next((r["hint_ms"] for r in grades["reconnects"]
-                     if r["code"] == 1001 and abs(r["close_ts"] - g["ts"]) < 1.0), None)
-        if g["code"] == 1001 and hint:
+                     if r["code"] == CloseCode.GOING_AWAY
+                     and abs(r["close_ts"] - g["ts"]) < 1.0), None)
+        if g["code"] == CloseCode.GOING_AWAY and hint:
             ax.axvline(hint, color="#cf222e", ls="--", lw=1, label=f"retryAfterMs {hint:.0f}")
             ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
         never = len(g["members"]) - len(back)

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import numpy as np
 import pandas as pd
 
-from server.codes import CLOSE_CODES, ERROR_CODES, Retry
+from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, Retry
 
 from . import rundir
 from .analysis_run import Run, load_run
@@ -65,8 +65,8 @@ THRESHOLDS = {"min_backoff_s": MIN_BACKOFF_S, "min_reconnect_s": MIN_RECONNECT_S
 
 # 1006 is not in the code table (the server never sends it: a socket that died);
 # it reads like 1011: reconnect after a backoff.
-ABNORMAL = 1006
-SLOW_CONSUMER = 1008
+ABNORMAL = CloseCode.ABNORMAL_CLOSURE
+SLOW_CONSUMER = CloseCode.POLICY_VIOLATION
 
 
 @dataclass(frozen=True)
@@ -337,7 +337,8 @@ def reconnects(ev: pd.DataFrame, hints: list[tuple[float, int]]) -> pd.DataFrame
                      "name": close_name(code), "retry": str(retry) if retry else "",
                      "close_ts": float(e.ts), "next_ts": next_ts,
                      "delay_s": next_ts - float(e.ts), "next_event": nev, "next_conn": nconn,
-                     "hint_ms": _hint_for(float(e.ts), hints) if code == 1001 else None})
+                     "hint_ms": (_hint_for(float(e.ts), hints)
+                                 if code == CloseCode.GOING_AWAY else None)})
     return pd.DataFrame(rows, columns=cols)
 
 

@@ -23,7 +23,7 @@ from loadtests.retry import (
     make_policy,
 )
 from server import codes
-from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, ErrorCode, Retry
+from server.codes import CLOSE_CODES, ERROR_CODES, CloseEntry, ErrorCode, Retry
 
 SEED = 1234
 BASE = 0.5  # constant backoff in the table-driven tests, so every delay is exact
@@ -379,7 +379,7 @@ def test_default_after_every_error_code(entry: ErrorCode):
 
 
 @pytest.mark.parametrize("entry", list(CLOSE_CODES.values()), ids=list(map(str, CLOSE_CODES)))
-def test_default_after_every_close_code(entry: CloseCode):
+def test_default_after_every_close_code(entry: CloseEntry):
     decision = table_policy().after_close(entry.code, 1, HINT_MS)
     retry, delay_s, action = EXPECTED_AFTER_CLOSE[entry.retry]
     assert (decision.retry, decision.delay_s, decision.action, decision.terminal) == \
@@ -393,7 +393,7 @@ def test_a_code_added_to_the_table_needs_no_change_in_the_policy(
     monkeypatch.setitem(codes.ERROR_CODES, "slow_down",
                         ErrorCode("slow_down", "test", Retry.BACKOFF, "back off"))
     monkeypatch.setitem(codes.CLOSE_CODES, 4999,
-                        CloseCode(4999, "gone", "test", Retry.TERMINAL, "terminal"))
+                        CloseEntry(4999, "gone", "test", Retry.TERMINAL, "terminal"))
     policy = table_policy()
     assert policy.after_error("publish", "slow_down", 1) == \
         Decision(True, BASE, reason="slow_down: back off")

@@ -8,6 +8,7 @@ glob the connection is subscribed to).
 
 from __future__ import annotations
 
+from ..codes import CloseCode
 from .base import ConnectionStrike, Fault, SpecReader, register
 
 
@@ -15,7 +16,7 @@ class _Strike(Fault):
     one_shot = True
     default_ops = ("connect",)
     action = ""
-    default_code = 1001
+    default_code = CloseCode.GOING_AWAY
 
     def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
         super().__init__(spec, fault_id, seed)
@@ -33,7 +34,7 @@ class _Strike(Fault):
 class DisconnectFault(_Strike):
     kind = "disconnect"
     action = "drop"
-    default_code = 1006
+    default_code = CloseCode.ABNORMAL_CLOSURE
 
 
 @register
@@ -53,7 +54,7 @@ class CloseFault(_Strike):
 
     def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
         super().__init__(spec, fault_id, seed)
-        code = spec.number("close_code", 4020, minimum=1000, maximum=4999)
+        code = spec.number("close_code", CloseCode.ADMIN_DISCONNECT, minimum=1000, maximum=4999)
         if int(code) != code or code in (1004, 1005, 1006, 1015):
             raise spec.fail("close_code", f"must be a whole, sendable close code, got {code!r}")
         self.code = int(code)
