@@ -53,6 +53,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench fanout --seconds 5 --json

@@ -21,6 +21,9 @@ from typing import Any
 
 from . import benchmarks
 from .procs import FAULT_MODES, ROOT, BenchError
+from .redisbench import redis_fanout
+from .soak import soak
+from .swarm import swarm
 
 
 def _positive(kind: type) -> Any:
@@ -147,21 +150,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                  payload_bytes=args.payload_bytes, placement=placement,
                                  log=log)
     if args.command == "swarm":
-        from .swarm import swarm
-
         with placement.children(log) as children:
             return swarm(seconds=args.seconds, warmup=args.warmup,
                          connections=args.connections, users=args.users,
                          spawn_rate=args.spawn_rate, children=children, log=log)
     if args.command == "redis":
-        from .redisbench import redis_fanout
-
         return redis_fanout(seconds=args.seconds, warmup=args.warmup,
                             subscribers=args.subscribers, publishers=args.publishers,
                             log=log)
     if args.command == "soak":
-        from .soak import soak
-
         if args.warmup_minutes >= args.minutes:
             raise BenchError(f"--warmup-minutes {args.warmup_minutes:g} leaves no time to "
                              f"measure in --minutes {args.minutes:g}: make it smaller")

@@ -26,6 +26,11 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 
+try:
+    import uvloop
+except ImportError:  # the servers fall back the same way
+    uvloop = None
+
 KEY = "pk_live_demo"
 CHANNELS: dict[str, set[ServerConnection]] = {}
 
@@ -85,9 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765, help="0 = any free port")
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-    except ImportError:
+    if uvloop is None:
         asyncio.run(run(args.host, args.port))
     else:
         uvloop.run(run(args.host, args.port))

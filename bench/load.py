@@ -28,34 +28,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import json
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 
+try:
+    import uvloop
+except ImportError:  # the servers fall back the same way
+    uvloop = None
+
+from .childio import LoadError, address, emit, read_command
 from .procs import cpu_seconds, machine_cpu_seconds, raise_nofile
 from .rawws import RawClient
+from .soakload import add_arguments, run_soak
 
 FANOUT_CHANNEL = "bench/fanout"
 CONNECT_TIMEOUT_S = 30
 PAUSE_TIMEOUT_S = 10
 QUIET_CPU = 0.15  # cores other processes may use in a slice that still counts as quiet
-
-
-class LoadError(RuntimeError):
-    """The load could not run as designed (a refused connection, an error frame)."""
-
-
-def emit(**fields: Any) -> None:
-    """One JSON line to the orchestrator."""
-    sys.stdout.write(json.dumps(fields) + "\n")
-    sys.stdout.flush()
 
 
 def publish_payload(size: int) -> bytes:
@@ -282,12 +277,6 @@ async def alternate(targets: list[Target], *, warmup: float, seconds: float,
 # -- the clients ------------------------------------------------------------------------
 
 
-def _address(url: str) -> tuple[str, int, str]:
-    parts = urlsplit(url)
-    path = parts.path + (f"?{parts.query}" if parts.query else "")
-    return parts.hostname or "127.0.0.1", parts.port or 80, path
-
-
 async def open_client(make: Any, host: str, port: int) -> Any:
     """Connect one RawClient and wait for its welcome."""
     loop = asyncio.get_running_loop()
@@ -297,7 +286,7 @@ async def open_client(make: Any, host: str, port: int) -> Any:
 
 
 async def _publishers(url: str, channels: Sequence[str], data: bytes) -> list[Publisher]:
-    host, port, path = _address(url)
+    host, port, path = address(url)
     return list(await asyncio.gather(*(
         open_client(lambda i=i, ch=ch: Publisher(host, port, path, ch, data, f"p{i}"),
                     host, port)
@@ -305,7 +294,7 @@ async def _publishers(url: str, channels: Sequence[str], data: bytes) -> list[Pu
 
 
 async def fanout_target(name: str, url: str, pid: int, args: argparse.Namespace) -> Target:
-    host, port, path = _address(url)
+    host, port, path = address(url)
     subscribers = list(await asyncio.gather(*(
         open_client(lambda: Subscriber(host, port, path, FANOUT_CHANNEL), host, port)
         for _ in range(args.subscribers))))
@@ -335,15 +324,10 @@ async def run_throughput(args: argparse.Namespace) -> dict[str, Any]:
             t.close()
 
 
-async def _read_command(loop: asyncio.AbstractEventLoop) -> str:
-    line = await loop.run_in_executor(None, sys.stdin.readline)
-    return line.strip()
-
-
 async def run_idle(args: argparse.Namespace) -> None:
     """Open `n` connections when told `go`, report, hold them until told `close`."""
     loop = asyncio.get_running_loop()
-    host, port, path = _address(args.url)
+    host, port, path = address(args.url)
     clients: list[RawClient] = []
     numbers = itertools.count()
     failures: list[str] = []
@@ -360,14 +344,14 @@ async def run_idle(args: argparse.Namespace) -> None:
                         failures.append(f"{type(exc).__name__}: {exc}")
 
     emit(event="ready")
-    if await _read_command(loop) != "go":
+    if await read_command(loop) != "go":
         return
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(min(args.concurrency, args.n))))
     emit(event="open", n=len(clients), seconds=round(time.perf_counter() - t0, 4),
          failed=len(failures), first_failure=failures[0] if failures else None,
          client_cpu_s=round(time.process_time(), 3))
-    await _read_command(loop)  # "close" (or EOF: the orchestrator is gone)
+    await read_command(loop)  # "close" (or EOF: the orchestrator is gone)
     lost = sum(1 for c in clients if c.closed.done())
     for c in clients:
         c.close()
@@ -394,8 +378,6 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("--url", required=True)
     idle.add_argument("--n", type=int, required=True)
     idle.add_argument("--concurrency", type=int, default=100)
-    from .soakload import add_arguments  # it imports this module
-
     add_arguments(sub.add_parser("soak"))
     return parser
 
@@ -404,15 +386,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     raise_nofile(max(getattr(args, "n", 0), getattr(args, "connections", 0)) + 1024)
     if args.kind == "soak":
-        from .soakload import run_soak
-
         run = run_soak(args)
     else:
         run = run_idle(args) if args.kind == "idle" else run_throughput(args)
-    try:
-        import uvloop
-    except ImportError:  # the servers fall back the same way
-        uvloop = None
     try:
         result = uvloop.run(run) if uvloop is not None else asyncio.run(run)
     except (LoadError, OSError, TimeoutError) as exc:

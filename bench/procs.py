@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import queue
 import re
 import resource
@@ -193,8 +194,6 @@ def checkout(root: Path) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    import platform
-
     return {"cpus": os.cpu_count(), "python": platform.python_version(),
             "implementation": platform.python_implementation(),
             "platform": platform.platform(terse=True)}

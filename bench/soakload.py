@@ -42,7 +42,7 @@ from typing import Any
 
 import orjson
 
-from .load import LoadError, _address, _read_command, emit
+from .childio import LoadError, address, emit, read_command
 from .rawws import RawClient
 
 CHANNELS = 50
@@ -185,7 +185,7 @@ class Soak:
     """The whole load of one client process."""
 
     def __init__(self, url: str, roles: Roles, churn_s: float, seed: int) -> None:
-        self.host, self.port, self.path = _address(url)
+        self.host, self.port, self.path = address(url)
         self.roles = roles
         self.churn_s = churn_s
         self.rng = random.Random(seed)
@@ -345,7 +345,7 @@ async def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     roles = Roles.plan(args.connections, args.churn_fraction)
     soak = Soak(args.url, roles, args.churn_s, args.seed)
     emit(event="ready")
-    if await _read_command(loop) != "go":
+    if await read_command(loop) != "go":
         raise LoadError("the orchestrator did not say go")
     t0 = time.perf_counter()
     churners = await soak.open_all()
@@ -368,7 +368,7 @@ async def run_soak(args: argparse.Namespace) -> dict[str, Any]:
     drained = await soak.drained()
     emit(event="loaded", drained=drained, open=len(soak.live),
          load_seconds=round(time.perf_counter() - t1, 3), **tally.as_dict())
-    await _read_command(loop)  # "close" (or EOF: the orchestrator is gone)
+    await read_command(loop)  # "close" (or EOF: the orchestrator is gone)
     await soak.close_all()
     return {"drained": drained, **tally.as_dict()}
 

@@ -29,6 +29,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+try:
+    import uvloop
+except ImportError:  # the servers fall back the same way
+    uvloop = None
+from websockets.asyncio.client import connect
+
 from .procs import ROOT, BenchError, Children, Server, machine, raise_nofile, rss_kb
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -87,8 +93,6 @@ def locust_round_trips(children: Children, base_url: str, connections: int, seco
 
 
 async def _raw_loop(url: str, connections: int, seconds: float, warmup: float) -> float:
-    from websockets.asyncio.client import connect
-
     done = 0
     counting = False
     stop = False
@@ -217,8 +221,8 @@ def swarm(*, seconds: float, warmup: float, connections: int, users: int, spawn_
 def _raw_main(argv: list[str]) -> None:
     url, connections, seconds, warmup = argv[0], int(argv[1]), float(argv[2]), float(argv[3])
     if argv[4] == "uvloop":
-        import uvloop
-
+        if uvloop is None:
+            raise BenchError("uvloop is not installed")
         uvloop.install()
     print(asyncio.run(_raw_loop(url, connections, seconds, warmup)), flush=True)
 

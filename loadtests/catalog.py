@@ -1,36 +1,27 @@
 """The user behaviours and their parameters, as data (importable without Locust).
 
-`users.py` builds the Locust classes from this table, and the scenario loader
-validates `[swarm.classes.NAME]` against it without importing Locust (which
-monkey-patches the importing process with gevent).
+Each behaviour's parameters are one frozen dataclass whose fields carry their defaults
+and their rule. `parse_params` is the one place a `[swarm.classes.NAME]` table is
+checked: the scenario loader calls it at load time (without importing Locust, which
+monkey-patches the importing process with gevent), and `users.py` calls it once per
+user class when Locust starts. Errors name the key (`swarm.classes.Publisher.rate:
+must be > 0, got -1`) and are `server.schema.ConfigError`, a ValueError.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
-# Parameters every class takes, with their defaults.
-BASE_DEFAULTS: dict[str, Any] = {
-    "rate": 1.0,  # operations per second per user
-    "channels": ["room/1"],
-    "policy": "default",  # a retry policy spec (loadtests.retry.make_policy)
-    "model": None,  # None: the swarm's model ("closed" or "open")
-    "key": None,  # None: the swarm's key
-}
-# Locust's own knobs, also accepted per class.
-LOCUST_PARAMS = ("weight", "fixed_count")
+from server.schema import ConfigError, Table
 
-USER_CLASSES: dict[str, dict[str, Any]] = {
-    "Subscriber": {"subscriptions": 3, "wildcard_fraction": 0.34, "rate": 0.2},
-    "Publisher": {"rate": 5.0, "payload_bytes": 64},
-    "DirectSender": {"rate": 2.0, "presence_channel": "lobby"},
-    "Chatter": {"rate": 1.0, "send_fraction": 0.2},
-    "RateAbuser": {"burst": 300, "rate": 0.5},
-    "QuotaBurner": {"rate": 200.0},
-    "Misbehaving": {"rate": 2.0, "kinds": None},  # None: every kind of BAD_INPUT
-    "Churner": {"rate": 1.0, "hold_s": 0.5},
-}
+from .retry import make_policy
+
+MODELS = ("closed", "open")
+# Locust's own knobs, fields of every parameter set (named apart for sim/scenario.py).
+LOCUST_PARAMS = ("weight", "fixed_count")
 
 # Misbehaving's bad-input classes: name -> (the outcome it must provoke, the frame).
 BAD_INPUT: dict[str, tuple[str, Callable[[], str | bytes]]] = {
@@ -45,7 +36,172 @@ BAD_INPUT: dict[str, tuple[str, Callable[[], str | bytes]]] = {
                        + "x" * 70_000 + '"}'),
 }
 
+# A rule reads one key of a class table (with the project's one table reader, so the
+# messages are those of every config file) and returns the typed value.
+Rule = Callable[[Table, str, Any], Any]
+
+
+def _param(default: Any, rule: Rule) -> Any:
+    return field(default=default, metadata={"rule": rule})
+
+
+def _positive(table: Table, key: str, default: Any) -> float:
+    return float(table.number(key, default, minimum=0, exclusive=True))
+
+
+def _count(table: Table, key: str, default: Any) -> int | None:
+    return table.number(key, default, minimum=0, integer=True)
+
+
+def _fraction(table: Table, key: str, default: Any) -> float:
+    return float(table.number(key, default, minimum=0, maximum=1))
+
+
+def _seconds(table: Table, key: str, default: Any) -> float:
+    return float(table.number(key, default, minimum=0))
+
+
+def _name(table: Table, key: str, default: Any) -> str | None:
+    return table.string(key, default)
+
+
+def _model(table: Table, key: str, default: Any) -> str | None:
+    return table.string(key, default, choices=MODELS)
+
+
+def _names(table: Table, key: str, default: Any) -> tuple[str, ...] | None:
+    return table.strings(key, default, non_empty=True)
+
+
+def _kinds(table: Table, key: str, default: Any) -> tuple[str, ...] | None:
+    return table.strings(key, default, choices=tuple(BAD_INPUT), non_empty=True)
+
+
+def _policy(table: Table, key: str, default: Any) -> Any:
+    spec = table.get(key, default)
+    try:
+        make_policy(spec)
+    except ValueError as exc:
+        raise table.fail(key, str(exc).removeprefix("retry.")) from None
+    return spec
+
+
+@dataclass(frozen=True, slots=True)
+class UserParams:
+    """What every behaviour takes."""
+
+    rate: float = _param(1.0, _positive)  # operations per second per user
+    channels: tuple[str, ...] = _param(("room/1",), _names)
+    policy: str | Mapping[str, Any] | None = _param("default", _policy)  # retry.make_policy
+    model: str | None = _param(None, _model)  # None: the swarm's ("closed" or "open")
+    key: str | None = _param(None, _name)  # None: the swarm's credential
+    weight: int | None = _param(None, _count)  # Locust's, None: Locust's default
+    fixed_count: int | None = _param(None, _count)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberParams(UserParams):
+    rate: float = _param(0.2, _positive)
+    subscriptions: int = _param(3, _count)
+    wildcard_fraction: float = _param(0.34, _fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherParams(UserParams):
+    rate: float = _param(5.0, _positive)
+    payload_bytes: int = _param(64, _count)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectSenderParams(UserParams):
+    rate: float = _param(2.0, _positive)
+    presence_channel: str = _param("lobby", _name)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatterParams(UserParams):
+    send_fraction: float = _param(0.2, _fraction)
+
+
+@dataclass(frozen=True, slots=True)
+class RateAbuserParams(UserParams):
+    rate: float = _param(0.5, _positive)
+    burst: int = _param(300, _count)
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaBurnerParams(UserParams):
+    rate: float = _param(200.0, _positive)
+
+
+@dataclass(frozen=True, slots=True)
+class MisbehavingParams(UserParams):
+    rate: float = _param(2.0, _positive)
+    # None: every kind of BAD_INPUT, in its order
+    kinds: tuple[str, ...] | None = _param(None, _kinds)
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnerParams(UserParams):
+    hold_s: float = _param(0.5, _seconds)
+
+
+# Behaviour name -> its parameter set; users.py has one Locust class per entry.
+USER_CLASSES: dict[str, type[UserParams]] = {
+    "Subscriber": SubscriberParams,
+    "Publisher": PublisherParams,
+    "DirectSender": DirectSenderParams,
+    "Chatter": ChatterParams,
+    "RateAbuser": RateAbuserParams,
+    "QuotaBurner": QuotaBurnerParams,
+    "Misbehaving": MisbehavingParams,
+    "Churner": ChurnerParams,
+}
+
 
 def parameters(class_name: str) -> dict[str, Any]:
-    """Every parameter a class takes, with its default."""
-    return {**BASE_DEFAULTS, **USER_CLASSES[class_name]}
+    """Every parameter a behaviour takes, with its default (as a scenario writes it)."""
+    return defaults_of(USER_CLASSES[class_name])
+
+
+def defaults_of(params_type: type[UserParams]) -> dict[str, Any]:
+    return {f.name: list(f.default) if isinstance(f.default, tuple) else f.default
+            for f in dataclasses.fields(params_type)}
+
+
+def parse_params(class_name: str, mapping: object, where: str | None = None) -> UserParams:
+    """One `[swarm.classes.NAME]` table, checked and typed; ConfigError naming the key.
+
+    NAME is a behaviour (`Publisher`), or any identifier with `class = "Publisher"`:
+    several variants of one behaviour can then run side by side (one per retry policy).
+    `where` is the table's path in errors (default `swarm.classes.NAME`).
+    """
+    path = where or f"swarm.classes.{class_name}"
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path}: must be a table")
+    base = mapping.get("class", class_name)
+    if base not in USER_CLASSES:
+        at = f"{path}.class" if "class" in mapping else path
+        raise ConfigError(f"{at}: unknown user class {base!r} "
+                          f"(one of {', '.join(USER_CLASSES)})")
+    if not class_name.isidentifier():
+        raise ConfigError(f"{path}: a class name must be an identifier")
+    values = {k: v for k, v in mapping.items() if k != "class"}
+    return build_params(USER_CLASSES[base], values, path, name=class_name)
+
+
+def build_params(params_type: type[UserParams], mapping: Mapping[str, Any], path: str, *,
+                 name: str = "") -> UserParams:
+    """`params_type` from `mapping`; a key it does not give takes the field's default."""
+    fields = dataclasses.fields(params_type)
+    allowed = {f.name for f in fields}
+    unknown = sorted(set(mapping) - allowed)
+    if unknown:
+        known = ", ".join(sorted(allowed | {"class"}))
+        raise ConfigError(f"{path}.{unknown[0]}: unknown parameter for "
+                          f"{name or params_type.__name__} (one of {known})")
+    # None (JSON's null) is "not given", and a tuple is a list (as TOML and JSON give).
+    table = Table({k: list(v) if isinstance(v, tuple) else v
+                   for k, v in mapping.items() if v is not None}, path)
+    return params_type(**{f.name: f.metadata["rule"](table, f.name, f.default)
+                          for f in fields})

@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import csv
 import io
-import os
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -100,8 +98,3 @@ def _quoted(r: tuple[Any, ...]) -> str:
     # character (with "\n" alone a bare "\r" would go out unquoted).
     csv.writer(out, lineterminator="\r\n").writerow(r)
     return out.getvalue()[:-2] + "\n"
-
-
-def process_tag() -> str:
-    """A name for this process's log, unique across the machines of a distributed run."""
-    return os.environ.get("RTMSIM_WORKER_TAG") or f"{socket.gethostname()}-{os.getpid()}"

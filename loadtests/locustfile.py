@@ -11,9 +11,8 @@ retry policy per class and the load shape (RTMSIM_SHAPE=step_ramp|spike|soak).
 
 from __future__ import annotations
 
-import json
-import os
-
+from loadtests.shapes import SHAPES
+from loadtests.swarmconfig import locustfile_shape, locustfile_variants
 from loadtests.users import (  # noqa: F401  (Locust collects the User classes)
     Chatter,
     Churner,
@@ -29,20 +28,13 @@ from loadtests.users import (  # noqa: F401  (Locust collects the User classes)
 def _variants() -> None:
     """Scenario classes like `[swarm.classes.FastRetry] class = "Publisher"` become
     subclasses here, so Locust can run several variants of one behaviour."""
-    path = os.environ.get("RTMSIM_SWARM_CONFIG")
-    if not path:
-        return
-    with open(path, encoding="utf-8") as f:
-        classes = json.load(f).get("classes", {})
-    for name, params in classes.items():
-        base = params.get("class")
-        if base and base != name and name not in globals():
+    for name, base in locustfile_variants().items():
+        if name not in globals():
             globals()[name] = type(name, (globals()[base],), {"__module__": __name__})
 
 
 _variants()
 
-if os.environ.get("RTMSIM_SHAPE"):
-    from loadtests.shapes import SHAPES
-
-    Shape = SHAPES[os.environ["RTMSIM_SHAPE"]]
+_shape = locustfile_shape()
+if _shape:
+    Shape = SHAPES[_shape]

@@ -11,8 +11,8 @@ from typing import Any
 
 import gevent
 
-from .eventlog import EventLog, process_tag
-from .swarmconfig import SETTINGS
+from .eventlog import EventLog
+from .swarmconfig import settings_for
 
 FLUSH_S = 1.0
 _LOG: EventLog | None = None
@@ -21,9 +21,12 @@ _LOG: EventLog | None = None
 def process_event_log(environment: Any) -> EventLog | None:
     """This process's event log (created on first use), or None without a run dir."""
     global _LOG
-    if _LOG is not None or not SETTINGS.run_dir:
+    if _LOG is not None:
         return _LOG
-    _LOG = EventLog(Path(SETTINGS.run_dir) / f"client-events-{process_tag()}.csv")
+    settings = settings_for(environment)
+    if not settings.run_dir:
+        return None
+    _LOG = EventLog(Path(settings.run_dir) / f"client-events-{settings.process_tag}.csv")
     gevent.spawn(_flush_forever, _LOG)
     if environment is not None:
         environment.events.quitting.add_listener(lambda **_: close_event_log())

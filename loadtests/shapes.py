@@ -1,7 +1,8 @@
 """Load shapes: step ramp (capacity search), spike, soak.
 
 Each is a Locust `LoadTestShape` whose numbers come from the swarm settings
-(`[swarm.shape]`), so a scenario picks a shape without writing code.
+(`[swarm.shape]`, read from the runner's environment), so a scenario picks a shape
+without writing code.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from typing import Any
 
 from locust import LoadTestShape
 
-from .swarmconfig import SETTINGS
+from .swarmconfig import settings_for
 
 
-def _shape_params(defaults: dict[str, Any]) -> dict[str, Any]:
-    return {**defaults, **SETTINGS.shape_params}
+def _shape_params(shape: LoadTestShape, defaults: dict[str, Any]) -> dict[str, Any]:
+    environment = shape.runner.environment if shape.runner is not None else None
+    return {**defaults, **settings_for(environment).shape_params}
 
 
 class StepRamp(LoadTestShape):
@@ -24,7 +26,7 @@ class StepRamp(LoadTestShape):
                 "duration_s": 120.0}
 
     def tick(self) -> tuple[int, float] | None:
-        p = _shape_params(self.defaults)
+        p = _shape_params(self, self.defaults)
         t = self.get_run_time()
         if t >= p["duration_s"]:
             return None
@@ -39,7 +41,7 @@ class Spike(LoadTestShape):
                 "spawn_rate": 500.0, "duration_s": 60.0}
 
     def tick(self) -> tuple[int, float] | None:
-        p = _shape_params(self.defaults)
+        p = _shape_params(self, self.defaults)
         t = self.get_run_time()
         if t >= p["duration_s"]:
             return None
@@ -53,7 +55,7 @@ class Soak(LoadTestShape):
     defaults = {"users": 200, "spawn_rate": 20.0, "duration_s": 3600.0}
 
     def tick(self) -> tuple[int, float] | None:
-        p = _shape_params(self.defaults)
+        p = _shape_params(self, self.defaults)
         if self.get_run_time() >= p["duration_s"]:
             return None
         return int(p["users"]), float(p["spawn_rate"])

@@ -1,8 +1,9 @@
 """Locust users: one client behaviour per class, composed from a protocol client and a
 retry policy (they do not inherit a tower).
 
-Every class reads its parameters from the scenario (`[swarm.classes.NAME]`, through
-`swarmconfig`), falling back to the class attributes below. `RealtimeUser` owns the
+Every class has a frozen parameter set (`catalog.UserParams` and its subclasses): its
+`defaults`, with the scenario's `[swarm.classes.NAME]` laid over them, built and checked
+once per class when Locust starts (`params_in`). `RealtimeUser` owns the
 mechanics every behaviour needs: connecting, retrying per the policy, reconnecting
 after closes, pacing under the closed or the open model.
 """
@@ -17,17 +18,32 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import gevent
-from locust import User, constant, task
+from locust import User, constant, events, task
 from locust.exception import StopUser
 
 from server.codes import CloseCode
+from server.schema import ConfigError
 
 from . import hooks  # noqa: F401  (registers rtmsim's options and settings with Locust)
-from .catalog import BAD_INPUT, BASE_DEFAULTS, USER_CLASSES
+from .catalog import (
+    BAD_INPUT,
+    ChatterParams,
+    ChurnerParams,
+    DirectSenderParams,
+    MisbehavingParams,
+    PublisherParams,
+    QuotaBurnerParams,
+    RateAbuserParams,
+    SubscriberParams,
+    UserParams,
+    build_params,
+    defaults_of,
+)
 from .client import RealtimeClient, Result
+from .locustlog import process_event_log
 from .reporting import Reporter
 from .retry import RetryPolicy, make_policy
-from .swarmconfig import SETTINGS
+from .swarmconfig import SwarmSettings, settings_for
 from .tokens import fetch_token
 from .wsconn import ABNORMAL
 
@@ -40,24 +56,33 @@ class RealtimeUser(User):
 
     abstract = True
     wait_time = constant(0)
-    # Parameters a scenario may override per class (see `param`).
-    defaults: ClassVar[dict[str, Any]] = BASE_DEFAULTS
+    # The parameter set, and its defaults as a scenario writes them: a subclass may
+    # override some (`{**Publisher.defaults, "rate": 50}`), or take a subclass of the
+    # parameter set for parameters of its own.
+    params_type: ClassVar[type[UserParams]] = UserParams
+    defaults: ClassVar[dict[str, Any]] = defaults_of(UserParams)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "params_type" in cls.__dict__ and "defaults" not in cls.__dict__:
+            cls.defaults = defaults_of(cls.params_type)
 
     def __init__(self, environment: Any) -> None:
         super().__init__(environment)
-        # Read once: the settings are final before Locust creates any user.
-        self._params = self.resolved_params()
+        # The settings and parameters are final before Locust creates any user.
+        self.settings = settings_for(environment)
+        self.params = self.params_in(self.settings)
         self.index = next(_user_ids)
         self.user_id = f"{type(self).__name__}-{os.getpid()}-{self.index}"
-        self.rng = random.Random(f"{SETTINGS.seed}:{self.user_id}")
+        self.rng = random.Random(f"{self.settings.seed}:{self.user_id}")
         self.sequence = itertools.count(1)  # message ids, unique across reconnects
-        spec = self.param("policy")
-        self.policy: RetryPolicy = make_policy(spec, rng=self.rng)
-        self.reporter = Reporter(environment, _event_log(environment), user=self.user_id,
-                                 user_class=type(self).__name__, policy=self.policy.name)
+        self.policy: RetryPolicy = make_policy(self.params.policy, rng=self.rng)
+        self.reporter = Reporter(environment, process_event_log(environment),
+                                 user=self.user_id, user_class=type(self).__name__,
+                                 policy=self.policy.name)
         self.client = self._new_client()
-        self.model = self.param("model") or SETTINGS.model
-        self.rate = float(self.param("rate"))
+        self.model = self.params.model or self.settings.model
+        self.rate = self.params.rate
         self._next_at: float | None = None
         self._tick = 0
         self.send_rate_factor = 1.0  # lowered after 4011 (the policy's "throttle")
@@ -65,22 +90,26 @@ class RealtimeUser(User):
 
     # -- configuration ----------------------------------------------------------------
 
-    def param(self, name: str) -> Any:
-        """The scenario's value for this class, else the class default."""
-        return self._params[name]
-
     @classmethod
-    def resolved_params(cls) -> dict[str, Any]:
-        """Every parameter of this class: defaults up the MRO, then the scenario's."""
-        params: dict[str, Any] = {}
-        for klass in reversed(cls.__mro__):
-            params.update(klass.__dict__.get("defaults") or {})
-        return {**params, **SETTINGS.params(cls.__name__)}
+    def params_in(cls, settings: SwarmSettings) -> UserParams:
+        """This class's parameters under `settings`, built and checked once per class:
+        `defaults` up the MRO, then the scenario's table (ConfigError naming the key)."""
+        params = settings.parsed_params.get(cls)
+        if params is None:
+            values: dict[str, Any] = {}
+            for klass in reversed(cls.__mro__):
+                values.update(klass.__dict__.get("defaults") or {})
+            scenario = settings.params(cls.__name__)
+            values.update({k: v for k, v in scenario.items() if k != "class"})
+            params = build_params(cls.params_type, values, f"swarm.classes.{cls.__name__}",
+                                  name=cls.__name__)
+            settings.parsed_params[cls] = params
+        return params
 
     def _new_client(self, token: str | None = None) -> RealtimeClient:
-        key = self.param("key") or SETTINGS.key
-        hosts = SETTINGS.hosts
-        host = hosts[self.index % len(hosts)] if hosts else (self.host or SETTINGS.host)
+        key = self.params.key or self.settings.key
+        hosts = self.settings.hosts
+        host = hosts[self.index % len(hosts)] if hosts else (self.host or self.settings.host)
         return RealtimeClient(host, key=None if token else key, token=token,
                               reporter=self.reporter, name=self.user_id,
                               sequence=self.sequence)
@@ -141,9 +170,9 @@ class RealtimeUser(User):
         return self._new_client(old.token) if old.token else self._new_client()
 
     def _fresh_token(self) -> str | None:
-        if not SETTINGS.token_url:
+        if not self.settings.token_url:
             return None
-        return fetch_token(SETTINGS.token_url, SETTINGS.secret, self.user_id)
+        return fetch_token(self.settings.token_url, self.settings.secret, self.user_id)
 
     def _give_up(self) -> None:
         self.stopped = True
@@ -216,19 +245,20 @@ class RealtimeUser(User):
             gevent.sleep(seconds)
 
     def channel(self) -> str:
-        channels = self.param("channels")
+        channels = self.params.channels
         return channels[self.rng.randrange(len(channels))] if len(channels) > 1 else channels[0]
 
 
 class Subscriber(RealtimeUser):
     """Holds N subscriptions (some wildcard) and receives."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Subscriber"]
+    params: SubscriberParams
+    params_type = SubscriberParams
 
     def after_connect(self) -> None:
-        channels = self.param("channels")
-        n = int(self.param("subscriptions"))
-        wild = round(n * float(self.param("wildcard_fraction")))
+        channels = self.params.channels
+        n = self.params.subscriptions
+        wild = round(n * self.params.wildcard_fraction)
         # Seeded picks spread the subscribers over the channel set.
         picks = self.rng.sample(channels, min(n, len(channels)))
         picks += [channels[self.rng.randrange(len(channels))] for _ in range(n - len(picks))]
@@ -245,10 +275,11 @@ class Subscriber(RealtimeUser):
 class Publisher(RealtimeUser):
     """Publishes at a set rate to a channel set."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Publisher"]
+    params: PublisherParams
+    params_type = PublisherParams
 
     def on_start(self) -> None:
-        self.payload = "x" * int(self.param("payload_bytes"))
+        self.payload = "x" * self.params.payload_bytes
         super().on_start()
 
     @task
@@ -261,16 +292,17 @@ class Publisher(RealtimeUser):
 class DirectSender(RealtimeUser):
     """Sends direct messages to live peers learnt from presence."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["DirectSender"]
+    params: DirectSenderParams
+    params_type = DirectSenderParams
 
     def after_connect(self) -> None:
-        self.subscribe(self.param("presence_channel"))
+        self.subscribe(self.params.presence_channel)
 
     @task
     def send_one(self) -> None:
         self.ensure_connected()
         intended = self.pace()
-        peers = sorted(self.client.peers.get(self.param("presence_channel"), ()))
+        peers = sorted(self.client.peers.get(self.params.presence_channel, ()))
         if peers:
             self.send(peers[self.rng.randrange(len(peers))], "hi", intended)
 
@@ -278,10 +310,11 @@ class DirectSender(RealtimeUser):
 class Chatter(RealtimeUser):
     """A chat member: subscribes, publishes to its rooms and sends to people it sees."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Chatter"]
+    params: ChatterParams
+    params_type = ChatterParams
 
     def after_connect(self) -> None:
-        for name in self.param("channels"):
+        for name in self.params.channels:
             self.subscribe(name)
 
     @task
@@ -290,7 +323,7 @@ class Chatter(RealtimeUser):
         intended = self.pace()
         room = self.channel()
         peers = sorted(self.client.peers.get(room, ()))
-        if peers and self.rng.random() < float(self.param("send_fraction")):
+        if peers and self.rng.random() < self.params.send_fraction:
             self.send(peers[self.rng.randrange(len(peers))], "psst", intended)
         else:
             self.publish(room, "hello", intended)
@@ -299,7 +332,8 @@ class Chatter(RealtimeUser):
 class RateAbuser(RealtimeUser):
     """Bursts past the token bucket, gets 4011, reconnects per its policy."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["RateAbuser"]
+    params: RateAbuserParams
+    params_type = RateAbuserParams
 
     @task
     def burst(self) -> None:
@@ -307,7 +341,7 @@ class RateAbuser(RealtimeUser):
         self.pace()
         # Pipelined: every publish carries a requestId but none waits for its ack, so
         # the burst outruns the token bucket; each is still reported (ok, or the close).
-        for i in range(int(self.param("burst"))):
+        for i in range(self.params.burst):
             msg_id, data = self.client.envelope(i, "abuse", time.time())
             if not self.client.fire("publish", {"type": "publish", "channel": "abuse",
                                                 "data": data}, channel="abuse",
@@ -318,7 +352,8 @@ class RateAbuser(RealtimeUser):
 class QuotaBurner(RealtimeUser):
     """Publishes as fast as acks come back, to drain the app's message quota."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["QuotaBurner"]
+    params: QuotaBurnerParams
+    params_type = QuotaBurnerParams
 
     @task
     def burn(self) -> None:
@@ -327,12 +362,15 @@ class QuotaBurner(RealtimeUser):
         self.publish(self.channel(), 0, intended)
 
 
-
-
 class Misbehaving(RealtimeUser):
     """Sends each class of bad input at a set rate; each provokes its own code."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Misbehaving"]
+    params: MisbehavingParams
+    params_type = MisbehavingParams
+
+    def on_start(self) -> None:
+        self.kinds = self.params.kinds or tuple(BAD_INPUT)
+        super().on_start()
 
     def ensure_connected(self) -> None:
         # An oversize frame earns close 1009 on purpose: come straight back for more.
@@ -346,8 +384,7 @@ class Misbehaving(RealtimeUser):
     def misbehave(self) -> None:
         self.ensure_connected()
         self.pace()
-        kinds = self.param("kinds") or list(BAD_INPUT)
-        kind = kinds[self._tick % len(kinds)]
+        kind = self.kinds[self._tick % len(self.kinds)]
         self._tick += 1
         self.client.send_raw(kind, BAD_INPUT[kind][1]())
 
@@ -355,13 +392,14 @@ class Misbehaving(RealtimeUser):
 class Churner(RealtimeUser):
     """Connect/disconnect loops: reconnect storms on demand."""
 
-    defaults: ClassVar[dict[str, Any]] = USER_CLASSES["Churner"]
+    params: ChurnerParams
+    params_type = ChurnerParams
 
     @task
     def churn(self) -> None:
         self.ensure_connected()
         self.pace()
-        self._sleep(float(self.param("hold_s")))
+        self._sleep(self.params.hold_s)
         self.client.close()
         self.client = self._renew_client()
         self.connect()
@@ -373,7 +411,19 @@ def _wildcard_of(channel: str) -> str:
     return f"{head}/*" if head else "*"
 
 
-def _event_log(environment: Any) -> Any:
-    from .locustlog import process_event_log
-
-    return process_event_log(environment)
+@events.init.add_listener
+def _check_params(environment: Any, **_kwargs: Any) -> None:
+    """Every class's parameters before the first user: a bad one stops here with one
+    line, not a traceback per user; scenario weights apply."""
+    settings = settings_for(environment)
+    for cls in environment.user_classes:
+        if not issubclass(cls, RealtimeUser):
+            continue
+        try:
+            params = cls.params_in(settings)
+        except ConfigError as exc:
+            raise SystemExit(f"rtmsim: {exc}") from None
+        if params.weight is not None:
+            cls.weight = params.weight
+        if params.fixed_count is not None:
+            cls.fixed_count = params.fixed_count

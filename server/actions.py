@@ -76,9 +76,9 @@ class Route:
     """An operation the backend must carry out before the core can answer.
 
     `op` is subscribe, unsubscribe, publish or send; `body` is what the backend needs
-    (a channel name, a Message or a Direct). The adapter charges the quota when
-    `charge` is set, applies faults, calls the backend, then
-    `Connection.complete(route, result, now)` or `fail(...)` for the reply.
+    (a channel name, a Message or a Direct). `routing.route_steps` orders what
+    follows: charge the quota when `charge` is set, faults, the backend call, then
+    `complete(route, result, now)` or `fail(...)` on the origin for the reply.
     """
 
     op: str
@@ -94,3 +94,7 @@ class Route:
         if isinstance(body, str):
             return body
         return getattr(body, "channel", None)
+
+
+# What `Connection.receive` and friends return, and what a driver performs.
+Action = Send | Deliver | Close | CloseAt | Route

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
 from dataclasses import dataclass
 
+try:
+    import uvloop
+except ImportError:  # the stock loop then
+    uvloop = None
+
 from .config import Config
 from .events import JsonlEventLog
 from .node import Node
+from .redis_backend import RedisBackend
+from .redis_ledgers import RedisLedgers
+from .redis_link import RedisLink
 from .rest import start_rest
 
 EVENT_FLUSH_S = 1.0
@@ -30,9 +37,7 @@ class ServeOptions:
 
 def install_fast_loop() -> None:
     """Use uvloop where it is installed; the stock loop otherwise."""
-    with contextlib.suppress(ImportError):
-        import uvloop
-
+    if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
@@ -41,10 +46,6 @@ def build_node(config: Config, events: JsonlEventLog | None,
     """A Node with the configured backend (memory, or Redis shared by instances)."""
     if config.server.backend != "redis":
         return Node(config, events=events, instance_id=instance_id)
-    from .redis_backend import RedisBackend
-    from .redis_ledgers import RedisLedgers
-    from .redis_link import RedisLink
-
     inst = instance_id or f"i{config.server.port}"
     link = RedisLink(config.server.redis_url, config.server.redis_prefix)
     ledgers = RedisLedgers(config, link, inst)

@@ -7,11 +7,13 @@ same schema with their own sections; nothing else parses TOML for these keys.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .faults import FaultSpec, parse_faults
+from .schema import ConfigError, Table
 
 ACTIONS = ("subscribe", "publish", "presence", "send")
 BACKENDS = ("memory", "redis")
@@ -20,10 +22,6 @@ MONTH_SECONDS = 30 * 24 * 3600
 # Top-level sections owned by other parts of the harness (faults, swarm, scenario).
 # The server accepts and ignores them so one file can describe a whole run.
 EXTENSION_SECTIONS = frozenset({"swarm", "scenario", "analysis", "clients"})
-
-
-class ConfigError(ValueError):
-    """A config problem, already phrased for the user as `key: problem`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +92,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     limits: Limits = field(default_factory=Limits)
     apps: tuple[App, ...] = ()
-    faults: tuple[dict[str, Any], ...] = ()  # validated [[faults]] specs
+    faults: tuple[FaultSpec, ...] = ()  # [[faults]], validated
     extra: dict[str, Any] = field(default_factory=dict)  # extension sections, raw
 
     def key(self, key_id: str) -> tuple[App, Key] | None:
@@ -127,92 +125,17 @@ def default_config() -> Config:
     return Config(apps=(DEMO_APP,))
 
 
-class _Table:
-    """Reads one TOML table, checking types and bounds, naming keys in errors."""
-
-    def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: must be a table, got {_kind(data)}")
-        self.data = data
-        self.path = path
-        self.seen: set[str] = set()
-
-    def _name(self, key: str) -> str:
-        return f"{self.path}.{key}" if self.path else key
-
-    def get(self, key: str, default: Any) -> Any:
-        self.seen.add(key)
-        return self.data.get(key, default)
-
-    def string(self, key: str, default: str | None = None, *,
-               choices: tuple[str, ...] | None = None, required: bool = False) -> Any:
-        if required and key not in self.data:
-            raise ConfigError(f"{self._name(key)}: is required")
-        value = self.get(key, default)
-        if value is None and not required:
-            return value
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"{self._name(key)}: must be a non-empty string, got {value!r}")
-        if choices and value not in choices:
-            raise ConfigError(f"{self._name(key)}: must be one of {', '.join(choices)}, "
-                              f"got {value!r}")
-        return value
-
-    def boolean(self, key: str, default: bool) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise ConfigError(f"{self._name(key)}: must be true or false, got {value!r}")
-        return value
-
-    def number(self, key: str, default: float, *, minimum: float = 0,
-               exclusive: bool = False, integer: bool = False,
-               maximum: float | None = None) -> Any:
-        value = self.get(key, default)
-        wanted = "a whole number" if integer else "a number"
-        ok_type = int if integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok_type):
-            raise ConfigError(f"{self._name(key)}: must be {wanted}, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{self._name(key)}: must be a finite number, got {value!r}")
-        if value < minimum or (exclusive and value == minimum):
-            op = ">" if exclusive else ">="
-            raise ConfigError(f"{self._name(key)}: must be {op} {minimum:g}, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise ConfigError(f"{self._name(key)}: must be <= {maximum:g}, got {value!r}")
-        return value
-
-    def strings(self, key: str, default: tuple[str, ...], *,
-                choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
-        value = self.get(key, list(default))
-        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise ConfigError(f"{self._name(key)}: must be a list of non-empty strings, "
-                              f"got {value!r}")
-        for v in value:
-            if choices and v not in choices:
-                raise ConfigError(f"{self._name(key)}: {v!r} is not one of "
-                                  f"{', '.join(choices)}")
-        return tuple(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise ConfigError(f"{self._name(unknown[0])}: unknown key")
-
-
-def _kind(value: object) -> str:
-    return type(value).__name__
-
-
 def parse_config(data: dict[str, Any]) -> Config:
     """Build a validated Config from parsed TOML; raise ConfigError naming the key."""
-    top = _Table(data, "")
-    srv = _Table(top.get("server", {}), "server")
+    top = Table(data, "")
+    srv = top.table("server")
     server = ServerConfig(
         host=srv.string("host", "127.0.0.1"),
-        port=srv.number("port", 8765, integer=True, maximum=65535),
-        admin_port=srv.number("admin_port", 8766, integer=True, maximum=65535),
+        port=srv.number("port", 8765, minimum=0, integer=True, maximum=65535),
+        admin_port=srv.number("admin_port", 8766, minimum=0, integer=True,
+                              maximum=65535),
         backend=srv.string("backend", "memory", choices=BACKENDS),
-        seed=srv.number("seed", 0, integer=True),
+        seed=srv.number("seed", 0, minimum=0, integer=True),
         sim_token=srv.string("sim_token", None),
         close_on_unauthorized=srv.boolean("close_on_unauthorized", False),
         redis_url=srv.string("redis_url", "redis://127.0.0.1:6379/0"),
@@ -223,15 +146,15 @@ def parse_config(data: dict[str, Any]) -> Config:
         instances=srv.number("instances", 1, minimum=1, integer=True, maximum=64),
     )
     if server.instances > 1 and server.backend != "redis":
-        raise ConfigError(f"server.instances: {server.instances} instances need "
-                          "backend = \"redis\" (they share state through Redis)")
+        raise srv.fail("instances", f"{server.instances} instances need "
+                       "backend = \"redis\" (they share state through Redis)")
     if not server.redis_url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"server.redis_url: must start with redis://, rediss:// or "
-                          f"unix://, got {server.redis_url!r}")
+        raise srv.fail("redis_url", "must start with redis://, rediss:// or unix://, "
+                       f"got {server.redis_url!r}")
     srv.done()
-    lim = _Table(top.get("limits", {}), "limits")
+    lim = top.table("limits")
     limits = Limits(
-        rate_per_second=lim.number("rate_per_second", 100.0, exclusive=True),
+        rate_per_second=lim.number("rate_per_second", 100.0, minimum=0, exclusive=True),
         burst=lim.number("burst", 200.0, minimum=1),
         max_subscriptions=lim.number("max_subscriptions", 100, minimum=1, integer=True),
         max_frame_bytes=lim.number("max_frame_bytes", 65536, minimum=64, integer=True),
@@ -245,81 +168,71 @@ def parse_config(data: dict[str, Any]) -> Config:
     elif not isinstance(raw_apps, list) or not raw_apps:
         raise ConfigError("apps: must be a non-empty array of tables ([[apps]])")
     else:
-        apps = tuple(_parse_app(a, f"apps[{i}]") for i, a in enumerate(raw_apps))
+        apps = tuple(_parse_app(Table(a, f"apps[{i}]")) for i, a in enumerate(raw_apps))
     _check_unique(apps)
-    faults = _parse_faults(top.get("faults", []), server.seed)
+    faults = parse_faults(top.get("faults", []), "faults")
     extra = {k: top.get(k, None) for k in EXTENSION_SECTIONS if k in data}
     top.done()
     return Config(server=server, limits=limits, apps=apps, faults=faults, extra=extra)
 
 
-def _parse_faults(raw: object, seed: int) -> tuple[dict[str, Any], ...]:
-    """Validate `[[faults]]` once, here, by building them in a scratch engine."""
-    from .faults import FaultEngine
-
-    if not isinstance(raw, list):
-        raise ConfigError("faults: must be an array of tables ([[faults]])")
-    FaultEngine(seed, 0.0).load(raw, "faults")
-    return tuple(raw)
-
-
-def _parse_app(data: object, path: str) -> App:
-    t = _Table(data, path)
+def _parse_app(t: Table) -> App:
     app_id = t.string("id", required=True)
     suspended = t.boolean("suspended", False)
-    plan = _parse_plan(t.get("plan", {}), f"{path}.plan")
+    plan = _parse_plan(t.table("plan"))
     raw_keys = t.get("keys", [])
     if not isinstance(raw_keys, list) or not raw_keys:
-        raise ConfigError(f"{path}.keys: must be a non-empty array of tables ([[apps.keys]])")
-    keys = tuple(_parse_key(k, f"{path}.keys[{i}]") for i, k in enumerate(raw_keys))
+        raise t.fail("keys", "must be a non-empty array of tables ([[apps.keys]])")
+    keys = tuple(_parse_key(Table(k, f"{t.name('keys')}[{i}]"))
+                 for i, k in enumerate(raw_keys))
     t.done()
     return App(id=app_id, plan=plan, keys=keys, suspended=suspended)
 
 
-def _parse_plan(data: object, path: str) -> Plan:
-    t = _Table(data, path)
+def _parse_plan(t: Table) -> Plan:
     d = Plan()
     recharge = t.get("auto_recharge", False)
     if recharge is False or recharge == "off":
         auto_recharge = None
     elif isinstance(recharge, bool) or not isinstance(recharge, int | float) or recharge <= 0:
-        raise ConfigError(f"{path}.auto_recharge: must be an amount > 0 or false, "
-                          f"got {recharge!r}")
+        raise t.fail("auto_recharge", f"must be an amount > 0 or false, got {recharge!r}")
     else:
         auto_recharge = float(recharge)
     plan = Plan(
         name=t.string("name", d.name),
         max_concurrent_connections=t.number("max_concurrent_connections",
-                                            d.max_concurrent_connections, integer=True),
+                                            d.max_concurrent_connections, minimum=0,
+                                            integer=True),
         max_messages_per_period=t.number("max_messages_per_period",
-                                         d.max_messages_per_period, integer=True),
-        period_seconds=t.number("period_seconds", d.period_seconds, exclusive=True),
+                                         d.max_messages_per_period, minimum=0, integer=True),
+        period_seconds=t.number("period_seconds", d.period_seconds, minimum=0,
+                                exclusive=True),
         overages_allowed=t.boolean("overages_allowed", d.overages_allowed),
         overages_enabled=t.boolean("overages_enabled", d.overages_enabled),
-        balance=float(t.number("balance", d.balance)),
+        balance=float(t.number("balance", d.balance, minimum=0)),
         overage_price_per_message=float(t.number("overage_price_per_message",
-                                                  d.overage_price_per_message)),
+                                                  d.overage_price_per_message, minimum=0)),
         overage_price_per_connection=float(t.number("overage_price_per_connection",
-                                                    d.overage_price_per_connection)),
+                                                    d.overage_price_per_connection,
+                                                    minimum=0)),
         auto_recharge=auto_recharge,
     )
     t.done()
     return plan
 
 
-def _parse_key(data: object, path: str) -> Key:
-    t = _Table(data, path)
+def _parse_key(t: Table) -> Key:
     key_id = t.string("id", required=True)
     secret = t.string("secret", None)
     if key_id.startswith("sk_id_"):
         if secret is None:
-            raise ConfigError(f"{path}.secret: is required for a secret key ({key_id})")
+            raise t.fail("secret", f"is required for a secret key ({key_id})")
     elif key_id.startswith("pk_"):
         if secret is not None:
-            raise ConfigError(f"{path}.secret: a publishable key ({key_id}) has no secret")
+            raise t.fail("secret", f"a publishable key ({key_id}) has no secret")
     else:
-        raise ConfigError(f"{path}.id: must start with pk_ (publishable) or sk_id_ "
-                          f"(secret), got {key_id!r}")
+        raise t.fail("id", f"must start with pk_ (publishable) or sk_id_ (secret), "
+                           f"got {key_id!r}")
     key = Key(
         id=key_id,
         secret=secret,

@@ -8,23 +8,38 @@ Nothing here reads a clock or touches a socket.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .actions import Close, Direct, Message, Route, Send
+from .actions import Action, Close, Direct, Message, Route, Send
 from .codes import CloseCode
-from .hub import subscription_key
 from .jsonenc import dumps, loads
-from .patterns import channel_problem, is_reserved, peer_id_problem
+from .patterns import channel_problem, is_reserved, peer_id_problem, subscription_key
+from .tokenbucket import TokenBucket
 
 if TYPE_CHECKING:
     from .auth import Credential
-    from .service import Service
+    from .events import EventSink
+    from .stats import AppCounters
 
-Action = Any  # Send | Deliver | Close | CloseAt | Route
+__all__ = ["Action", "Connection", "ConnectionSettings", "error_frame"]
+
 MAX_REQUEST_ID_BYTES = 128
 SLOW_CONSUMER = "slow consumer"  # the reason of a 1008 close
+OVER_QUOTA_MESSAGE = "message quota used up for this period"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What every connection of a service reads from the configuration, built once."""
+
+    rate_per_second: float
+    burst: float
+    max_subscriptions: int
+    close_on_unauthorized: bool = False
+    cross_instance_send: bool = True  # may `send` reach peers on other instances?
 
 
 def error_frame(code: str, message: str, request_id: str | None) -> bytes:
@@ -43,14 +58,15 @@ def _request_id_ok(rid: object) -> bool:
 
 class Connection:
     __slots__ = ("__weakref__", "app_id", "bucket", "close_code", "counters", "credential",
-                 "has_presence", "id", "opened_at", "peer_id", "peer_metadata",
-                 "service", "subscriptions", "transport")
+                 "events", "has_presence", "id", "opened_at", "peer_id", "peer_metadata",
+                 "settings", "subscriptions", "transport")
 
-    def __init__(self, service: Service, conn_id: int, credential: Credential,
+    def __init__(self, settings: ConnectionSettings, counters: AppCounters,
+                 events: EventSink | None, conn_id: int, credential: Credential,
                  now: float) -> None:
-        from .tokenbucket import TokenBucket
-
-        self.service = service
+        self.settings = settings
+        self.counters = counters  # the app's counters, shared by its connections
+        self.events = events
         self.id = conn_id
         self.credential = credential
         self.app_id = credential.app.id
@@ -58,9 +74,7 @@ class Connection:
         self.peer_metadata = credential.peer_metadata
         self.has_presence = "presence" in credential.actions
         self.subscriptions: dict[str, bool] = {}  # name -> includeSenderMetadata
-        limits = service.config.limits
-        self.bucket = TokenBucket(limits.rate_per_second, limits.burst, now)
-        self.counters = service.stats.app(self.app_id)
+        self.bucket = TokenBucket(settings.rate_per_second, settings.burst, now)
         self.opened_at = now
         self.close_code: int | None = None  # set once the core decided to close
         self.transport: Any = None  # the adapter's handle; opaque to the core
@@ -118,11 +132,10 @@ class Connection:
         problem = self._channel_problem(name, "subscribe", rid, now)
         if problem is not None:
             return problem
-        if name not in self.subscriptions and (
-                len(self.subscriptions) >= self.service.config.limits.max_subscriptions):
+        limit = self.settings.max_subscriptions
+        if name not in self.subscriptions and len(self.subscriptions) >= limit:
             return self._error("channel_limit_exceeded",
-                               f"subscription limit reached "
-                               f"({self.service.config.limits.max_subscriptions})",
+                               f"subscription limit reached ({limit})",
                                rid, "subscribe", now)
         return [Route("subscribe", rid, name, msg.get("includeSenderMetadata") is True)]
 
@@ -180,7 +193,7 @@ class Connection:
             return self._error("action_not_permitted", f"action not permitted: {op}", rid,
                                op, now)
         if not self.credential.allows_channel(name):
-            if self.service.config.server.close_on_unauthorized:
+            if self.settings.close_on_unauthorized:
                 return self.close(CloseCode.CHANNEL_NOT_AUTHORIZED, f"not authorized: {name}"[:120],
                                   now)
             return self._error("channel_not_authorized", f"not authorized: {name}", rid, op,
@@ -204,7 +217,7 @@ class Connection:
         if op == "send":
             if not result:
                 to = route.body.to
-                where = "" if self.service.cross_instance_send else " on this instance"
+                where = "" if self.settings.cross_instance_send else " on this instance"
                 return self._error("peer_not_found", f"peer {to} is not online{where}",
                                    route.request_id, op, now)
             self.counters.sent += 1
@@ -228,8 +241,7 @@ class Connection:
 
     def over_quota(self, route: Route, now: float) -> list[Action]:
         """The reply when the app's ledger refused to charge a publish or send."""
-        return self.fail(route, "over_message_quota", "message quota used up for this period",
-                         now)
+        return self.fail(route, "over_message_quota", OVER_QUOTA_MESSAGE, now)
 
     def outbound_full(self, now: float) -> list[Action]:
         """The driver holds more unsent bytes for this peer than its bound: close 1008.
@@ -242,7 +254,7 @@ class Connection:
     # -- outbound helpers --------------------------------------------------------------
 
     def _ack(self, rid: str | None, op: str, now: float) -> list[Action]:
-        events = self.service.events
+        events = self.events
         if events is not None and events.wants_requests:
             events.emit(now, "ok", conn=self.id, peer=self.peer_id, app=self.app_id, op=op,
                         requestId=rid)
@@ -253,7 +265,7 @@ class Connection:
     def _error(self, code: str, message: str, rid: str | None, op: str | None,
                now: float) -> list[Action]:
         self.counters.errors[code] += 1
-        events = self.service.events
+        events = self.events
         if events is not None:
             events.emit(now, "error", conn=self.id, peer=self.peer_id, app=self.app_id,
                         op=op, code=code, requestId=rid)
@@ -270,7 +282,7 @@ class Connection:
             return []
         self.close_code = code
         self.counters.closes[str(code)] += 1
-        events = self.service.events
+        events = self.events
         if events is not None:
             extra = {} if retry_after_ms is None else {"retryAfterMs": retry_after_ms}
             events.emit(now, "close", conn=self.id, peer=self.peer_id, app=self.app_id,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .actions import Deliver, Direct, Message
 from .jsonenc import dumps
-from .patterns import is_wildcard, match_channel, unescape
+from .patterns import match_channel, subscription_key
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -42,13 +42,6 @@ class AppIndex:
         self.peers: dict[str, dict[Connection, None]] = {}  # peerId -> its connections
         # (is_wildcard, channel or pattern) -> {peerId: connections}
         self.presence: dict[tuple[bool, str], dict[str, int]] = {}
-
-
-def subscription_key(name: str) -> tuple[str, bool]:
-    """(index key, is_wildcard) for a subscription name."""
-    if is_wildcard(name):
-        return name, True
-    return unescape(name), False
 
 
 class Hub:

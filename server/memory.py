@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .backend import LocalNode
-from .hub import subscription_key
+from .patterns import subscription_key
 
 if TYPE_CHECKING:
     from .actions import Direct, Message

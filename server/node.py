@@ -1,9 +1,10 @@
 """The asyncio adapter: `websockets` sockets in, core actions out.
 
 Thin on purpose: read a frame, call the core, perform the actions it returns. Every
-protocol rule lives in the core (`connection.py`, `service.py`) and every fault
-decision in the fault engine; this file only knows sockets, timers, the ledgers and
-the backend.
+protocol rule lives in the core (`connection.py`, `service.py`), the order of a routed
+operation and of a connect in `routing.py` (whose steps `Node.run` performs), and
+every fault decision in the fault engine; this file only knows sockets, timers, the
+ledgers and the backend.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Generator
 from http import HTTPStatus
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
@@ -24,9 +25,9 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from .actions import Close, CloseAt, Deliver, Route, Send
+from .actions import Action, Close, CloseAt, Deliver, Route, Send
 from .auth import MAX_TOKEN_BYTES
-from .backend import Backend, BackendError
+from .backend import Backend
 from .codes import CloseCode
 from .config import Config
 from .connection import Connection
@@ -36,6 +37,19 @@ from .faults import ConnectionStrike, FaultEngine
 from .ledgers import Ledgers, MemoryLedgers
 from .memory import MemoryBackend
 from .patterns import match_channel
+from .routing import (
+    Admit,
+    Charge,
+    Hold,
+    Origin,
+    Release,
+    Step,
+    call_backend,
+    connect_steps,
+    disconnect_steps,
+    frame_failed,
+    route_steps,
+)
 from .service import Service
 
 log = logging.getLogger("rtmsim.server")
@@ -50,6 +64,7 @@ WS_PATH = "/v1"
 # How long a close handshake may wait for a peer that does not read (websockets'
 # close_timeout) before the socket is cut.
 CLOSE_TIMEOUT_S = 10.0
+T = TypeVar("T")
 
 
 async def hold(seconds: float) -> None:
@@ -163,16 +178,8 @@ class Node:
         if isinstance(pending, list):
             await ws.close(pending[0].code, pending[0].reason)
             return
-        app_id = pending.credential.app.id
-        refused = None
-        if self.faults.has_route_faults:
-            fail, before, _ = self.faults.on_route("connect", app_id, None, self.clock())
-            if before:
-                await hold(before)
-            refused = fail.message if fail else None
-        admitted = refused is None and await self.ledgers.admit_connection(app_id,
-                                                                          self.clock())
-        conn, actions = service.admit(pending, admitted, self.clock(), refused)
+        conn, actions = await self.run(connect_steps(service, pending, self.faults,
+                                                     self.clock))
         if conn is None:
             await ws.close(actions[0].code, actions[0].reason)
             return
@@ -186,8 +193,7 @@ class Node:
                     actions = conn.receive(frame, self.clock())
                 except Exception:
                     log.exception("unexpected error handling a frame")
-                    actions = conn.fail(Route("frame", None, None), "internal_error",
-                                        "internal error", self.clock())
+                    actions = frame_failed(conn, self.clock())
                 if actions:
                     await self._perform(conn, actions)
         except ConnectionClosed:
@@ -203,15 +209,9 @@ class Node:
         sent = ws.protocol.close_sent
         if conn.close_code is None and sent is not None and not ws.protocol.close_rcvd_then_sent:
             conn.close(sent.code, sent.reason, now)  # the library closed it (1009, 1011)
-        if not self.service.disconnected(conn, now, ws.close_code):
-            return
-        try:
-            await self.ledgers.release_connection(conn.app_id, now)
-            await self.backend.disconnect(conn)
-        except Exception:
-            log.exception("failed to forget a connection")
+        await self.run(disconnect_steps(self.service, conn, now, ws.close_code))
 
-    async def _perform(self, conn: Connection, actions: list[Any]) -> None:
+    async def _perform(self, conn: Connection, actions: list[Action]) -> None:
         ws: ServerConnection = conn.transport
         for action in actions:
             cls = action.__class__
@@ -221,7 +221,8 @@ class Node:
                     ws.send_data()
                     conn.counters.frames_out[action.kind] += 1
             elif cls is Route:
-                await self._perform(conn, await self._route(conn, action))
+                await self._perform(conn, await self.run(
+                    route_steps(conn, action, self.faults, self.clock), conn))
             elif cls is Deliver:
                 self.deliver([action])
             elif cls is Close:
@@ -233,40 +234,39 @@ class Node:
                 self._timers[conn.id] = asyncio.get_running_loop().call_later(
                     delay, self._close_later, conn, action.code, action.reason)
 
-    async def _route(self, conn: Connection, route: Route) -> list[Any]:
-        """Quota, then faults, then the backend: the tail of the validation order."""
-        backend = self.backend
-        op = route.op
-        after = 0.0
+    def route(self, origin: Origin[T], route: Route) -> Coroutine[Any, Any, T]:
+        """Carry out `route` for `origin` (a connection, a REST caller); its reply."""
+        return self.run(route_steps(origin, route, self.faults, self.clock), origin)
+
+    async def run(self, steps: Generator[Step, Any, T], origin: object = None) -> T:
+        """Perform the steps of a core order (`routing`) until it returns its reply.
+
+        A step that raises is thrown back into the order, which decides the reply.
+        """
+        clock = self.clock
         try:
-            if route.charge and not await self.ledgers.charge_message(conn.app_id,
-                                                                      self.clock()):
-                return conn.over_quota(route, self.clock())
-            if self.faults.has_route_faults:
-                fail, before, after = self.faults.on_route(op, conn.app_id, route.channel,
-                                                           self.clock())
-                if before:
-                    await hold(before)
-                if fail is not None:
-                    return conn.fail(route, fail.code, fail.message, self.clock())
-            if op == "publish":
-                result: Any = await backend.publish(route.body)
-            elif op == "send":
-                result = await backend.send(route.body)
-            elif op == "subscribe":
-                result = await backend.subscribe(conn, route.body,
-                                                 route.include_sender_metadata)
-            else:
-                result = await backend.unsubscribe(conn, route.body)
-        except BackendError as exc:
-            return conn.fail(route, "backend_error", str(exc) or "backend unavailable",
-                             self.clock())
-        except Exception:
-            log.exception("unexpected error routing %s", op)
-            return conn.fail(route, "internal_error", "internal error", self.clock())
-        if after:
-            await hold(after)
-        return conn.complete(route, result, self.clock())
+            step = next(steps)
+            while True:
+                try:
+                    cls = step.__class__
+                    if cls is Route:
+                        value: Any = await call_backend(self.backend, origin, step)
+                    elif cls is Charge:
+                        value = await self.ledgers.charge_message(step.app_id, clock())
+                    elif cls is Hold:
+                        value = await hold(step.seconds)
+                    elif cls is Admit:
+                        value = await self.ledgers.admit_connection(step.app_id, clock())
+                    elif cls is Release:
+                        value = await self.ledgers.release_connection(step.app_id, clock())
+                    else:  # Forget
+                        value = await self.backend.disconnect(step.conn)
+                except Exception as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(value)
+        except StopIteration as stop:
+            return stop.value
 
     def _close_later(self, conn: Connection, code: int, reason: str) -> None:
         self._timers.pop(conn.id, None)

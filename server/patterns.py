@@ -76,6 +76,13 @@ def unescape(name: str) -> str:
     return "".join(text for _, text in _tokens(name))
 
 
+def subscription_key(name: str) -> tuple[str, bool]:
+    """(index key, is_wildcard) for a subscription name."""
+    if is_wildcard(name):
+        return name, True
+    return unescape(name), False
+
+
 def _tokens(pattern: str) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     i, n = 0, len(pattern)

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 from .actions import Direct, Message
 from .backend import BackendError, LocalNode
-from .hub import Hub, PresenceChange, presence_entry, subscription_key
+from .hub import Hub, PresenceChange, presence_entry
 from .jsonenc import dumps, loads
+from .patterns import subscription_key
 from .redis_link import FAILURES, RedisLink
 
 if TYPE_CHECKING:

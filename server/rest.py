@@ -19,7 +19,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .actions import Message
 from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
 from .backend import BackendError
 from .codes import CloseCode
@@ -27,7 +26,7 @@ from .config import ACTIONS, App, Key
 from .faults import FaultSpecError
 from .jsonenc import dumps, loads
 from .node import Node
-from .patterns import channel_problem, is_reserved, peer_id_problem
+from .patterns import channel_problem, is_reserved, match_any, peer_id_problem
 
 log = logging.getLogger("rtmsim.rest")
 BODY_LIMIT = 32 * 1024
@@ -128,8 +127,6 @@ def _channel(request: web.Request, key: Key) -> str:
         raise ApiError(400, "invalid_channel", problem)
     if is_reserved(channel):
         raise ApiError(403, "channel_reserved", f"reserved channel: {channel}")
-    from .patterns import match_any
-
     if not match_any(key.channel_patterns, channel):
         raise ApiError(403, "channel_not_authorized", f"not authorized: {channel}")
     return channel
@@ -207,18 +204,9 @@ async def publish(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_peer_id", f"from: {problem}")
     meta = _object_field(body, "peerMetadata", MAX_PEER_METADATA_BYTES)
     node = request.app[APP_KEY]
-    service = node.service
-    try:
-        if not await node.ledgers.charge_message(app.id, node.clock()):
-            service.stats.app(app.id).errors["over_message_quota"] += 1
-            raise ApiError(429, "over_message_quota", "message quota used up for this period")
-        delivered = await node.backend.publish(
-            Message(app.id, channel, sender, body["data"], meta, None))
-    except BackendError as exc:
-        service.stats.app(app.id).errors["backend_error"] += 1
-        raise ApiError(503, "backend_error", str(exc) or "backend unavailable") from None
-    service.stats.app(app.id).published += 1
-    return _json({"channel": channel, "delivered": delivered})
+    publisher = node.service.rest_publisher(app.id)
+    reply = await node.route(publisher, publisher.publish(channel, sender, body["data"], meta))
+    return _json(reply.body, reply.status)
 
 
 async def kick_peer(request: web.Request) -> web.Response:

@@ -12,14 +12,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from .actions import Close, CloseAt, Send
+from .actions import Action, Close, CloseAt, Send
 from .auth import EXPIRY_LEAD_S, AuthFailure, Credential, authenticate
 from .codes import CloseCode
 from .config import Config
-from .connection import Connection
+from .connection import Connection, ConnectionSettings
 from .events import EventSink
 from .hub import Hub
 from .jsonenc import dumps
+from .routing import RestPublisher
 from .stats import UNAUTHENTICATED, Stats
 
 
@@ -40,6 +41,12 @@ class Service:
         self.events = events
         self.instance_id = instance_id
         self.cross_instance_send = cross_instance_send
+        limits = config.limits
+        self.connection_settings = ConnectionSettings(
+            rate_per_second=limits.rate_per_second, burst=limits.burst,
+            max_subscriptions=limits.max_subscriptions,
+            close_on_unauthorized=config.server.close_on_unauthorized,
+            cross_instance_send=cross_instance_send)
         # Instances sharing a Redis must not mint the same peerIds: the instance id
         # is part of the seed.
         seed = config.server.seed
@@ -52,11 +59,11 @@ class Service:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
 
     def authenticate(self, params: dict[str, list[str]], now: float
-                     ) -> Pending | list[Any]:
+                     ) -> Pending | list[Action]:
         """First half of an upgrade: who is it, and may its app connect at all?
 
         Returns a Pending admission, or the close actions for a rejected socket. The
-        adapter then asks the ledgers for a connection slot and calls `admit`.
+        driver then runs `routing.connect_steps` (faults, the ledger's slot, `admit`).
         """
         self._next_id += 1
         conn_id = self._next_id
@@ -70,7 +77,7 @@ class Service:
         return Pending(conn_id, cred)
 
     def admit(self, pending: Pending, admitted: bool, now: float,
-              refused: str | None = None) -> tuple[Connection | None, list[Any]]:
+              refused: str | None = None) -> tuple[Connection | None, list[Action]]:
         """Second half: welcome the connection, or close it.
 
         `admitted` is the ledger's answer (False: close 4010); `refused` is a backend
@@ -85,7 +92,8 @@ class Service:
             return None, self._reject(pending.conn_id, app.id, cred.peer_id,
                                       CloseCode.OVER_CONCURRENT_LIMIT, "over concurrent limit",
                                       now)
-        conn = Connection(self, pending.conn_id, cred, now)
+        conn = Connection(self.connection_settings, self.stats.app(app.id), self.events,
+                          pending.conn_id, cred, now)
         self.connections[conn.id] = conn
         conn.counters.connected()
         self.stats.connected()
@@ -103,14 +111,14 @@ class Service:
             metadata.setdefault("instanceId", self.instance_id)
         if metadata:
             welcome["metadata"] = metadata
-        actions: list[Any] = [Send(dumps(welcome), "welcome")]  # token metadata
+        actions: list[Action] = [Send(dumps(welcome), "welcome")]  # token metadata
         if cred.expires_at is not None:
             actions.append(CloseAt(cred.expires_at - EXPIRY_LEAD_S, CloseCode.TOKEN_EXPIRED,
                                    "token expired"))
         return conn, actions
 
     def _reject(self, conn_id: int, app_id: str | None, peer_id: str | None, code: int,
-                reason: str, now: float) -> list[Any]:
+                reason: str, now: float) -> list[Action]:
         self.stats.app(app_id or UNAUTHENTICATED).closes[str(code)] += 1
         if self.events is not None:
             self.events.emit(now, "reject", conn=conn_id, peer=peer_id, app=app_id,
@@ -131,6 +139,10 @@ class Service:
                              app=conn.app_id, code=code if code is not None else conn.close_code,
                              durationS=round(now - conn.opened_at, 6))
         return True
+
+    def rest_publisher(self, app_id: str) -> RestPublisher:
+        """The origin of a REST publish for `app_id` (counted with the app's sockets)."""
+        return RestPublisher(app_id, self.stats.app(app_id))
 
     def pick_fraction(self, conns: list[Connection], fraction: float) -> list[Connection]:
         """A seeded random `fraction` of `conns` (all when fraction >= 1)."""

@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from server.faults import FaultEngine
+
 from . import rundir
 from .scenario import Scenario
 
@@ -55,12 +57,17 @@ class Instances:
 
 
 def default_run_dir(scenario: Scenario, results: Path = ROOT / "results") -> Path:
+    return timestamped_dir(results, scenario.name)
+
+
+def timestamped_dir(parent: Path, name: str) -> Path:
+    """parent/<name>-<YYYYmmdd-HHMMSS>, or with -2, -3 ... when that exists already."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = results / f"{scenario.name}-{stamp}"
+    path = parent / f"{name}-{stamp}"
     n = 1
     while path.exists():
         n += 1
-        path = results / f"{scenario.name}-{stamp}-{n}"
+        path = parent / f"{name}-{stamp}-{n}"
     return path
 
 
@@ -341,8 +348,6 @@ class Runner:
 
 def _fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
     """The scenario's faults with the ids and windows the server gives them."""
-    from server.faults import FaultEngine
-
     engine = FaultEngine(scenario.config.server.seed, 0.0)
     engine.load(scenario.config.faults)
     out = []

@@ -20,6 +20,14 @@
       summary.json                  the analysis (`rtmsim analyze` rewrites it)
       charts/*.png, report.html     charts and the self-contained report
 
+    `rtmsim clients` adds:
+      clients/client-<i>.out|.err   each client process's stdout and stderr
+      client-tokens.jsonl           every token the harness handed out:
+                                    {"t", "client", "peer", "expiresAt", "initial"}
+      client-procs.json             [{"index", "peer", "pid", "started", "ended", "rc"}]
+      clients.json                  the grade (`sim.clients.grading.grade_run`)
+      client-report.html            the grade, for people
+
 Every path has one name here; nothing else spells them.
 """
 
@@ -43,6 +51,16 @@ SERVER_LOG = "server.log"
 SUMMARY = "summary.json"
 CHARTS = "charts"
 REPORT = "report.html"
+CLIENTS_DIR = "clients"
+CLIENT_TOKENS = "client-tokens.jsonl"
+CLIENT_PROCS = "client-procs.json"
+CLIENTS_JSON = "clients.json"
+CLIENT_REPORT = "client-report.html"
+
+
+def client_log(index: int, stream: str) -> str:
+    """`clients/client-<index>.<stream>`: a client process's "out" or "err"."""
+    return f"{CLIENTS_DIR}/client-{index}.{stream}"
 
 
 def read_json(run_dir: Path, name: str, default: Any = None) -> Any:

@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from redisproc import RedisProcess
 from serverproc import ServerProcess, start_server
 from wsclient import ClientPool, client_pool
 
@@ -47,8 +48,6 @@ def server_factory(tmp_path: Path) -> Iterator:
 @pytest.fixture
 def redis_server() -> Iterator:
     """A private redis-server on a free port, killed after the test."""
-    from redisproc import RedisProcess
-
     proc = RedisProcess().start()
     yield proc
     proc.stop()

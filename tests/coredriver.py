@@ -1,21 +1,39 @@
 """Drive the sans-I/O core by plain function calls: no sockets, no event loop.
 
 The memory backend never suspends, so its coroutines finish on the first `send`.
+Routes, connects and disconnects run the core's own orders (`server.routing`), faults
+included; a `Hold` advances this driver's clock instead of sleeping.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Generator
+from typing import Any, TypeVar
 
 import orjson
 
 from server.actions import Close, CloseAt, Deliver, Route, Send
 from server.config import Config, default_config
 from server.events import MemoryEventLog
+from server.faults import FaultEngine
 from server.jsonenc import loads
 from server.ledgers import MemoryLedgers
 from server.memory import MemoryBackend
+from server.routing import (
+    Admit,
+    Charge,
+    Forget,
+    Hold,
+    Release,
+    Step,
+    call_backend,
+    connect_steps,
+    disconnect_steps,
+    route_steps,
+)
 from server.service import Service
+
+T = TypeVar("T")
 
 
 def finish(coro: Any) -> Any:
@@ -35,6 +53,9 @@ class Core:
         self.service = Service(config or default_config(), now, events=self.events)
         self.backend = MemoryBackend(self.service.hub, self)
         self.ledgers = MemoryLedgers(self.service.config, now)
+        self.faults = FaultEngine(self.service.config.server.seed, now)
+        self.faults.load(self.service.config.faults)
+        self.holds: list[float] = []  # every Hold the core asked for, in seconds
         self.inbox: dict[int, list[dict[str, Any]]] = {}
         self.raw: dict[int, list[bytes]] = {}  # the same frames, as sent on the wire
         self.closed: dict[int, int] = {}
@@ -56,8 +77,7 @@ class Core:
         pending = self.service.authenticate({k: [v] for k, v in params.items()}, self.now)
         if isinstance(pending, list):
             return pending[0]
-        admitted = finish(self.ledgers.admit_connection(pending.credential.app.id, self.now))
-        conn, actions = self.service.admit(pending, admitted, self.now)
+        conn, actions = self.run(connect_steps(self.service, pending, self.faults, self.clock))
         if conn is None:
             assert isinstance(actions[0], Close)
             return actions[0]
@@ -85,14 +105,42 @@ class Core:
                 self.perform(conn, self.route(conn, a))
 
     def route(self, conn, route: Route):
-        if route.charge and not finish(self.ledgers.charge_message(conn.app_id, self.now)):
-            return conn.over_quota(route, self.now)
-        b = self.backend
-        coro = {"publish": lambda: b.publish(route.body), "send": lambda: b.send(route.body),
-                "subscribe": lambda: b.subscribe(conn, route.body,
-                                                 route.include_sender_metadata),
-                "unsubscribe": lambda: b.unsubscribe(conn, route.body)}[route.op]()
-        return conn.complete(route, finish(coro), self.now)
+        return self.run(route_steps(conn, route, self.faults, self.clock), conn)
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, steps: Generator[Step, Any, T], origin: object = None) -> T:
+        """Perform a core order's steps until it returns (as `Node.run`, in no time)."""
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    value = self._perform_step(step, origin)
+                except AssertionError:
+                    raise
+                except Exception as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(value)
+        except StopIteration as stop:
+            return stop.value
+
+    def _perform_step(self, step: Step, origin: object) -> Any:
+        if isinstance(step, Route):
+            return finish(call_backend(self.backend, origin, step))
+        if isinstance(step, Charge):
+            return finish(self.ledgers.charge_message(step.app_id, self.now))
+        if isinstance(step, Admit):
+            return finish(self.ledgers.admit_connection(step.app_id, self.now))
+        if isinstance(step, Release):
+            return finish(self.ledgers.release_connection(step.app_id, self.now))
+        if isinstance(step, Forget):
+            return finish(self.backend.disconnect(step.conn))
+        if isinstance(step, Hold):
+            self.holds.append(step.seconds)
+            self.now += step.seconds
+        return None
 
     def send(self, conn, frame: Any) -> list[dict[str, Any]]:
         """Send one frame (dict -> JSON text); return the frames it caused for `conn`."""
@@ -102,9 +150,7 @@ class Core:
         return self.inbox[conn.id][before:]
 
     def disconnect(self, conn) -> None:
-        self.service.disconnected(conn, self.now)
-        finish(self.ledgers.release_connection(conn.app_id, self.now))
-        finish(self.backend.disconnect(conn))
+        self.run(disconnect_steps(self.service, conn, self.now))
 
     def take(self, conn) -> list[dict[str, Any]]:
         out, self.inbox[conn.id] = self.inbox[conn.id], []

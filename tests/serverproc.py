@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"rtmsim listening ws=(\S+) admin=(\S+)")
@@ -37,8 +38,6 @@ class ServerProcess:
     output: list[str] = field(default_factory=list)
 
     def url(self, **params: str) -> str:
-        from urllib.parse import urlencode
-
         return f"{self.ws_url}?{urlencode(params)}" if params else self.ws_url
 
     def http(self, method: str, path: str, body: Any = None, *, token: str | None = None,

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ import pytest
 from loadtests.eventlog import COLUMNS
 from sim import analysis as A
 from sim import rundir
+from sim.analysis.capacity import _resource
 
 ORIGIN = 1_000_000.0
 
@@ -649,10 +651,6 @@ def test_instances_needed_takes_the_smallest_capacity_of_several_runs(tmp_path: 
 
 
 def test_capacity_names_the_resource_that_ran_out():
-    from types import SimpleNamespace
-
-    from sim.analysis_capacity import _resource
-
     two = SimpleNamespace(meta={"instances": 2})
     assert _resource(two, 1.9).startswith("server CPU ran out (1.90 cores busy over 2")
     assert _resource(two, 0.6).startswith("not the server's CPU (0.60 cores busy")

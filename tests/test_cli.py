@@ -208,7 +208,7 @@ def test_debug_shows_the_traceback(tmp_path):
     assert run.returncode == 1
     assert "Traceback" in run.stderr
     assert run.stderr.splitlines()[-1] == (
-        "server.config.ConfigError: apps[0].plan.period_seconds: must be > 0, got -5")
+        "server.schema.ConfigError: apps[0].plan.period_seconds: must be > 0, got -5")
 
 
 # -- the banner and signals ---------------------------------------------------------------

@@ -20,17 +20,11 @@ from pathlib import Path
 import pytest
 
 from server.codes import CLOSE_CODES, ERROR_CODES, Retry
-from sim import grading
-from sim.clients import (
-    CLIENT_PROCS,
-    CLIENT_REPORT,
-    CLIENT_TOKENS,
-    CLIENTS_JSON,
-    group_alive,
-    load_clients_scenario,
-    run_clients,
-    strip_table,
-)
+from server.config import ConfigError
+from sim.clients import grading
+from sim.clients.report import write_client_report
+from sim.clients.runner import group_alive, load_clients_scenario, run_clients, strip_table
+from sim.rundir import CLIENT_PROCS, CLIENT_REPORT, CLIENT_TOKENS, CLIENTS_JSON
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ROOT / "tests" / "scenarios" / "clients-faults-short.toml"
@@ -178,8 +172,6 @@ def test_clients_table_is_read_and_kept_from_the_server(tmp_path):
 
 
 def test_unknown_clients_key_is_named(tmp_path):
-    from server.config import ConfigError
-
     path = tmp_path / "s.toml"
     path.write_text("[clients]\ncount = 2\ncolour = 'red'\n")
     with pytest.raises(ConfigError, match=r"clients\.colour: unknown key"):
@@ -315,8 +307,6 @@ def test_resubscribe_after_reconnect(tmp_path):
 
 
 def test_report_is_written_for_a_hand_written_run(tmp_path):
-    from sim.client_report import write_client_report
-
     d = _write_run(tmp_path / "r", [_conn(0.0, 1, "client-0")])
     path = write_client_report(d, grading.grade_run(d))
     assert "Client grade" in path.read_text()

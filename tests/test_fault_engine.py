@@ -159,7 +159,8 @@ def test_config_faults_are_validated_at_load_with_their_index():
         parse_config({"faults": [{"kind": "error"}, {"kind": "latency", "ms": -1}]})
     assert str(err.value) == "faults[1].ms: must be >= 0, got -1"
     cfg = parse_config({"faults": [{"kind": "outage", "start_s": 1, "end_s": 2}]})
-    assert cfg.faults == ({"kind": "outage", "start_s": 1, "end_s": 2},)
+    assert tuple(f.to_dict() for f in cfg.faults) == (
+        {"kind": "outage", "start_s": 1, "end_s": 2},)
 
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -255,8 +257,6 @@ def test_fault_control_honours_the_sim_token(server_factory):
 
 
 def test_invalid_faults_in_config_name_the_field(tmp_path):
-    import subprocess
-    import sys
 
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[[faults]]\nkind = "latency"\ndistribution = "lognormal"\n')

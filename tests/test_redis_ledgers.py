@@ -8,6 +8,7 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from redisproc import RedisProcess
 
 from server.billing import Ledger
 from server.config import App, Config, Key, Plan
@@ -35,8 +36,6 @@ ops = st.lists(st.tuples(st.sampled_from(["msg", "admit", "release"]),
 
 @pytest.fixture(scope="module")
 def redis_url():
-    from redisproc import RedisProcess
-
     proc = RedisProcess().start()
     yield proc.url
     proc.stop()

@@ -22,7 +22,8 @@ import pytest
 
 from loadtests.eventlog import COLUMNS
 from server.codes import CLOSE_CODES, ERROR_CODES
-from sim import analysis, charts, compare, report, rundir
+from sim import analysis, report, rundir
+from sim.report import charts, compare
 from sim.run import RunError
 
 ORIGIN = 1_000_000.0

@@ -153,3 +153,31 @@ def test_a_locustfile_of_a_few_lines_gets_the_options_and_the_event_log(fast_ser
     assert set(pubs.channel) == {"orders/eu"} and set(df.policy) == {"default"}
     assert 20 <= len(pubs) <= 2 * 20 * 4  # two users at 20/s for about 3 s
     assert len(pubs) == fast_server.stats()["totals"]["messages"]["published"]
+
+
+BAD_DEFAULTS_LOCUSTFILE = '''
+from loadtests import users
+
+
+class Hasty(users.Publisher):
+    defaults = {**users.Publisher.defaults, "rate": -1}
+'''
+
+
+def test_a_bad_parameter_stops_locust_with_one_line_naming_the_key(tmp_path):
+    locustfile = tmp_path / "badlocust.py"
+    locustfile.write_text(BAD_DEFAULTS_LOCUSTFILE)
+    config = tmp_path / "swarm.json"
+    config.write_text(json.dumps({"classes": {"Publisher": {"channels": []}}}))
+    for extra, message in (
+            ([str(locustfile)], "rtmsim: swarm.classes.Hasty.rate: must be > 0, got -1"),
+            (["loadtests/locustfile.py", "--rtmsim-config", str(config), "Publisher"],
+             "rtmsim: swarm.classes.Publisher.channels: must be a non-empty list of strings, "
+             "got []")):
+        cmd = [sys.executable, "-m", "locust", "--headless", "-u", "1", "-r", "1",
+               "--run-time", "2s", "--host", "ws://127.0.0.1:9", "-f", *extra]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              timeout=SWARM_TIMEOUT_S)
+        assert proc.returncode != 0
+        assert message in proc.stderr.splitlines()
+        assert "Traceback" not in proc.stderr

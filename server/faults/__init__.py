@@ -1,7 +1,26 @@
-"""Fault injection (PROTOCOL.md section 9): one module per kind, one engine."""
+"""Fault injection (PROTOCOL.md section 9): one module per kind, one engine.
 
-from .base import KINDS, ConnectionStrike, Delay, Fail, Fault, FaultSpecError
-from .engine import FaultEngine
+Every module of this package is imported here, so a kind's module registers it (see
+`base.register`) without a list to keep: adding a kind is adding its module.
+"""
 
-__all__ = ["KINDS", "ConnectionStrike", "Delay", "Fail", "Fault", "FaultEngine",
-           "FaultSpecError"]
+import importlib
+import pkgutil
+
+from .base import (
+    KINDS,
+    ConnectionStrike,
+    Delay,
+    Fail,
+    FaultSpec,
+    FaultSpecError,
+    parse_fault,
+    parse_faults,
+)
+from .engine import Fault, FaultEngine
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
+__all__ = ["KINDS", "ConnectionStrike", "Delay", "Fail", "Fault", "FaultEngine", "FaultSpec",
+           "FaultSpecError", "parse_fault", "parse_faults"]

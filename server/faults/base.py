@@ -1,33 +1,41 @@
-"""What every fault kind shares: targeting, timing, a seeded RNG, field validation.
+"""What every fault kind shares: the spec, its families, its effects, and parsing it.
 
-A fault kind is one small class (as Toxiproxy's toxics): it says whether it applies to
-an operation at a scenario time and what it does. Kinds register themselves by name,
-so adding one touches its own module and the docs.
+A fault kind is one small frozen spec class (as Toxiproxy's toxics): parsed once from
+a table, it says what it does when it hits. Targeting (apps, ops, channels), the time
+window and `probability` (Toxiproxy's `toxicity`) are common to all kinds and applied
+by the engine. Which hooks a kind has is its family, an explicit mixin: `RouteFault`
+(answers routed operations), `DeliveryFault` (changes the copies a recipient gets),
+`BufferFault` (bounds outbound buffers), `StrikeFault` (fires once at `at_s` against
+connections). A kind registers itself by name from its own module.
 """
 
 from __future__ import annotations
 
-import math
+import copy
 import random
+from abc import ABC, abstractmethod
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-from ..config import ConfigError
-from ..patterns import match_channel
+from ..schema import ConfigError, Table
 
 OPS = ("subscribe", "publish", "send", "connect", "deliver")
 ROUTED_OPS = ("subscribe", "unsubscribe", "publish", "send")
+DELIVER_OPS = ("deliver",)
 
-KINDS: dict[str, type[Fault]] = {}
+# An invalid fault spec is a config problem like any other; the message names the field
+# (`faults[2].probability: ...`). The REST API answers it with `invalid_fault`.
+FaultSpecError = ConfigError
+
+KINDS: dict[str, type[FaultSpec]] = {}
+S = TypeVar("S", bound="type[FaultSpec]")
 
 
-def register(cls: type[Fault]) -> type[Fault]:
+def register(cls: S) -> S:
+    """Make a kind known by its name (a class decorator in the kind's module)."""
     KINDS[cls.kind] = cls
     return cls
-
-
-class FaultSpecError(ConfigError):
-    """An invalid fault spec; the message names the field (`faults[2].probability: ...`)."""
 
 
 # -- effects the engine hands to the adapter -----------------------------------------------
@@ -61,157 +69,159 @@ class ConnectionStrike:
     channels: str | None
 
 
-# -- reading a spec ---------------------------------------------------------------------------
+# -- the spec -------------------------------------------------------------------------------
 
-class SpecReader:
-    """Reads one fault table; every error names `path.field`."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FaultSpec:
+    """One validated fault, as configured. Make it with `parse_fault`.
 
-    def __init__(self, data: object, path: str) -> None:
-        if not isinstance(data, dict):
-            raise FaultSpecError(f"{path}: must be a table, got {type(data).__name__}")
-        self.data = data
-        self.path = path
-        self.seen: set[str] = {"kind", "id"}
-
-    def fail(self, name: str, problem: str) -> FaultSpecError:
-        return FaultSpecError(f"{self.path}.{name}: {problem}")
-
-    def get(self, name: str, default: Any = None) -> Any:
-        self.seen.add(name)
-        return self.data.get(name, default)
-
-    def number(self, name: str, default: float | None, *, minimum: float | None = None,
-               maximum: float | None = None, exclusive_min: bool = False) -> Any:
-        value = self.get(name, default)
-        if value is None:
-            if default is None and name in self.data:
-                raise self.fail(name, "must be a number")
-            return default
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(name, f"must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise self.fail(name, f"must be a finite number, got {value!r}")
-        if minimum is not None and (value < minimum or (exclusive_min and value == minimum)):
-            op = ">" if exclusive_min else ">="
-            raise self.fail(name, f"must be {op} {minimum:g}, got {value!r}")
-        if maximum is not None and value > maximum:
-            raise self.fail(name, f"must be <= {maximum:g}, got {value!r}")
-        return value
-
-    def choice(self, name: str, default: str | None, choices: tuple[str, ...]) -> Any:
-        value = self.get(name, default)
-        if value not in choices:
-            raise self.fail(name, f"must be one of {', '.join(choices)}, got {value!r}")
-        return value
-
-    def strings(self, name: str, choices: tuple[str, ...] | None = None
-                ) -> tuple[str, ...] | None:
-        value = self.get(name, None)
-        if value is None:
-            return None
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not value or not all(
-                isinstance(v, str) and v for v in value):
-            raise self.fail(name, f"must be a non-empty list of strings, got {value!r}")
-        for v in value:
-            if choices and v not in choices:
-                raise self.fail(name, f"{v!r} is not one of {', '.join(choices)}")
-        return tuple(value)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.fail(unknown[0], "unknown field for this kind")
-
-
-# -- the base class ---------------------------------------------------------------------------
-
-class Fault:
-    """One configured fault. Subclasses set `kind` and override the hooks they need."""
+    `given` is the table as written: `describe` echoes it and `to_dict` hands it to
+    another process, where `parse_fault` gives back an equal spec.
+    """
 
     kind: ClassVar[str]
-    one_shot: ClassVar[bool] = False  # fires once at `at_s` instead of over a window
     default_ops: ClassVar[tuple[str, ...]] = ROUTED_OPS
+    # Every spec has a `probability`, applied by the engine. Only kinds that take it read
+    # it from their table (optional, default 1, or required); the others always hit.
+    takes_probability: ClassVar[bool] = False
+    needs_probability: ClassVar[bool] = False
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        self.id = fault_id
-        self.spec = dict(spec.data)
-        self.spec.setdefault("id", fault_id)
-        self.apps = spec.strings("apps")
-        ops = spec.strings("ops", (*OPS, "unsubscribe"))
-        self.ops = ops if ops is not None else self.default_ops
-        channels = spec.get("channels")
-        if channels is not None and (not isinstance(channels, str) or not channels):
-            raise spec.fail("channels", f"must be a glob pattern string, got {channels!r}")
-        self.channels: str | None = channels
-        if self.one_shot:
-            self.at_s = spec.number("at_s", 0.0, minimum=0)
-            self.start_s, self.end_s = self.at_s, self.at_s
-        else:
-            self.start_s = spec.number("start_s", 0.0, minimum=0)
-            self.end_s = spec.number("end_s", None, minimum=0)
-            if self.end_s is not None and self.end_s <= self.start_s:
-                raise spec.fail("end_s", f"must be > start_s ({self.start_s:g}), "
-                                         f"got {self.end_s!r}")
-        self.rng = random.Random(f"{seed}:{fault_id}")
-        self._gap: int | None = None  # trials left before the next hit (hit_positions)
-        self.fired = False
-        self.hits = 0  # decisions that took effect, for /sim/v1/faults
+    given: dict[str, Any]
+    id: str | None  # None: the engine names it f1, f2, ... in order
+    apps: tuple[str, ...] | None
+    ops: tuple[str, ...]
+    channels: str | None
+    start_s: float
+    end_s: float | None
+    probability: float = 1.0
 
-    def active(self, t: float) -> bool:
-        return self.start_s <= t and (self.end_s is None or t < self.end_s)
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        """The kind's own fields from its table (after the common ones)."""
+        return {}
 
-    def targets(self, op: str, app_id: str, channel: str | None) -> bool:
-        if op not in self.ops:
-            return False
-        if self.apps is not None and app_id not in self.apps:
-            return False
-        if self.channels is not None:
-            return channel is not None and match_channel(self.channels, channel)
-        return True
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.given)
 
-    def chance(self, probability: float) -> bool:
-        """One seeded Bernoulli draw; always drawn, so the sequence is reproducible."""
-        return self.rng.random() < probability
 
-    def hit_positions(self, probability: float, n: int) -> list[int]:
-        """Which of the next `n` Bernoulli(`probability`) trials succeed, as positions.
+# -- families: which hooks a kind has --------------------------------------------------------
 
-        Drawn as geometric gaps between successes, carried across calls: the same
-        distribution as one draw per trial, at a cost that grows with the successes
-        rather than with `n` (a fan-out to thousands of recipients with a 1% loss fault
-        costs tens of draws, not thousands). Seeded, so as reproducible as `chance`.
-        """
-        if probability <= 0.0:
-            return []
-        at = self._gap if self._gap is not None else self._draw_gap(probability)
-        positions = []
-        while at < n:
-            positions.append(at)
-            at += 1 + self._draw_gap(probability)
-        self._gap = at - n
-        return positions
+class RouteFault(ABC):
+    """Answers routed operations (and connects) it hits with a failure or a delay."""
 
-    def _draw_gap(self, probability: float) -> int:
-        """Failures before the next success: P(k) = (1 - p)^k p."""
-        if probability >= 1.0:
-            return 0
-        return int(math.log1p(-self.rng.random()) / math.log1p(-probability))
+    __slots__ = ()
 
-    # Hooks: the engine calls these only for faults that are active and target the op.
-    def on_route(self, op: str, t: float) -> Fail | Delay | None:
-        return None
+    @abstractmethod
+    def route_effect(self, fault_id: str, rng: random.Random) -> Fail | Delay: ...
 
-    # Delivery faults: each recipient they hit gets this many copies (0: lost).
-    copies_on_hit: int | None = None
-    probability: float = 0.0
 
-    def strike(self) -> ConnectionStrike | None:
-        return None
+class DeliveryFault:
+    """Changes the copies of a message a recipient it hits gets (0: lost)."""
 
-    def buffer_limit(self) -> int | None:
-        return None
+    __slots__ = ()
+    default_ops: ClassVar[tuple[str, ...]] = DELIVER_OPS
+    copies_on_hit: ClassVar[int]
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.spec, "id": self.id, "kind": self.kind, "hits": self.hits}
+
+class BufferFault(ABC):
+    """Bounds the outbound buffer of the connections it targets."""
+
+    __slots__ = ()
+    default_ops: ClassVar[tuple[str, ...]] = DELIVER_OPS
+
+    @abstractmethod
+    def buffer_limit(self) -> int: ...
+
+
+class StrikeFault(ABC):
+    """Fires once, at `at_s` (its `start_s` and `end_s`), against a fraction of the
+    connections it targets."""
+
+    __slots__ = ()
+    default_ops: ClassVar[tuple[str, ...]] = ("connect",)
+
+    @abstractmethod
+    def strike(self, fault_id: str) -> ConnectionStrike: ...
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+def parse_fault(data: object, where: str = "fault", index: int | None = None, *,
+                taken_ids: Container[str] = ()) -> FaultSpec:
+    """Validate one fault table; the error names `where[index].field`.
+
+    `taken_ids`: the ids already in use, which this fault's own id must not repeat.
+    """
+    path = where if index is None else f"{where}[{index}]"
+    t = Table(data, path, noun="table/object", null_is_absent=True)
+    kind = t.get("kind")
+    cls = KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise t.fail("kind", f"must be one of {', '.join(sorted(KINDS))}, got {kind!r}")
+    fault_id = t.get("id")
+    check_id(fault_id, path, taken_ids)
+    common = _read_common(t, cls)
+    if cls.takes_probability:
+        common["probability"] = t.number("probability", None if cls.needs_probability else 1.0,
+                                         minimum=0, maximum=1)
+        if common["probability"] is None:
+            raise t.fail("probability", "is required")
+    fields = cls.read_fields(t)
+    t.done("unknown field for this kind")
+    return cls(given=copy.deepcopy(t.data), id=fault_id, **common, **fields)
+
+
+def parse_faults(data: object, where: str = "faults") -> tuple[FaultSpec, ...]:
+    """Validate an array of fault tables (`[[faults]]`), ids included, in file order."""
+    if not isinstance(data, list):
+        raise ConfigError(f"{where}: must be an array of tables ([[{where}]])")
+    specs: list[FaultSpec] = []
+    taken: set[str] = set()
+    counter = 0
+    for i, item in enumerate(data):
+        spec = parse_fault(item, where, i, taken_ids=taken)
+        fault_id, counter = next_fault_id(spec.id, taken, counter)
+        taken.add(fault_id)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def check_id(fault_id: object, path: str, taken_ids: Container[str]) -> None:
+    """A fault's own id: 1..64 characters, not one in use."""
+    if fault_id is None:
+        return
+    if not isinstance(fault_id, str) or not fault_id or len(fault_id) > 64:
+        raise FaultSpecError(f"{path}.id: must be a string of 1..64 characters")
+    if fault_id in taken_ids:
+        raise FaultSpecError(f"{path}.id: a fault with id {fault_id!r} exists")
+
+
+def next_fault_id(fault_id: str | None, taken_ids: Container[str], counter: int
+                  ) -> tuple[str, int]:
+    """(the id a fault gets, the counter after it): its own id, or the first free
+    `f<n>` after `counter`. Only a fault without an id moves the counter."""
+    if fault_id is not None:
+        return fault_id, counter
+    counter += 1
+    while f"f{counter}" in taken_ids:
+        counter += 1
+    return f"f{counter}", counter
+
+
+def _read_common(t: Table, cls: type[FaultSpec]) -> dict[str, Any]:
+    apps = t.strings("apps", None, non_empty=True, one_or_list=True)
+    ops = t.strings("ops", cls.default_ops, choices=(*OPS, "unsubscribe"), non_empty=True,
+                    one_or_list=True)
+    channels = t.get("channels")
+    if channels is not None and (not isinstance(channels, str) or not channels):
+        raise t.fail("channels", f"must be a glob pattern string, got {channels!r}")
+    if issubclass(cls, StrikeFault):
+        start_s = end_s = t.number("at_s", 0.0, minimum=0)
+    else:
+        start_s = t.number("start_s", 0.0, minimum=0)
+        end_s = t.number("end_s", None, minimum=0)
+        if end_s is not None and end_s <= start_s:
+            raise t.fail("end_s", f"must be > start_s ({start_s:g}), got {end_s!r}")
+    return {"apps": apps, "ops": ops, "channels": channels, "start_s": start_s,
+            "end_s": end_s}
+

@@ -6,26 +6,22 @@ engine draws the recipients hit by one message at once (`Fault.hit_positions`).
 
 from __future__ import annotations
 
-from .base import Fault, SpecReader, register
+from dataclasses import dataclass
 
-
-class _DeliveryFault(Fault):
-    default_ops = ("deliver",)
-
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.probability = spec.number("probability", None, minimum=0, maximum=1)
-        if self.probability is None:
-            raise spec.fail("probability", "is required")
+from .base import DeliveryFault, FaultSpec, register
 
 
 @register
-class LossFault(_DeliveryFault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LossFault(DeliveryFault, FaultSpec):
     kind = "loss"
+    takes_probability = needs_probability = True
     copies_on_hit = 0
 
 
 @register
-class DuplicateFault(_DeliveryFault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DuplicateFault(DeliveryFault, FaultSpec):
     kind = "duplicate"
+    takes_probability = needs_probability = True
     copies_on_hit = 2

@@ -10,11 +10,90 @@ same seed and scenario give the same decisions.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Iterable
 from typing import Any
 
-from . import delivery, error, latency, outage, slow_consumer, strikes  # noqa: F401 (register)
-from .base import KINDS, ConnectionStrike, Delay, Fail, Fault, FaultSpecError, SpecReader
+from ..patterns import match_channel
+from .base import (
+    BufferFault,
+    ConnectionStrike,
+    Delay,
+    DeliveryFault,
+    Fail,
+    FaultSpec,
+    RouteFault,
+    StrikeFault,
+    check_id,
+    next_fault_id,
+    parse_fault,
+)
+
+
+class Fault:
+    """One fault at work in an engine: its spec, its id, its seeded RNG, what it did."""
+
+    def __init__(self, spec: FaultSpec, fault_id: str, seed: int) -> None:
+        self.spec = spec
+        self.id = fault_id
+        self.rng = random.Random(f"{seed}:{fault_id}")
+        self._gap: int | None = None  # trials left before the next hit (hit_positions)
+        self.fired = False  # a one-shot fault, since the origin was set
+        self.hits = 0  # decisions that took effect, for /sim/v1/faults
+
+    @property
+    def start_s(self) -> float:
+        return self.spec.start_s
+
+    @property
+    def end_s(self) -> float | None:
+        return self.spec.end_s
+
+    def active(self, t: float) -> bool:
+        spec = self.spec
+        return spec.start_s <= t and (spec.end_s is None or t < spec.end_s)
+
+    def targets(self, op: str, app_id: str, channel: str | None) -> bool:
+        spec = self.spec
+        if op not in spec.ops:
+            return False
+        if spec.apps is not None and app_id not in spec.apps:
+            return False
+        if spec.channels is not None:
+            return channel is not None and match_channel(spec.channels, channel)
+        return True
+
+    def chance(self, probability: float) -> bool:
+        """One seeded Bernoulli draw; always drawn, so the sequence is reproducible."""
+        return self.rng.random() < probability
+
+    def hit_positions(self, probability: float, n: int) -> list[int]:
+        """Which of the next `n` Bernoulli(`probability`) trials succeed, as positions.
+
+        Drawn as geometric gaps between successes, carried across calls: the same
+        distribution as one draw per trial, at a cost that grows with the successes
+        rather than with `n` (a fan-out to thousands of recipients with a 1% loss fault
+        costs tens of draws, not thousands). Seeded, so as reproducible as `chance`.
+        """
+        if probability <= 0.0:
+            return []
+        at = self._gap if self._gap is not None else self._draw_gap(probability)
+        positions = []
+        while at < n:
+            positions.append(at)
+            at += 1 + self._draw_gap(probability)
+        self._gap = at - n
+        return positions
+
+    def _draw_gap(self, probability: float) -> int:
+        """Failures before the next success: P(k) = (1 - p)^k p."""
+        if probability >= 1.0:
+            return 0
+        return int(math.log1p(-self.rng.random()) / math.log1p(-probability))
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.spec.given, "id": self.id, "kind": self.spec.kind, "hits": self.hits}
 
 
 class FaultEngine:
@@ -36,35 +115,19 @@ class FaultEngine:
     def scenario_time(self, now: float) -> float:
         return now - self.origin
 
-    def add(self, spec: object, path: str = "fault") -> Fault:
-        """Validate a spec and add the fault; FaultSpecError names the bad field."""
-        if not isinstance(spec, dict):
-            raise FaultSpecError(f"{path}: must be a table/object, got {type(spec).__name__}")
-        kind = spec.get("kind")
-        cls = KINDS.get(kind) if isinstance(kind, str) else None
-        if cls is None:
-            raise FaultSpecError(f"{path}.kind: must be one of {', '.join(sorted(KINDS))}, "
-                                 f"got {kind!r}")
-        fault_id = spec.get("id")
-        counter = self._counter
-        if fault_id is None:
-            counter += 1
-            while f"f{counter}" in self.faults:
-                counter += 1
-            fault_id = f"f{counter}"
-        elif not isinstance(fault_id, str) or not fault_id or len(fault_id) > 64:
-            raise FaultSpecError(f"{path}.id: must be a string of 1..64 characters")
-        elif fault_id in self.faults:
-            raise FaultSpecError(f"{path}.id: a fault with id {fault_id!r} exists")
-        reader = SpecReader(spec, path)
-        fault = cls(reader, fault_id, self.seed)
-        reader.done()
-        self._counter = counter  # only a valid spec uses up an id
-        self.faults[fault_id] = fault
+    def add(self, spec: FaultSpec | object, path: str = "fault") -> Fault:
+        """Add a fault from a parsed spec, or from a table it validates first (a
+        FaultSpecError names the bad field); an id in use is refused either way."""
+        if isinstance(spec, FaultSpec):
+            check_id(spec.id, path, self.faults)
+        else:
+            spec = parse_fault(spec, path, taken_ids=self.faults)
+        fault_id, self._counter = next_fault_id(spec.id, self.faults, self._counter)
+        fault = self.faults[fault_id] = Fault(spec, fault_id, self.seed)
         self._refresh()
         return fault
 
-    def load(self, specs: Iterable[object], path: str = "faults") -> None:
+    def load(self, specs: Iterable[FaultSpec | object], path: str = "faults") -> None:
         for i, spec in enumerate(specs):
             self.add(spec, f"{path}[{i}]")
 
@@ -84,11 +147,10 @@ class FaultEngine:
 
     def _refresh(self) -> None:
         faults = list(self.faults.values())
-        base = Fault
-        self._route = [f for f in faults if type(f).on_route is not base.on_route]
-        self._deliver = [f for f in faults if f.copies_on_hit is not None]
-        self._buffer = [f for f in faults if type(f).buffer_limit is not base.buffer_limit]
-        self._strikes = [f for f in faults if f.one_shot]
+        self._route = [f for f in faults if isinstance(f.spec, RouteFault)]
+        self._deliver = [f for f in faults if isinstance(f.spec, DeliveryFault)]
+        self._buffer = [f for f in faults if isinstance(f.spec, BufferFault)]
+        self._strikes = [f for f in faults if isinstance(f.spec, StrikeFault)]
         # Hot-path flags: with no fault of a family the adapter skips the call.
         self.has_route_faults = bool(self._route)
         self.has_delivery_faults = bool(self._deliver)
@@ -101,7 +163,8 @@ class FaultEngine:
         """(failure, delay before routing, delay before the ack) for one operation.
 
         Every matching fault draws, in id order, so decisions stay reproducible; the
-        first failure wins and delays add up.
+        first failure wins and delays add up. A fault's `probability` is applied here,
+        for every kind alike (as Toxiproxy applies a toxic's `toxicity`).
         """
         t = now - self.origin
         fail: Fail | None = None
@@ -109,9 +172,10 @@ class FaultEngine:
         for fault in self._route:
             if not fault.active(t) or not fault.targets(op, app_id, channel):
                 continue
-            effect = fault.on_route(op, t)
-            if effect is None:
+            if not fault.chance(fault.spec.probability):
                 continue
+            fault.hits += 1
+            effect = fault.spec.route_effect(fault.id, fault.rng)
             if isinstance(effect, Fail):
                 fail = fail or effect
             elif isinstance(effect, Delay):
@@ -136,9 +200,10 @@ class FaultEngine:
         """
         plan: dict[int, tuple[int, list[Fault]]] = {}
         for fault in faults:
-            on_hit = fault.copies_on_hit
-            assert on_hit is not None
-            for i in fault.hit_positions(fault.probability, n):
+            spec = fault.spec
+            assert isinstance(spec, DeliveryFault)
+            on_hit = spec.copies_on_hit
+            for i in fault.hit_positions(spec.probability, n):
                 copies, hit_by = plan.get(i, (1, []))
                 copies = 0 if on_hit == 0 or copies == 0 else max(copies, on_hit)
                 plan[i] = (copies, [*hit_by, fault])
@@ -156,27 +221,24 @@ class FaultEngine:
     def buffer_limit(self, app_id: str, now: float) -> int | None:
         """The smallest active outbound-buffer bound for this app's connections."""
         t = now - self.origin
-        limits = [f.buffer_limit() for f in self._buffer
-                  if f.active(t) and f.targets("deliver", app_id, None)]
-        return min((x for x in limits if x is not None), default=None)
+        return min((f.spec.buffer_limit() for f in self._buffer
+                    if f.active(t) and f.targets("deliver", app_id, None)), default=None)
 
     def due_strikes(self, now: float) -> list[ConnectionStrike]:
         """One-shot faults whose time has come (each fires once per origin)."""
         t = now - self.origin
         due = []
         for fault in self._strikes:
-            if not fault.fired and fault.at_s <= t:
+            if not fault.fired and fault.start_s <= t:
                 fault.fired = True
                 fault.hits += 1
-                strike = fault.strike()
-                if strike is not None:
-                    due.append(strike)
+                due.append(fault.spec.strike(fault.id))
         return due
 
     def next_strike_in(self, now: float) -> float | None:
         """Seconds until the next unfired one-shot fault, or None."""
         t = now - self.origin
-        waits = [f.at_s - t for f in self._strikes if not f.fired]
+        waits = [f.start_s - t for f in self._strikes if not f.fired]
         return max(0.0, min(waits)) if waits else None
 
     def pick(self, strike: ConnectionStrike, candidates: list[Any]) -> list[Any]:

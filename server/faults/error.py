@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-from .base import Fail, Fault, SpecReader, register
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from ..schema import Table
+from .base import Fail, FaultSpec, RouteFault, register
 
 CODES = ("backend_error", "internal_error")
 
 
 @register
-class ErrorFault(Fault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorFault(RouteFault, FaultSpec):
     kind = "error"
+    takes_probability = True
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.code = spec.choice("code", "backend_error", CODES)
-        self.probability = spec.number("probability", 1.0, minimum=0, maximum=1)
+    code: str
 
-    def on_route(self, op: str, t: float) -> Fail | None:
-        if self.chance(self.probability):
-            self.hits += 1
-            return Fail(self.code, f"injected {self.code} (fault {self.id})")
-        return None
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        return {"code": t.choice("code", "backend_error", CODES)}
+
+    def route_effect(self, fault_id: str, rng: random.Random) -> Fail:
+        return Fail(self.code, f"injected {self.code} (fault {fault_id})")

@@ -7,46 +7,62 @@ wait); `before_ack` routes at once and holds only the ack.
 from __future__ import annotations
 
 import math
+import random
+from dataclasses import dataclass
+from typing import Any
 
-from .base import Delay, Fault, SpecReader, register
+from ..schema import Table
+from .base import Delay, FaultSpec, RouteFault, register
 
 DISTRIBUTIONS = ("fixed", "uniform", "exponential", "lognormal")
 WHERE = ("before_ack", "before_delivery")
 
 
 @register
-class LatencyFault(Fault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencyFault(RouteFault, FaultSpec):
     kind = "latency"
-    default_ops = ("subscribe", "unsubscribe", "publish", "send")
+    takes_probability = True
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.distribution = spec.choice("distribution", "fixed", DISTRIBUTIONS)
-        self.where = spec.choice("where", "before_delivery", WHERE)
-        self.probability = spec.number("probability", 1.0, minimum=0, maximum=1)
-        d = self.distribution
+    distribution: str
+    where: str
+    cap_ms: float
+    # The parameters of the distribution (the others stay None).
+    ms: float | None = None
+    min_ms: float | None = None
+    max_ms: float | None = None
+    mean_ms: float | None = None
+    median_ms: float | None = None
+    sigma: float | None = None
+
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        d = t.choice("distribution", "fixed", DISTRIBUTIONS)
+        fields: dict[str, Any] = {"distribution": d,
+                                  "where": t.choice("where", "before_delivery", WHERE)}
         if d == "fixed":
-            self.ms = spec.number("ms", None, minimum=0)
-            if self.ms is None:
-                raise spec.fail("ms", "is required for a fixed distribution")
+            fields["ms"] = t.number("ms", None, minimum=0)
+            if fields["ms"] is None:
+                raise t.fail("ms", "is required for a fixed distribution")
         elif d == "uniform":
-            self.min_ms = spec.number("min_ms", 0.0, minimum=0)
-            self.max_ms = spec.number("max_ms", None, minimum=0)
-            if self.max_ms is None or self.max_ms < self.min_ms:
-                raise spec.fail("max_ms", "is required and must be >= min_ms")
+            fields["min_ms"] = t.number("min_ms", 0.0, minimum=0)
+            fields["max_ms"] = t.number("max_ms", None, minimum=0)
+            if fields["max_ms"] is None or fields["max_ms"] < fields["min_ms"]:
+                raise t.fail("max_ms", "is required and must be >= min_ms")
         elif d == "exponential":
-            self.mean_ms = spec.number("mean_ms", None, minimum=0, exclusive_min=True)
-            if self.mean_ms is None:
-                raise spec.fail("mean_ms", "is required for an exponential distribution")
+            fields["mean_ms"] = t.number("mean_ms", None, minimum=0, exclusive=True)
+            if fields["mean_ms"] is None:
+                raise t.fail("mean_ms", "is required for an exponential distribution")
         else:
-            self.median_ms = spec.number("median_ms", None, minimum=0, exclusive_min=True)
-            self.sigma = spec.number("sigma", 0.5, minimum=0)
-            if self.median_ms is None:
-                raise spec.fail("median_ms", "is required for a lognormal distribution")
-        self.cap_ms = spec.number("cap_ms", 60_000.0, minimum=0)
+            fields["median_ms"] = t.number("median_ms", None, minimum=0, exclusive=True)
+            fields["sigma"] = t.number("sigma", 0.5, minimum=0)
+            if fields["median_ms"] is None:
+                raise t.fail("median_ms", "is required for a lognormal distribution")
+        fields["cap_ms"] = t.number("cap_ms", 60_000.0, minimum=0)
+        return fields
 
-    def sample_ms(self) -> float:
-        d, rng = self.distribution, self.rng
+    def sample_ms(self, rng: random.Random) -> float:
+        d = self.distribution
         if d == "fixed":
             ms = self.ms
         elif d == "uniform":
@@ -57,8 +73,5 @@ class LatencyFault(Fault):
             ms = rng.lognormvariate(math.log(self.median_ms), self.sigma)
         return min(ms, self.cap_ms)
 
-    def on_route(self, op: str, t: float) -> Delay | None:
-        if not self.chance(self.probability):
-            return None
-        self.hits += 1
-        return Delay(self.sample_ms() / 1000.0, self.where)
+    def route_effect(self, fault_id: str, rng: random.Random) -> Delay:
+        return Delay(self.sample_ms(rng) / 1000.0, self.where)

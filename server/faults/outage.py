@@ -6,19 +6,27 @@ outage does with the Redis backend; local-only work (ping, validation) goes on.
 
 from __future__ import annotations
 
-from .base import Fail, Fault, SpecReader, register
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from ..schema import Table
+from .base import Fail, FaultSpec, RouteFault, register
 
 
 @register
-class OutageFault(Fault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutageFault(RouteFault, FaultSpec):
     kind = "outage"
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.message = spec.get("message", "backend unavailable")
-        if not isinstance(self.message, str):
-            raise spec.fail("message", "must be a string")
+    message: str
 
-    def on_route(self, op: str, t: float) -> Fail:
-        self.hits += 1
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        message = t.get("message", "backend unavailable")
+        if not isinstance(message, str):
+            raise t.fail("message", "must be a string")
+        return {"message": message}
+
+    def route_effect(self, fault_id: str, rng: random.Random) -> Fail:
         return Fail("backend_error", self.message)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-from .base import Fault, SpecReader, register
+from dataclasses import dataclass
+from typing import Any
+
+from ..schema import Table
+from .base import BufferFault, FaultSpec, register
 
 
 @register
-class SlowConsumerFault(Fault):
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SlowConsumerFault(BufferFault, FaultSpec):
     kind = "slow_consumer"
-    default_ops = ("deliver",)
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.max_buffer_bytes = int(spec.number("max_buffer_bytes", 1 << 20, minimum=1))
+    max_buffer_bytes: int
+
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        return {"max_buffer_bytes": int(t.number("max_buffer_bytes", 1 << 20, minimum=1))}
 
     def buffer_limit(self) -> int:
         return self.max_buffer_bytes

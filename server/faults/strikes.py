@@ -8,53 +8,65 @@ glob the connection is subscribed to).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 from ..codes import CloseCode
-from .base import ConnectionStrike, Fault, SpecReader, register
+from ..schema import Table
+from .base import ConnectionStrike, FaultSpec, StrikeFault, register
 
 
-class _Strike(Fault):
-    one_shot = True
-    default_ops = ("connect",)
-    action = ""
-    default_code = CloseCode.GOING_AWAY
+def _fraction(t: Table) -> float:
+    """The share of the targeted connections a strike picks."""
+    return t.number("fraction", 1.0, minimum=0, maximum=1, exclusive=True)
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.fraction = spec.number("fraction", 1.0, minimum=0, maximum=1,
-                                    exclusive_min=True)
-        self.code = self.default_code
-        self.retry_after_ms = 0
 
-    def strike(self) -> ConnectionStrike:
-        return ConnectionStrike(self.id, self.action, self.fraction, self.code,
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Strike(StrikeFault, FaultSpec):
+    action: ClassVar[str]
+
+    fraction: float
+    code: int
+    retry_after_ms: int = 0
+
+    def strike(self, fault_id: str) -> ConnectionStrike:
+        return ConnectionStrike(fault_id, self.action, self.fraction, self.code,
                                 self.retry_after_ms, self.apps, self.channels)
 
 
 @register
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DisconnectFault(_Strike):
     kind = "disconnect"
     action = "drop"
-    default_code = CloseCode.ABNORMAL_CLOSURE
+
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        return {"fraction": _fraction(t), "code": CloseCode.ABNORMAL_CLOSURE}
 
 
 @register
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeployFault(_Strike):
     kind = "deploy"
     action = "going_away"
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        self.retry_after_ms = int(spec.number("retry_after_ms", 1000, minimum=0))
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        return {"fraction": _fraction(t), "code": CloseCode.GOING_AWAY,
+                "retry_after_ms": int(t.number("retry_after_ms", 1000, minimum=0))}
 
 
 @register
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CloseFault(_Strike):
     kind = "close"
     action = "close"
 
-    def __init__(self, spec: SpecReader, fault_id: str, seed: int) -> None:
-        super().__init__(spec, fault_id, seed)
-        code = spec.number("close_code", CloseCode.ADMIN_DISCONNECT, minimum=1000, maximum=4999)
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        fraction = _fraction(t)
+        code = t.number("close_code", CloseCode.ADMIN_DISCONNECT, minimum=1000, maximum=4999)
         if int(code) != code or code in (1004, 1005, 1006, 1015):
-            raise spec.fail("close_code", f"must be a whole, sendable close code, got {code!r}")
-        self.code = int(code)
+            raise t.fail("close_code", f"must be a whole, sendable close code, got {code!r}")
+        return {"fraction": fraction, "code": int(code)}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .analysis_run import USAGE_FIELDS, Run, bin_range, time_bins
+from .run import USAGE_FIELDS, Run, bin_range, time_bins
 
 
 def timeline_total(run: Run, column: str) -> pd.Series:

@@ -49,17 +49,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from server.config import ConfigError
+from server.schema import Table
 
-from . import rundir
-from .run import ROOT, Instances, RunError, Runner, default_run_dir, sample_stats
-from .scenario import Scenario, Swarm, parse_scenario
-
-# Run-directory names this command adds (see sim.rundir for the rest).
-CLIENTS_DIR = "clients"
-CLIENT_TOKENS = "client-tokens.jsonl"  # {"t", "client", "peer", "expiresAt", "initial"}
-CLIENT_PROCS = "client-procs.json"  # [{"index", "peer", "pid", "started", "ended", "rc"}]
-CLIENTS_JSON = "clients.json"
-CLIENT_REPORT = "client-report.html"
+from .. import rundir
+from ..run import ROOT, Instances, RunError, Runner, default_run_dir, sample_stats
+from ..scenario import Scenario, Swarm, parse_scenario
+from .grading import grade_run, print_grades
+from .report import write_client_report
 
 STOP_GRACE_S = 5.0
 CLIENTS_TABLE = "clients"
@@ -117,32 +113,26 @@ def load_clients_scenario(path: str | Path) -> tuple[Scenario, ClientsSettings]:
 
 
 def parse_clients(table: object) -> ClientsSettings:
-    if not isinstance(table, dict):
-        raise ConfigError("clients: must be a table")
-    known = {f.name for f in dataclasses.fields(ClientsSettings)}
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise ConfigError(f"clients.{unknown[0]}: unknown key (one of {', '.join(sorted(known))})")
+    t = Table(table, "clients")
     d = ClientsSettings()
-    values = {
-        "command": table.get("command", d.command),
-        "count": table.get("count", d.count),
-        "duration_s": table.get("duration_s", d.duration_s),
-        "channel": table.get("channel", d.channel),
-        "token_ttl_s": table.get("token_ttl_s", d.token_ttl_s),
-    }
-    if not isinstance(values["command"], str):
-        raise ConfigError("clients.command: must be a string")
-    if not isinstance(values["channel"], str) or not values["channel"]:
-        raise ConfigError(f"clients.channel: must be a channel name, got {values['channel']!r}")
-    for key in ("count", "token_ttl_s"):
-        v = values[key]
+    command = t.get("command", d.command)
+    if not isinstance(command, str):
+        raise t.fail("command", "must be a string")
+    channel = t.get("channel", d.channel)
+    if not isinstance(channel, str) or not channel:
+        raise t.fail("channel", f"must be a channel name, got {channel!r}")
+    whole = {key: t.get(key, getattr(d, key)) for key in ("count", "token_ttl_s")}
+    for key, v in whole.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"clients.{key}: must be a whole number >= 1, got {v!r}")
-    v = values["duration_s"]
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"clients.duration_s: must be a number > 0, got {v!r}")
-    return ClientsSettings(**values)
+            raise t.fail(key, f"must be a whole number >= 1, got {v!r}")
+    duration = t.get("duration_s", d.duration_s)
+    if isinstance(duration, bool) or not isinstance(duration, int | float) or not (
+            math.isfinite(duration) and duration > 0):
+        raise t.fail("duration_s", f"must be a number > 0, got {duration!r}")
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(ClientsSettings)))
+    t.done(f"unknown key (one of {known})")
+    return ClientsSettings(command=command, count=whole["count"], duration_s=duration,
+                           channel=channel, token_ttl_s=whole["token_ttl_s"])
 
 
 def strip_table(text: str, name: str) -> str:
@@ -308,9 +298,9 @@ class ClientsRunner(Runner):
     def start_clients(self, inst: Instances) -> None:
         key, secret = self.credentials()
         self.desk = TokenDesk(inst.admin_urls[0], secret, self.settings.token_ttl_s,
-                              self.dir / CLIENT_TOKENS)
+                              self.dir / rundir.CLIENT_TOKENS)
         token_url = self.desk.start()
-        (self.dir / CLIENTS_DIR).mkdir(exist_ok=True)
+        (self.dir / rundir.CLIENTS_DIR).mkdir(exist_ok=True)
         ws_origin = inst.ws_urls[0]
         _set_origin(inst.admin_urls)
         self.meta["clients_origin"] = time.time()
@@ -325,8 +315,8 @@ class ClientsRunner(Runner):
                    "RTMSIM_CHANNEL": self.settings.channel,
                    "RTMSIM_CLIENT_INDEX": str(i),
                    "RTMSIM_CLIENT_COUNT": str(self.settings.count)}
-            stdout = open(self.dir / CLIENTS_DIR / f"client-{i}.out", "w")  # noqa: SIM115
-            stderr = open(self.dir / CLIENTS_DIR / f"client-{i}.err", "w")  # noqa: SIM115
+            stdout = open(self.dir / rundir.client_log(i, "out"), "w")  # noqa: SIM115
+            stderr = open(self.dir / rundir.client_log(i, "err"), "w")  # noqa: SIM115
             proc = subprocess.Popen(self.settings.command, shell=True, cwd=ROOT, env=env,
                                     stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
@@ -384,7 +374,7 @@ class ClientsRunner(Runner):
         procs = [{"index": c.index, "peer": peer_of(c.index), "pid": c.proc.pid,
                   "started": c.started, "ended": c.ended, "rc": c.proc.returncode}
                  for c in self.clients]
-        (self.dir / CLIENT_PROCS).write_text(json.dumps(procs, indent=2))
+        (self.dir / rundir.CLIENT_PROCS).write_text(json.dumps(procs, indent=2))
 
     def drive(self, inst: Instances) -> None:
         s = self.settings
@@ -420,9 +410,6 @@ def run_clients(scenario_path: str, *, command: str | None = None, count: int | 
                 out: TextIO = sys.stdout) -> int:
     """`rtmsim clients`: run, grade, report. Exit 0 when every rule passes or warns,
     1 when a rule fails, 130 when interrupted."""
-    from .client_report import write_client_report
-    from .grading import grade_run, print_grades
-
     scenario, settings = load_clients_scenario(scenario_path)
     settings = settings.with_overrides(command=command, count=count, duration_s=duration_s)
     if not settings.command.strip():
@@ -441,10 +428,10 @@ def run_clients(scenario_path: str, *, command: str | None = None, count: int | 
         raise ConfigError(f"{run_dir}: exists and is not empty; choose another --out")
     status = ClientsRunner(scenario, settings, run_dir, out=out, progress=progress).run()
     grades = grade_run(run_dir)
-    (run_dir / CLIENTS_JSON).write_text(json.dumps(grades, indent=2, sort_keys=True))
+    (run_dir / rundir.CLIENTS_JSON).write_text(json.dumps(grades, indent=2, sort_keys=True))
     report = write_client_report(run_dir, grades)
     print_grades(grades, out)
-    print(f"rtmsim: {run_dir / CLIENTS_JSON}\nrtmsim: {report}", file=out, flush=True)
+    print(f"rtmsim: {run_dir / rundir.CLIENTS_JSON}\nrtmsim: {report}", file=out, flush=True)
     if status != "complete":
         print(f"rtmsim: the run was {status}; results so far are in {run_dir}", file=out)
         return 130

@@ -27,7 +27,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from server.codes import CLOSE_CODES
 
-from . import analysis
+from .. import analysis
 
 FIGSIZE = (10.0, 4.5)
 DPI = 110

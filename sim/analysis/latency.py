@@ -17,8 +17,8 @@ import pandas as pd
 
 from loadtests.accounting import delivery_report
 
-from .analysis_codes import NEVER_RETRY
-from .analysis_run import Run, time_bins
+from .codes import NEVER_RETRY
+from .run import Run, time_bins
 
 PERCENTILE_METHOD = "linear"  # numpy.percentile / pandas.quantile interpolation
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from loadtests.accounting import load_client_events
 
-from . import rundir
+from .. import rundir
 
 # Client rows that are not requests: notes and deliveries (loadtests.reporting).
 NOTE_OPS = frozenset({"deliver", "close", "disconnect", "give_up", "burst"})

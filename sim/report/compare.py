@@ -23,8 +23,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import analysis, charts, report, rundir
-from .run import ROOT, RunError
+from .. import analysis, rundir
+from ..run import ROOT, RunError, timestamped_dir
+from . import charts, page, run_report, text
+from .formatting import close_name, esc, num
 
 COMPARE_HTML = "compare.html"
 COMPARE_JSON = "compare.json"
@@ -35,10 +37,10 @@ LATENCY_OPS = ("publish", "send", "subscribe", "connect")
 # -- analyze ------------------------------------------------------------------------------
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    run_dir = report.require_run_dir(args.run_dir)
+    run_dir = run_report.require_run_dir(args.run_dir)
     print(f"rtmsim: analysing {run_dir} ...", flush=True)
-    summary = report.build_all(run_dir)
-    report.print_summary(summary, run_dir)
+    summary = run_report.build_all(run_dir)
+    text.print_summary(summary, run_dir)
     n_charts = len(list((run_dir / rundir.CHARTS).glob("*.png")))
     print(f"rtmsim: regenerated {run_dir / rundir.SUMMARY}, {n_charts} charts in "
           f"{run_dir / rundir.CHARTS}/ and {run_dir / rundir.REPORT}")
@@ -58,13 +60,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def default_compare_dir(results: Path = ROOT / "results") -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = results / f"compare-{stamp}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = results / f"compare-{stamp}-{n}"
-    return path
+    return timestamped_dir(results, "compare")
 
 
 def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
@@ -72,7 +68,7 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
     """Write compare.html, compare.json and the overlay PNGs; returns compare.json's data."""
     if len(run_dirs) < 2:
         raise RunError(f"compare needs at least two run directories, got {len(run_dirs)}")
-    dirs = [report.require_run_dir(d) for d in run_dirs]
+    dirs = [run_report.require_run_dir(d) for d in run_dirs]
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise RunError(f"--out {out}: exists and is not a directory")
@@ -159,7 +155,7 @@ def headline_rows(summaries: Sequence[dict[str, Any]]) -> list[tuple[str, list[A
                                   if code in s["errors"] else 0.0))
     closes = sorted({c for s in summaries for c in (s.get("closes") or {})}, key=str)
     for code in closes:
-        add(f"close {code} {report.close_name(code, {})} (server)",
+        add(f"close {code} {close_name(code, {})} (server)",
             lambda s, code=code: s["closes"][code]["server"] if code in s["closes"] else 0)
     ops = [op for op in LATENCY_OPS if any(op in (s.get("latency_ms") or {}) for s in summaries)]
     for op in ops:
@@ -199,17 +195,17 @@ def row_cells(values: Sequence[Any]) -> list[str]:
         if isinstance(v, bool):
             out.append("yes" if v else "no")
         elif isinstance(v, float):
-            out.append(report.num(v, digits))
+            out.append(num(v, digits))
         else:
-            out.append(report.num(v))
+            out.append(num(v))
     return out
 
 
 def text_rows(result: dict[str, Any]) -> list[str]:
     labels = [r["label"] for r in result["runs"]]
-    return report.text_table(["metric", *labels],
-                             [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
-                              for row in result["headline"]])
+    return text.text_table(["metric", *labels],
+                           [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
+                            for row in result["headline"]])
 
 
 # -- overlay charts ---------------------------------------------------------------------------
@@ -392,45 +388,37 @@ COMPARE_CAPTIONS = {
 
 def write_compare_html(result: dict[str, Any], summaries: Sequence[dict[str, Any]],
                        images: Sequence[Path], path: Path) -> Path:
-    esc = report.esc
     labels = [r["label"] for r in result["runs"]]
-    runs_table = report.html_table(
+    runs_table = page.html_table(
         ["run", "scenario", "description", "directory", "numbers from"],
         [[r["label"], r.get("name") or "", (s.get("run") or {}).get("description") or "",
           r["dir"], r["summary"]] for r, s in zip(result["runs"], summaries, strict=True)])
-    headline = report.html_table(
+    headline = page.html_table(
         ["metric", *labels],
         [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
          for row in result["headline"]], numeric=tuple(range(1, len(labels) + 1)))
-    figures = "".join(
-        f"<figure>{report.embedded_png(p, COMPARE_CAPTIONS.get(p.name, p.stem))}"
-        f"<figcaption>{esc(COMPARE_CAPTIONS.get(p.name, ''))}</figcaption></figure>"
-        for p in images)
+    figures = "".join(page.figure(p, COMPARE_CAPTIONS.get(p.name, ""),
+                                COMPARE_CAPTIONS.get(p.name, p.stem)) for p in images)
     warnings = ""
     for label, s in zip(labels, summaries, strict=True):
         items = s.get("warnings") or []
         if items:
-            warnings += (f"<h3>{esc(label)}</h3><ul class=\"warn\">"
-                         + "".join(f"<li>{esc(w)}</li>" for w in items) + "</ul>")
-    doc = (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>rtmsim comparison: {esc(', '.join(labels))}</title>"
-        f"<style>{report.CSS}</style></head><body><main>"
+            warnings += f"<h3>{esc(label)}</h3>" + page.warn_list(items)
+    doc = page.document(
+        f"rtmsim comparison: {', '.join(labels)}",
         f"<h1>rtmsim comparison of {len(labels)} runs</h1>"
-        + report.para(f"created {result['created']}", "muted")
-        + report.section("runs", "Runs", "the runs compared; each run's own report.html has "
-                         "the details.", runs_table)
-        + report.section("headline", "Headline numbers side by side",
-                         "one row per number, one column per run; '-' means the run has no "
-                         "such number. Rates are per second of scenario time, latencies in "
-                         "milliseconds of successful requests.", headline)
-        + report.section("charts", "Charts",
-                         "each chart's title is the question it answers; every line's colour "
-                         "is one run, the same in every chart.", figures)
-        + report.section("warnings", "Warnings per run",
-                         "what each run's analysis flagged; see its report for details.",
-                         warnings or report.para("No run has warnings.", "ok"))
-        + "</main></body></html>\n")
+        + page.para(f"created {result['created']}", "muted")
+        + page.section("runs", "Runs", "the runs compared; each run's own report.html has "
+                       "the details.", runs_table)
+        + page.section("headline", "Headline numbers side by side",
+                       "one row per number, one column per run; '-' means the run has no "
+                       "such number. Rates are per second of scenario time, latencies in "
+                       "milliseconds of successful requests.", headline)
+        + page.section("charts", "Charts",
+                       "each chart's title is the question it answers; every line's colour "
+                       "is one run, the same in every chart.", figures)
+        + page.section("warnings", "Warnings per run",
+                       "what each run's analysis flagged; see its report for details.",
+                       warnings or page.para("No run has warnings.", "ok")))
     path.write_text(doc, encoding="utf-8")
     return path

@@ -1,6 +1,6 @@
 """client-report.html: the grade of a `rtmsim clients` run, for people.
 
-Reads the dict `sim.grading.grade_run` returns (the same data as clients.json) and
+Reads the dict `sim.clients.grading.grade_run` returns (the same data as clients.json) and
 the run's server events for the timeline; computes nothing the grading does not.
 Self-contained: charts are embedded PNGs.
 """
@@ -21,7 +21,9 @@ import matplotlib.pyplot as plt
 
 from server.codes import CloseCode
 
-from .analysis_run import fault_windows, load_run
+from .. import rundir
+from ..analysis import fault_windows, load_run
+from ..report.page import CLIENT_CSS
 from .grading import RULES, client_events
 
 GRADE_COLOURS = {"pass": "#1a7f37", "warn": "#9a6700", "fail": "#cf222e", "n/a": "#6e7781"}
@@ -135,53 +137,61 @@ def _codes_cell(codes: dict[str, dict[str, Any]], key: str) -> str:
     return "<br>".join(parts) or "-"
 
 
-def render(run_dir: Path, grades: dict[str, Any]) -> str:
+def rule_row(rid: str, r: dict[str, Any]) -> str:
+    """A rule: its grade, what it checks, its incidents and the first few violations."""
     e = html.escape
-    rules_rows = []
-    for rid, r in grades["rules"].items():
-        shown = r["violations"][:4] + r["warnings"][:2]
-        items = "".join(f"<li>{e(x['client'])} at {x['ts']:.1f} s: {e(x['text'])}</li>"
-                        for x in shown)
-        more = len(r["violations"]) + len(r["warnings"]) - len(shown)
-        if more > 0:
-            items += f"<li>... {more} more in clients.json</li>"
-        rules_rows.append(
-            f"<tr><td>{_badge(r['grade'])}</td><td><b>{e(rid)}</b><br>{e(RULES[rid].title)}"
+    shown = r["violations"][:4] + r["warnings"][:2]
+    items = "".join(f"<li>{e(x['client'])} at {x['ts']:.1f} s: {e(x['text'])}</li>"
+                    for x in shown)
+    more = len(r["violations"]) + len(r["warnings"]) - len(shown)
+    if more > 0:
+        items += f"<li>... {more} more in clients.json</li>"
+    return (f"<tr><td>{_badge(r['grade'])}</td><td><b>{e(rid)}</b><br>{e(RULES[rid].title)}"
             f"</td><td>{e(r['what'])}</td><td class=n>{r['incidents']}</td>"
             f"<td><ul>{items}</ul></td></tr>")
-    client_rows = []
-    for c in grades["clients"]:
-        viol = "".join(f"<li>{e(t)}</li>" for t in c["violations"][:6])
-        if len(c["violations"]) > 6:
-            viol += f"<li>... {len(c['violations']) - 6} more</li>"
-        viol += "".join(f"<li><i>{e(t)}</i></li>" for t in c["warnings"][:3])
-        client_rows.append(
-            f"<tr><td>{_badge(c['grade'])}</td><td>{e(c['client'])}</td>"
+
+
+def client_row(c: dict[str, Any]) -> str:
+    """A client: its grade, process, connections, codes received and violations."""
+    e = html.escape
+    viol = "".join(f"<li>{e(t)}</li>" for t in c["violations"][:6])
+    if len(c["violations"]) > 6:
+        viol += f"<li>... {len(c['violations']) - 6} more</li>"
+    viol += "".join(f"<li><i>{e(t)}</i></li>" for t in c["warnings"][:3])
+    return (f"<tr><td>{_badge(c['grade'])}</td><td>{e(c['client'])}</td>"
             f"<td class=n>{c['pid'] or '-'}</td><td class=n>{c['exit_code']}</td>"
             f"<td class=n>{c['connections']}</td><td class=n>{c['rejected']}</td>"
             f"<td class=n>{c['token_fetches']}</td>"
             f"<td>{_codes_cell(c['errors'], 'received')}</td>"
             f"<td>{_codes_cell(c['closes'], 'received')}</td><td><ul>{viol}</ul></td></tr>")
+
+
+def charts_html(run_dir: Path, grades: dict[str, Any]) -> str:
     charts = []
     for title, png in (("Reconnects after each mass close", herd_chart(grades)),
                        ("Client timeline", timeline_chart(run_dir, grades))):
         if png:
-            charts.append(f"<h2>{e(title)}</h2><img src='data:image/png;base64,{png}'>")
+            charts.append(f"<h2>{html.escape(title)}</h2>"
+                          f"<img src='data:image/png;base64,{png}'>")
+    return "".join(charts)
+
+
+def rejects_html(grades: dict[str, Any]) -> str:
     rejects = grades.get("unattributed_rejects") or {}
-    rej = ""
-    if rejects:
-        rej = ("<p>Connections refused before the server knew the peer (not attributed to a "
-               "client): " + ", ".join(f"{e(k)} x {v}" for k, v in rejects.items()) + "</p>")
+    if not rejects:
+        return ""
+    return ("<p>Connections refused before the server knew the peer (not attributed to a "
+            "client): " + ", ".join(f"{html.escape(k)} x {v}" for k, v in rejects.items())
+            + "</p>")
+
+
+def render(run_dir: Path, grades: dict[str, Any]) -> str:
+    e = html.escape
+    rules_rows = [rule_row(rid, r) for rid, r in grades["rules"].items()]
+    client_rows = [client_row(c) for c in grades["clients"]]
     return f"""<!doctype html><html><head><meta charset="utf-8">
 <title>client grade: {e(str(grades.get('scenario')))}</title>
-<style>
-body {{ font: 14px system-ui, sans-serif; margin: 2em; color: #1f2328; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-td, th {{ border: 1px solid #d0d7de; padding: 4px 8px; vertical-align: top; text-align: left; }}
-td.n {{ text-align: right; }} ul {{ margin: 0; padding-left: 1.2em; }}
-.badge {{ color: white; border-radius: 4px; padding: 1px 6px; font-weight: 600; }}
-img {{ max-width: 100%; }}
-</style></head><body>
+<style>{CLIENT_CSS}</style></head><body>
 <h1>Client grade {_badge(grades['grade'])}</h1>
 <p>{e(str(grades.get('count')))} x <code>{e(str(grades.get('command')))}</code> against
 scenario <b>{e(str(grades.get('scenario')))}</b> ({e(str(run_dir))}). Rules come from the
@@ -194,15 +204,13 @@ grades what a client did after it.</p>
 <table><tr><th>grade</th><th>client</th><th>pid</th><th>exit</th><th>connections</th>
 <th>refused</th><th>token fetches</th><th>errors received</th><th>closes received</th>
 <th>violations</th></tr>{''.join(client_rows)}</table>
-{rej}
-{''.join(charts)}
+{rejects_html(grades)}
+{charts_html(run_dir, grades)}
 </body></html>
 """
 
 
 def write_client_report(run_dir: str | Path, grades: dict[str, Any]) -> Path:
-    from .clients import CLIENT_REPORT
-
-    path = Path(run_dir) / CLIENT_REPORT
+    path = Path(run_dir) / rundir.CLIENT_REPORT
     path.write_text(render(Path(run_dir), grades), encoding="utf-8")
     return path

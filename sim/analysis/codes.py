@@ -17,7 +17,7 @@ import pandas as pd
 
 from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, Retry
 
-from .analysis_run import NO_ANSWER, Run, bin_range, time_bins
+from .run import NO_ANSWER, Run, bin_range, time_bins
 
 NEVER_RETRY = frozenset(c for c, e in ERROR_CODES.items() if not e.is_retryable)
 # RFC 6455 codes the server never sends itself, so the protocol table has no row for them.

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import rundir
-from .analysis_capacity import capacity
-from .analysis_codes import close_counts, error_counts, never_retry_violations, reconcile
-from .analysis_faults import reconnect_storms, recovery_times
-from .analysis_latency import (
+from .. import rundir
+from .capacity import capacity
+from .codes import close_counts, error_counts, never_retry_violations, reconcile
+from .faults import reconnect_storms, recovery_times
+from .latency import (
     PERCENTILE_METHOD,
     amplification_by_policy,
     delivery,
@@ -29,8 +29,8 @@ from .analysis_latency import (
     percentiles_of,
     reused_message_ids,
 )
-from .analysis_run import Run, fault_windows, load_run
-from .analysis_timeline import quota_over_time, throughput
+from .run import Run, fault_windows, load_run
+from .timeline import quota_over_time, throughput
 
 FLOAT_DIGITS = 6
 TOP_OFFENDERS = 10
@@ -65,29 +65,8 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 def summary(run: Run) -> dict[str, Any]:
     """Headline numbers, per-code tables and warnings for one run (JSON-ready)."""
-    duration = run.duration_s
     requests = run.requests()
     n_requests = len(requests)
-    warnings: list[str] = []
-
-    errors = error_counts(run)
-    closes = close_counts(run)
-    error_section = {}
-    for code, row in errors.iterrows():
-        error_section[str(code)] = {
-            "client": row.client, "server": row.server, "server_log": row.server_log,
-            "diff": row["diff"], "meaning": row.meaning, "retry": row.retry,
-            "client_fault": row.client_fault,
-            "client_per_s": row.client / duration if duration else None,
-            "server_per_s": row.server / duration if duration else None,
-            "per_1000_requests": 1000 * row.client / n_requests if n_requests else None}
-    close_section = {str(code): {"client": row.client, "server": row.server,
-                                 "server_log": row.server_log, "diff": row["diff"],
-                                 "name": row["name"], "meaning": row.meaning,
-                                 "guidance": row.guidance,
-                                 "server_per_s": row.server / duration if duration else None}
-                     for code, row in closes.iterrows()}
-
     lat = latency_percentiles(run)
     dlat = delivery_latency(run)
     acct = delivery(run)
@@ -112,8 +91,8 @@ def summary(run: Run) -> dict[str, Any]:
                      "per_op": {str(k): int(v) for k, v in
                                 requests.op.value_counts().sort_index().items()},
                      "ok": int((requests.outcome == "ok").sum())},
-        "errors": error_section,
-        "closes": close_section,
+        "errors": error_section(run, n_requests),
+        "closes": close_section(run),
         "latency_ms": {str(op): {**row.to_dict(), "count": int(row["count"])}
                        for op, row in lat.iterrows()},
         "delivery_latency_ms": percentiles_of(dlat.to_numpy()),
@@ -136,7 +115,38 @@ def summary(run: Run) -> dict[str, Any]:
     }
     if run.meta.get("shape") == "step_ramp":
         out["capacity"] = capacity(run)
+    out["warnings"] = summary_warnings(run, violations, rec, acct, reused, recovery)
+    return jsonable(out)
 
+
+def error_section(run: Run, n_requests: int) -> dict[str, dict[str, Any]]:
+    """summary.json's "errors": per code, both sides' counts and rates."""
+    duration = run.duration_s
+    return {str(code): {
+        "client": row.client, "server": row.server, "server_log": row.server_log,
+        "diff": row["diff"], "meaning": row.meaning, "retry": row.retry,
+        "client_fault": row.client_fault,
+        "client_per_s": row.client / duration if duration else None,
+        "server_per_s": row.server / duration if duration else None,
+        "per_1000_requests": 1000 * row.client / n_requests if n_requests else None}
+        for code, row in error_counts(run).iterrows()}
+
+
+def close_section(run: Run) -> dict[str, dict[str, Any]]:
+    """summary.json's "closes": per close code, both sides' counts."""
+    duration = run.duration_s
+    return {str(code): {"client": row.client, "server": row.server,
+                        "server_log": row.server_log, "diff": row["diff"],
+                        "name": row["name"], "meaning": row.meaning, "guidance": row.guidance,
+                        "server_per_s": row.server / duration if duration else None}
+            for code, row in close_counts(run).iterrows()}
+
+
+def summary_warnings(run: Run, violations: pd.DataFrame, rec: dict[str, Any],
+                     acct: dict[str, Any], reused: int, recovery: pd.DataFrame) -> list[str]:
+    """What deserves a look, one line each: partial data, never-retry repeats,
+    unreconciled counts, delivery problems, faults not recovered from."""
+    warnings: list[str] = []
     if run.meta.get("status") not in (None, "complete"):
         warnings.append(f"run status is {run.meta.get('status')!r}: partial results")
     for name, frame in (("client events", run.client), ("server event log", run.server),
@@ -165,8 +175,7 @@ def summary(run: Run) -> dict[str, Any]:
     for r in recovery.itertuples(index=False):
         if r.note == "not recovered before the scenario ended":
             warnings.append(f"fault {r.id} ({r.kind}): {r.note}")
-    out["warnings"] = warnings
-    return jsonable(out)
+    return warnings
 
 
 def quota_summary(run: Run) -> dict[str, Any]:

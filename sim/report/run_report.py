@@ -1,28 +1,38 @@
 """A run's report: `summary.json`, the charts and one self-contained `report.html`.
 
 Every number comes from `sim.analysis` (through the summary it writes, or the
-charts); this module arranges and prints them. The per-code tables take each code's
-meaning and retry guidance from `server.codes`, the one code table. The HTML file has
-no external assets (images are base64 PNGs, the CSS is inline), so it can be mailed
-or attached to a ticket as it is.
+charts); this module arranges them, one function per section of the page. The
+per-code tables take each code's meaning and retry guidance from `server.codes`, the
+one code table. The HTML file has no external assets (see `sim.report.page`).
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import math
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from server.codes import CLOSE_CODES, ERROR_CODES
+from server.codes import ERROR_CODES
 
-from . import analysis, charts, rundir
-from .run import RunError
+from .. import analysis, rundir
+from ..run import RunError
+from . import charts
+from .formatting import (
+    DELIVERY_FIELDS,
+    MISSING,
+    by_count,
+    close_guidance,
+    close_meaning,
+    close_name,
+    error_guidance,
+    error_meaning,
+    esc,
+    num,
+    signed,
+    when,
+)
+from .page import card, document, figure, html_table, para, section, warn_list
 
-MISSING = "-"
 CAPACITY_CHART = "capacity.png"  # shown in the capacity section, not among the charts
 
 
@@ -61,246 +71,6 @@ def require_run_dir(path: str | Path) -> Path:
     return p
 
 
-# -- the terminal summary -----------------------------------------------------------------
-
-def print_summary(summary: dict[str, Any], run_dir: str | Path) -> None:
-    """The headline numbers as plain-text tables, then where the report is."""
-    for line in summary_lines(summary):
-        print(line)
-    print(f"report: {Path(run_dir) / rundir.REPORT}")
-
-
-def summary_lines(summary: dict[str, Any]) -> list[str]:
-    meta = summary.get("run") or {}
-    out = [f"== {meta.get('name') or 'run'}: {meta.get('status') or '?'}, "
-           f"{num(meta.get('duration_s'))} s, {num(meta.get('users'))} users, "
-           f"{meta.get('backend') or '?'} backend, {num(meta.get('instances'))} instance(s)"]
-    req = summary.get("requests") or {}
-    out.append(f"requests: {num(req.get('total'))} ({num(req.get('ok'))} ok)")
-
-    errors = summary.get("errors") or {}
-    out.append("")
-    if errors:
-        out += text_table(
-            ["error code", "client", "server", "diff", "client/s", "server/s", "per 1k req",
-             "retry guidance"],
-            [[code, num(e.get("client")), num(e.get("server")), signed(e.get("diff")),
-              num(e.get("client_per_s"), 2), num(e.get("server_per_s"), 2),
-              num(e.get("per_1000_requests"), 2), error_guidance(code, e)]
-             for code, e in by_count(errors)])
-    else:
-        out.append("error codes: none")
-    closes = summary.get("closes") or {}
-    if closes:
-        out.append("")
-        out += text_table(
-            ["close code", "client", "server", "diff", "server/s", "guidance"],
-            [[f"{code} {close_name(code, c)}", num(c.get("client")), num(c.get("server")),
-              signed(c.get("diff")), num(c.get("server_per_s"), 2), close_guidance(code, c)]
-             for code, c in by_count(closes)])
-
-    latency = summary.get("latency_ms") or {}
-    rows = [[op, num(v.get("count")), num(v.get("p50"), 1), num(v.get("p90"), 1),
-             num(v.get("p99"), 1), num(v.get("p99.9"), 1), num(v.get("max"), 1)]
-            for op, v in latency.items()]
-    d = summary.get("delivery_latency_ms") or {}
-    if d.get("count"):
-        rows.append(["delivery", num(d.get("count")), num(d.get("p50"), 1),
-                     num(d.get("p90"), 1), num(d.get("p99"), 1), num(d.get("p99.9"), 1),
-                     num(d.get("max"), 1)])
-    if rows:
-        out.append("")
-        out += text_table(["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"], rows)
-
-    acct = summary.get("delivery") or {}
-    if acct:
-        out.append("")
-        order = [k for k in DELIVERY_FIELDS if k in acct] + [k for k in acct
-                                                             if k not in DELIVERY_FIELDS]
-        out.append("delivery: " + ", ".join(f"{k.replace('_', ' ')} {num(acct[k])}"
-                                            for k in order))
-    tp = summary.get("throughput") or {}
-    if tp.get("published_per_s_mean") is not None:
-        out.append(f"throughput: published {num(tp.get('published_per_s_mean'), 1)}/s mean "
-                   f"(peak {num(tp.get('published_per_s_peak'), 1)}), delivered "
-                   f"{num(tp.get('delivered_per_s_mean'), 1)}/s mean "
-                   f"(peak {num(tp.get('delivered_per_s_peak'), 1)})")
-    for policy, a in (summary.get("retry_amplification") or {}).items():
-        out.append(f"retry amplification: {policy} {num(a.get('amplification'), 3)}x "
-                   f"({num(a.get('attempts'))} attempts / {num(a.get('operations'))} "
-                   f"operations, {num(a.get('retried'))} retried)")
-    for r in summary.get("recovery") or []:
-        if r.get("recovered_s") is not None:
-            out.append(f"recovery: {r.get('id')} {r.get('kind')} healthy again "
-                       f"{num(r.get('recovered_s'), 1)} s after it ended")
-    cap = summary.get("capacity")
-    if cap:
-        out.append(f"capacity: {cap.get('verdict')}")
-
-    warnings = summary.get("warnings") or []
-    out.append("")
-    out.append(f"warnings ({len(warnings)}):" if warnings else "warnings: none")
-    out += [f"  ! {w}" for w in warnings]
-    return out
-
-
-def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
-    """Columns padded to width; text left-aligned, numbers right-aligned."""
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(header)]
-    numeric = [bool(rows) and all(is_numberish(r[i]) for r in rows) for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [c.rjust(w) if n else c.ljust(w)
-                 for c, w, n in zip(cells, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return [line([str(h) for h in header]), *(line(r) for r in rows)]
-
-
-def is_numberish(text: str) -> bool:
-    return text == MISSING or text.replace(",", "").replace(".", "", 1).lstrip("+-").isdigit()
-
-
-# -- formatting -----------------------------------------------------------------------------
-
-def num(value: Any, digits: int = 0) -> str:
-    """1234 -> "1,234"; floats to `digits` decimals; None/NaN -> "-"."""
-    if value is None or isinstance(value, bool):
-        return MISSING if value is None else str(value)
-    if isinstance(value, int):
-        return f"{value:,}"
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(f):
-        return MISSING
-    if digits == 0:
-        return f"{round(f):,}"
-    return f"{f:,.{digits}f}"
-
-
-def signed(value: Any) -> str:
-    if isinstance(value, int | float) and value and math.isfinite(value):
-        return f"{value:+,}" if isinstance(value, int) else f"{value:+,.0f}"
-    return num(value)
-
-
-def error_guidance(code: str, entry: dict[str, Any]) -> str:
-    known = ERROR_CODES.get(code)
-    return known.guidance if known else str(entry.get("retry") or "unknown code: tolerate it")
-
-
-def error_meaning(code: str, entry: dict[str, Any]) -> str:
-    known = ERROR_CODES.get(code)
-    return known.meaning if known else str(entry.get("meaning") or "not in the code table")
-
-
-def close_name(code: str | int, entry: dict[str, Any]) -> str:
-    known = CLOSE_CODES.get(int(code)) if str(code).lstrip("-").isdigit() else None
-    return known.name if known else str(entry.get("name") or "unknown")
-
-
-def close_guidance(code: str | int, entry: dict[str, Any]) -> str:
-    known = CLOSE_CODES.get(int(code)) if str(code).lstrip("-").isdigit() else None
-    return known.guidance if known else str(entry.get("guidance") or "")
-
-
-def close_meaning(code: str | int, entry: dict[str, Any]) -> str:
-    known = CLOSE_CODES.get(int(code)) if str(code).lstrip("-").isdigit() else None
-    return known.meaning if known else str(entry.get("meaning") or "not in the code table")
-
-
-def by_count(section: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """Most frequent code first (the larger of the two sides), ties by code.
-
-    summary.json is written with sorted keys; a reader scans a table from the top.
-    """
-    def most(item: tuple[str, dict[str, Any]]) -> tuple[float, str]:
-        entry = item[1]
-        return (-max(float(entry.get("client") or 0), float(entry.get("server") or 0)),
-                str(item[0]))
-
-    return sorted(section.items(), key=most)
-
-
-def esc(value: Any) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def when(unix: Any) -> str:
-    if not isinstance(unix, int | float) or unix <= 0:
-        return MISSING
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-# -- HTML building blocks -------------------------------------------------------------------
-
-def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]], *,
-               numeric: Sequence[int] = (), row_class: Sequence[str] | None = None,
-               cls: str = "") -> str:
-    """A table; cells are escaped here, so callers pass plain text."""
-    head = "".join(f"<th{' class=num' if i in numeric else ''}>{esc(h)}</th>"
-                   for i, h in enumerate(header))
-    body = []
-    for r, cells in enumerate(rows):
-        klass = f' class="{esc(row_class[r])}"' if row_class and row_class[r] else ""
-        tds = "".join(f"<td{' class=num' if i in numeric else ''}>{esc(c)}</td>"
-                      for i, c in enumerate(cells))
-        body.append(f"<tr{klass}>{tds}</tr>")
-    table_cls = f' class="{esc(cls)}"' if cls else ""
-    return (f"<table{table_cls}><thead><tr>{head}</tr></thead><tbody>"
-            f"{''.join(body)}</tbody></table>")
-
-
-def section(anchor: str, title: str, how: str, body: str) -> str:
-    return (f'<section id="{esc(anchor)}"><h2>{esc(title)}</h2>'
-            f'<p class="how"><b>How to read this:</b> {esc(how)}</p>{body}</section>')
-
-
-def para(text: str, cls: str = "") -> str:
-    return f'<p{f" class={esc(cls)}" if cls else ""}>{esc(text)}</p>'
-
-
-def embedded_png(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
-
-
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#222;
-  margin:0;background:#f6f6f4}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;background:#fff}
-h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:34px 0 6px;
-  border-bottom:2px solid #e4e4e0;padding-bottom:4px}h3{font-size:16px;margin:18px 0 6px}
-p.how{color:#555;font-size:13.5px;margin:2px 0 12px;background:#f3f6fa;padding:6px 10px;
-  border-left:3px solid #8fb3d9}
-p.lede{color:#444;margin:2px 0 10px}p.muted{color:#777;font-size:13px}
-nav{font-size:13.5px;margin:10px 0 4px}nav a{margin-right:12px;color:#2a5d9f}
-table{border-collapse:collapse;margin:6px 0 14px;font-size:13.5px;min-width:40%}
-table.wide{width:100%}
-th,td{border-bottom:1px solid #e6e6e6;padding:4px 8px;text-align:left;vertical-align:top}
-th{background:#fafafa;font-weight:600}td.num,th.num{text-align:right;
-  font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.bad td{background:#fdecea}tr.clientbug td:first-child{color:#8a3b00}
-table.kv{width:auto}table.kv th{width:220px}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:10px;
-  margin:8px 0 10px}
-.card{border:1px solid #e2e2de;border-radius:6px;padding:8px 12px;background:#fcfcfb}
-.card .v{font-size:21px;font-weight:600}.card .k{font-size:12.5px;color:#666}
-.card.bad{border-color:#e0a39a;background:#fdf3f1}
-ul.warn{background:#fff7e0;border:1px solid #f0d48a;border-radius:6px;padding:8px 10px 8px 30px}
-ul.warn li{margin:3px 0}.ok{color:#2e7d32;font-weight:600}
-figure{margin:12px 0 22px}figure img{max-width:100%;border:1px solid #eee}
-figcaption{font-size:13px;color:#555;margin-top:4px}
-pre{background:#f7f7f5;border:1px solid #e4e4e0;padding:10px;overflow:auto;font-size:12.5px;
-  max-height:420px}
-code{background:#f2f2ef;padding:0 3px;border-radius:3px}
-"""
-
-
 # -- the report -----------------------------------------------------------------------------
 
 def write_report(run: analysis.Run, summary: dict[str, Any], path: str | Path,
@@ -329,17 +99,14 @@ def write_report(run: analysis.Run, summary: dict[str, Any], path: str | Path,
     nav = "".join(f'<a href="#{a}">{esc(t)}</a>' for a, t, _ in parts)
     meta = summary.get("run") or {}
     name = meta.get("name") or run.meta.get("name") or run.dir.name
-    doc = (
-        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>rtmsim report: {esc(name)}</title><style>{CSS}</style></head><body><main>"
+    doc = document(
+        f"rtmsim report: {name}",
         f"<h1>rtmsim report: {esc(name)}</h1>"
         f'<p class="lede">{esc(meta.get("description") or run.meta.get("description") or "")}'
         f"</p>{para(run_line(run, summary), 'muted')}<nav>{nav}</nav>"
         + "".join(body for _, _, body in parts)
         + para(f"Generated by rtmsim from {run.dir} (summary.json holds every number "
-               "above; `rtmsim analyze RUN_DIR` regenerates this file).", "muted")
-        + "</main></body></html>\n")
+               "above; `rtmsim analyze RUN_DIR` regenerates this file).", "muted"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(doc, encoding="utf-8")
     return path
@@ -387,11 +154,6 @@ def fault_when(f: dict[str, Any]) -> str:
     if f.get("one_shot"):
         return f"once, at {num(f.get('start_s'), 1)} s"
     return f"{num(f.get('start_s'), 1)} s to {num(f.get('end_s'), 1)} s"
-
-
-def card(value: str, label: str, *, bad: bool = False) -> str:
-    return (f'<div class="card{" bad" if bad else ""}"><div class="v">{esc(value)}</div>'
-            f'<div class="k">{esc(label)}</div></div>')
 
 
 def headline_section(summary: dict[str, Any]) -> str:
@@ -443,7 +205,7 @@ def headline_section(summary: dict[str, Any]) -> str:
 def warnings_section(summary: dict[str, Any]) -> str:
     warnings = summary.get("warnings") or []
     if warnings:
-        body = '<ul class="warn">' + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>"
+        body = warn_list(warnings)
     else:
         body = ('<p class="ok">No warnings: client and server counts agree, nothing was lost '
                 "and no client repeated a never-retry code.</p>")
@@ -467,7 +229,7 @@ def warnings_section(summary: dict[str, Any]) -> str:
     if diffs:
         body += ("<h3>Unreconciled counts</h3>"
                  + para("Client and server disagree here; each line names the difference.")
-                 + '<ul class="warn">' + "".join(f"<li>{esc(d)}</li>" for d in diffs) + "</ul>")
+                 + warn_list(diffs))
     msgs = [(k, rec[k]) for k in ("published", "sent", "delivered") if isinstance(rec.get(k), dict)]
     if msgs:
         body += "<h3>Message counts, client vs server</h3>" + html_table(
@@ -535,8 +297,7 @@ def charts_section(images: Sequence[Path]) -> str:
     figures = []
     for image in images:
         caption = charts.CAPTIONS.get(Path(image).name, "")
-        figures.append(f"<figure>{embedded_png(Path(image), caption or Path(image).stem)}"
-                       f"<figcaption>{esc(caption)}</figcaption></figure>")
+        figures.append(figure(Path(image), caption, caption or Path(image).stem))
     return section("charts", "Charts",
                    "each chart's title is the question it answers. Shaded bands are fault "
                    "windows (labelled with the fault's id at the top), dashed vertical lines "
@@ -565,19 +326,6 @@ def latency_section(summary: dict[str, Any]) -> str:
                    "timed (a fast 'no' would flatter a failing run).", body)
 
 
-DELIVERY_FIELDS = {
-    "published": "acked publishes carrying a message id",
-    "expected": "(message, subscriber) pairs owed a delivery",
-    "delivered": "owed pairs delivered at least once",
-    "lost": "owed pairs never delivered",
-    "duplicates": "extra copies received",
-    "reordered": "deliveries older than one already seen from the same publisher",
-    "excluded": "subscribers whose subscription changed while the message was in flight "
-                "(not owed it under at-most-once delivery)",
-    "unexpected": "deliveries to a subscriber that was not owed the message",
-    "reused_message_ids": "message ids a client used twice (its sequence restarted after a "
-                          "reconnect): duplicates and reordered are inflated by these",
-}
 DELIVERY_PROBLEMS = ("lost", "duplicates", "unexpected")
 
 
@@ -683,8 +431,7 @@ def capacity_section(summary: dict[str, Any], image: Path | None = None) -> str:
     body = para(str(cap.get("verdict") or ""))
     if image is not None:
         caption = charts.CAPTIONS.get(CAPACITY_CHART, "")
-        body += (f"<figure>{embedded_png(Path(image), caption)}"
-                 f"<figcaption>{esc(caption)}</figcaption></figure>")
+        body += figure(Path(image), caption, caption)
     body += html_table(["", "value"], [
         ["sustainable connections", num(cap.get("sustainable_connections"))],
         ["sustainable messages/s", num(cap.get("sustainable_msgs_per_s"), 1)],

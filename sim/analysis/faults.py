@@ -17,9 +17,9 @@ import pandas as pd
 
 from server.codes import CLOSE_CODES, CloseCode
 
-from .analysis_codes import is_service_fault
-from .analysis_run import NOTE_OPS, Run, bin_range, fault_windows, time_bins
-from .analysis_timeline import throughput
+from .codes import is_service_fault
+from .run import NOTE_OPS, Run, bin_range, fault_windows, time_bins
+from .timeline import throughput
 
 # deploy, admin kick, dropped sockets
 STORM_CODES = (CloseCode.GOING_AWAY, CloseCode.ADMIN_DISCONNECT, CloseCode.ABNORMAL_CLOSURE)

@@ -8,23 +8,24 @@ a rate or a percentile on its own, so every number a user sees has one definitio
     latency_percentiles(run)   # per op, from raw samples (numpy "linear")
     write_summary(run.dir)     # summary.json, byte-for-byte reproducible
 
-The implementation is split by concept: loading (`analysis_run`), codes and
-reconciliation (`analysis_codes`), latency, delivery and retries
-(`analysis_latency`), server time series (`analysis_timeline`), fault effects
-(`analysis_faults`), capacity (`analysis_capacity`) and the summary
-(`analysis_summary`).
+The implementation is split by concept, one module each: loading (`run`), codes and
+reconciliation (`codes`), latency, delivery and retries (`latency`), server time
+series (`timeline`), fault effects (`faults`), capacity (`capacity`) and the summary
+(`summary`). Import from this package, not from those modules: its names are the API
+(`sim.analysis.summary` is the function; the module behind it is an implementation
+detail).
 """
 
 from __future__ import annotations
 
-from .analysis_capacity import (
+from .capacity import (
     capacity,
     capacity_steps,
     errors_by_step,
     instances_needed,
     load_steps,
 )
-from .analysis_codes import (
+from .codes import (
     NEVER_RETRY,
     close_counts,
     error_breakdown,
@@ -34,13 +35,13 @@ from .analysis_codes import (
     reconcile,
     whose_fault,
 )
-from .analysis_faults import (
+from .faults import (
     per_second_health,
     reconnect_storms,
     recovery_by_class,
     recovery_times,
 )
-from .analysis_latency import (
+from .latency import (
     PERCENTILE_METHOD,
     amplification_by_policy,
     delivery,
@@ -53,9 +54,9 @@ from .analysis_latency import (
     retry_outcomes,
     reused_message_ids,
 )
-from .analysis_run import Run, fault_windows, load_run, run_dirs_or_newest
-from .analysis_summary import summary, write_summary
-from .analysis_timeline import connections_over_time, quota_over_time, throughput
+from .run import Run, fault_windows, load_run, run_dirs_or_newest
+from .summary import summary, write_summary
+from .timeline import connections_over_time, quota_over_time, throughput
 
 __all__ = [
     "NEVER_RETRY",

@@ -16,9 +16,9 @@ import pandas as pd
 
 from server.codes import ERROR_CODES
 
-from . import rundir
-from .analysis_run import Run, fault_windows
-from .analysis_timeline import timeline_total
+from .. import rundir
+from .run import Run, fault_windows
+from .timeline import timeline_total
 
 P99_LIMIT_MS = 100.0
 ERROR_RATE_LIMIT = 0.01
@@ -200,6 +200,33 @@ def errors_by_step(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
 HEADROOM = 0.7
 
 
+def capacity_per_instance(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
+                          error_rate_limit: float = ERROR_RATE_LIMIT) -> dict[str, Any]:
+    """One capacity run's knee divided by the instances it had (None: no knee)."""
+    cap = capacity(run, p99_limit_ms, error_rate_limit)
+    n = int(run.meta.get("instances") or max(1, len(run.stats)))
+    knee = cap["knee"]
+    return {"run": run.dir.name, "instances": n,
+            "knee_users": knee["users"] if knee else None,
+            "connections_per_instance": knee["connections"] / n if knee else None,
+            "msgs_per_s_per_instance": knee["msgs_per_s"] / n if knee else None,
+            "limit_crossed": cap["limit"] is not None, "verdict": cap["verdict"]}
+
+
+def _assumptions(headroom: float, p99_limit_ms: float, error_rate_limit: float) -> list[str]:
+    return [
+        "one instance's capacity is the knee of a step-ramp run (last step with publish "
+        f"p99 <= {p99_limit_ms:g} ms and errors <= {100 * error_rate_limit:g}%) "
+        "divided by that run's instances",
+        "with several runs the smallest per-instance capacity is used",
+        "capacity scales linearly with instances (no shared bottleneck modelled: "
+        "Redis, the network, the load generator)",
+        f"instances run at {100 * headroom:g}% of capacity (headroom for spikes, "
+        "deploys and losing an instance)",
+        "connections and msgs/s are independent limits; the larger need wins; "
+        "fan-out per publish is as in the measured runs"]
+
+
 def instances_needed(runs: Run | list[Run], target_connections: float,
                      target_msgs_per_s: float, headroom: float = HEADROOM,
                      p99_limit_ms: float = P99_LIMIT_MS,
@@ -227,17 +254,7 @@ def instances_needed(runs: Run | list[Run], target_connections: float,
     if target_connections < 0 or target_msgs_per_s < 0:
         raise ValueError("targets must be >= 0")
     runs = [runs] if isinstance(runs, Run) else list(runs)
-    per_run = []
-    for run in runs:
-        cap = capacity(run, p99_limit_ms, error_rate_limit)
-        n = int(run.meta.get("instances") or max(1, len(run.stats)))
-        knee = cap["knee"]
-        per_run.append({
-            "run": run.dir.name, "instances": n,
-            "knee_users": knee["users"] if knee else None,
-            "connections_per_instance": knee["connections"] / n if knee else None,
-            "msgs_per_s_per_instance": knee["msgs_per_s"] / n if knee else None,
-            "limit_crossed": cap["limit"] is not None, "verdict": cap["verdict"]})
+    per_run = [capacity_per_instance(run, p99_limit_ms, error_rate_limit) for run in runs]
     usable = [p for p in per_run if p["connections_per_instance"] is not None
               and not math.isnan(p["connections_per_instance"])]
     out: dict[str, Any] = {
@@ -245,17 +262,8 @@ def instances_needed(runs: Run | list[Run], target_connections: float,
         "headroom": headroom, "runs": per_run, "connections_per_instance": None,
         "msgs_per_s_per_instance": None, "instances_for_connections": None,
         "instances_for_msgs": None, "instances": None, "binding": None,
-        "is_upper_bound": False, "assumptions": [
-            "one instance's capacity is the knee of a step-ramp run (last step with publish "
-            f"p99 <= {p99_limit_ms:g} ms and errors <= {100 * error_rate_limit:g}%) "
-            "divided by that run's instances",
-            "with several runs the smallest per-instance capacity is used",
-            "capacity scales linearly with instances (no shared bottleneck modelled: "
-            "Redis, the network, the load generator)",
-            f"instances run at {100 * headroom:g}% of capacity (headroom for spikes, "
-            "deploys and losing an instance)",
-            "connections and msgs/s are independent limits; the larger need wins; "
-            "fan-out per publish is as in the measured runs"]}
+        "is_upper_bound": False,
+        "assumptions": _assumptions(headroom, p99_limit_ms, error_rate_limit)}
     if not usable:
         out["verdict"] = "no run has a knee: nothing to project from"
         return out

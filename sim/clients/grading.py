@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,8 +34,8 @@ import pandas as pd
 
 from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, Retry
 
-from . import rundir
-from .analysis_run import Run, load_run
+from .. import rundir
+from ..analysis import Run, load_run
 
 # Thresholds: grading policy, not protocol data. A retry sooner than this after a
 # "backoff" answer is "immediate" (the loadtests' default base backoff is 50 ms).
@@ -181,9 +182,7 @@ def client_events(run: Run) -> pd.DataFrame:
 
 
 def token_fetches(run: Run) -> pd.DataFrame:
-    from .clients import CLIENT_TOKENS
-
-    rows = rundir.read_jsonl(run.dir, CLIENT_TOKENS)
+    rows = rundir.read_jsonl(run.dir, rundir.CLIENT_TOKENS)
     df = pd.DataFrame(rows, columns=["t", "client", "peer", "expiresAt", "initial"])
     df["ts"] = df.t.astype(float) - run.origin
     return df
@@ -227,86 +226,126 @@ def _span(a: float, b: float) -> str:
     return f"{a:.1f}-{b:.1f} s" if f"{a:.1f}" != f"{b:.1f}" else f"at {a:.1f} s"
 
 
+@dataclass(frozen=True)
+class ErrorAnswers:
+    """The answers of one error code one client got on one op, and what came next."""
+
+    client: str
+    op: str
+    code: str
+    retry: Retry
+    ts: np.ndarray  # scenario time of each answer
+    delays: list[float]  # from each answer to the client's next request of the op (NaN: none)
+    conns: np.ndarray  # the connection each answer came on
+
+
+def _check_no_retry(a: ErrorAnswers, f: Findings) -> None:
+    if a.retry is Retry.NEVER_ON_CONNECTION:
+        repeats = int((pd.Series(a.conns).value_counts() - 1).clip(lower=0).sum())
+    else:
+        repeats = len(a.ts) - 1
+    if repeats > 0:
+        f.violate("no_retry", a.client, a.ts[0],
+                  f"retried {a.code} {_times(repeats)} in {_duration(a.ts[-1] - a.ts[0])} "
+                  f"({a.op}, {_span(a.ts[0], a.ts[-1])})")
+
+
+def _check_unsubscribe_first(a: ErrorAnswers, f: Findings) -> None:
+    if len(a.ts) > 1:  # an unsubscribe in between frees a slot: not graded here
+        f.violate("unsubscribe_first", a.client, a.ts[0],
+                  f"subscribed again {len(a.ts) - 1} times after {a.code} "
+                  f"({_span(a.ts[0], a.ts[-1])})")
+
+
+def _check_dont_loop(a: ErrorAnswers, f: Findings) -> None:
+    loops = int((np.diff(a.ts) < LOOP_WINDOW_S).sum())
+    if loops >= FAIL_AT - 1:
+        f.violate("dont_loop", a.client, a.ts[0],
+                  f"looped on {a.code}: {loops + 1} answers within {LOOP_WINDOW_S:g} s of "
+                  f"each other ({_span(a.ts[0], a.ts[-1])})")
+
+
+def _fast_retries(a: ErrorAnswers, limit_s: float) -> list[tuple[float, float]]:
+    """(answer time, delay) of the answers the client followed up sooner than `limit_s`."""
+    return [(t, d) for t, d in zip(a.ts, a.delays, strict=True)
+            if not math.isnan(d) and d < limit_s]
+
+
+def _flag_fast(a: ErrorAnswers, f: Findings, rule: str, fast: list[tuple[float, float]],
+               what: str) -> None:
+    """A warning from WARN_AT fast retries, a violation from FAIL_AT."""
+    if len(fast) >= WARN_AT:
+        median_ms = np.median([d for _, d in fast]) * 1000
+        f.violate(rule, a.client, fast[0][0],
+                  f"{what} (median {median_ms:.0f} ms; {_span(fast[0][0], fast[-1][0])})",
+                  warn=len(fast) < FAIL_AT)
+
+
+def _check_wait_for_period(a: ErrorAnswers, f: Findings) -> None:
+    fast = _fast_retries(a, QUOTA_PROBE_S)
+    _flag_fast(a, f, "wait_for_period", fast, f"tried {a.op} {_times(len(fast))} less than "
+               f"{QUOTA_PROBE_S:g} s after {a.code}")
+
+
+def _check_backoff_on_error(a: ErrorAnswers, f: Findings) -> None:
+    fast = _fast_retries(a, MIN_BACKOFF_S)
+    _flag_fast(a, f, "backoff_on_error", fast, f"retried {a.op} {_times(len(fast))} within "
+               f"{MIN_BACKOFF_S * 1000:g} ms of {a.code}")
+
+
+# How each error rule judges a client's answers (the rule comes from ERROR_RULE).
+ERROR_CHECKS: dict[str, Callable[[ErrorAnswers, Findings], None]] = {
+    "no_retry": _check_no_retry,
+    "unsubscribe_first": _check_unsubscribe_first,
+    "dont_loop": _check_dont_loop,
+    "wait_for_period": _check_wait_for_period,
+    "backoff_on_error": _check_backoff_on_error,
+}
+
+
 def grade_errors(ev: pd.DataFrame, f: Findings) -> dict[str, dict[str, Any]]:
     """Per client: the error codes received and what followed. Fills `f`."""
     per_client: dict[str, dict[str, Any]] = defaultdict(dict)
-    reqs = _requests(ev)
-    for (client, op), g in reqs.groupby(["client", "op"], sort=True):
+    for (client, op), g in _requests(ev).groupby(["client", "op"], sort=True):
         g = g.sort_values("ts", kind="stable")
         ts = g.ts.to_numpy(float)
         codes = g.code.to_numpy(object)
-        conns = g.conn.to_numpy()
         events = g.event.to_numpy(object)
-        by_code: dict[str, list[float]] = defaultdict(list)  # delays to the next attempt
-        for i, code in enumerate(codes):
-            if events[i] != "error" or code is None:
-                continue
-            code = str(code)
-            delay = ts[i + 1] - ts[i] if i + 1 < len(ts) else math.nan
-            by_code[code].append(delay)
-        for code, delays in by_code.items():
+        for code, delays in _delays_by_code(ts, codes, events).items():
+            _count_answers(per_client[client], code, delays)
             entry = ERROR_CODES.get(code)
-            stats = per_client[client].setdefault(code, {"received": 0, "retried": 0,
-                                                         "delays_ms": []})
-            stats["received"] += len(delays)
-            done = [d for d in delays if not math.isnan(d)]
-            stats["retried"] += len(done)
-            stats["delays_ms"] += [round(d * 1000, 1) for d in done]
-            if entry is None:
-                continue
-            rule = ERROR_RULE.get(entry.retry)
+            rule = ERROR_RULE.get(entry.retry) if entry is not None else None
             if rule is None:
                 continue
             f.saw(rule, len(delays))
             mask = (events == "error") & (codes == code)
-            err_ts = ts[mask]
-            if rule == "no_retry":
-                if entry.retry is Retry.NEVER_ON_CONNECTION:
-                    repeats = int((pd.Series(conns[mask]).value_counts() - 1).clip(lower=0).sum())
-                else:
-                    repeats = len(err_ts) - 1
-                if repeats > 0:
-                    f.violate(rule, client, err_ts[0],
-                              f"retried {code} {_times(repeats)} in "
-                              f"{_duration(err_ts[-1] - err_ts[0])} ({op}, "
-                              f"{_span(err_ts[0], err_ts[-1])})")
-            elif rule == "unsubscribe_first":
-                if len(err_ts) > 1:  # an unsubscribe in between frees a slot: not graded here
-                    f.violate(rule, client, err_ts[0],
-                              f"subscribed again {len(err_ts) - 1} times after {code} "
-                              f"({_span(err_ts[0], err_ts[-1])})")
-            elif rule == "dont_loop":
-                gaps = np.diff(err_ts)
-                loops = int((gaps < LOOP_WINDOW_S).sum())
-                if loops >= FAIL_AT - 1:
-                    f.violate(rule, client, err_ts[0],
-                              f"looped on {code}: {loops + 1} answers within "
-                              f"{LOOP_WINDOW_S:g} s of each other ({_span(err_ts[0], err_ts[-1])})")
-            elif rule == "wait_for_period":
-                fast = [(t, d) for t, d in zip(err_ts, delays, strict=True)
-                        if not math.isnan(d) and d < QUOTA_PROBE_S]
-                if len(fast) >= WARN_AT:
-                    f.violate(rule, client, fast[0][0],
-                              f"tried {op} {_times(len(fast))} less than {QUOTA_PROBE_S:g} s "
-                              f"after {code} (median {np.median([d for _, d in fast]) * 1000:.0f}"
-                              f" ms; {_span(fast[0][0], fast[-1][0])})",
-                              warn=len(fast) < FAIL_AT)
-            elif rule == "backoff_on_error":
-                fast = [(t, d) for t, d in zip(err_ts, delays, strict=True)
-                        if not math.isnan(d) and d < MIN_BACKOFF_S]
-                if len(fast) >= WARN_AT:
-                    f.violate(rule, client, fast[0][0],
-                              f"retried {op} {_times(len(fast))} within {MIN_BACKOFF_S * 1000:g}"
-                              f" ms of {code} (median "
-                              f"{np.median([d for _, d in fast]) * 1000:.0f} ms; "
-                              f"{_span(fast[0][0], fast[-1][0])})",
-                              warn=len(fast) < FAIL_AT)
+            ERROR_CHECKS[rule](ErrorAnswers(client, op, code, entry.retry, ts[mask], delays,
+                                            g.conn.to_numpy()[mask]), f)
     for codes_ in per_client.values():
         for stats in codes_.values():
             d = stats.pop("delays_ms")
             stats["median_delay_ms"] = float(np.median(d)) if d else None
             stats["min_delay_ms"] = float(min(d)) if d else None
     return per_client
+
+
+def _delays_by_code(ts: np.ndarray, codes: np.ndarray, events: np.ndarray
+                    ) -> dict[str, list[float]]:
+    """Per error code: from each answer to the next request of the op (NaN: none)."""
+    by_code: dict[str, list[float]] = defaultdict(list)
+    for i, code in enumerate(codes):
+        if events[i] != "error" or code is None:
+            continue
+        by_code[str(code)].append(ts[i + 1] - ts[i] if i + 1 < len(ts) else math.nan)
+    return by_code
+
+
+def _count_answers(codes: dict[str, Any], code: str, delays: list[float]) -> None:
+    stats = codes.setdefault(code, {"received": 0, "retried": 0, "delays_ms": []})
+    stats["received"] += len(delays)
+    done = [d for d in delays if not math.isnan(d)]
+    stats["retried"] += len(done)
+    stats["delays_ms"] += [round(d * 1000, 1) for d in done]
 
 
 # -- close rules --------------------------------------------------------------------------
@@ -342,47 +381,99 @@ def reconnects(ev: pd.DataFrame, hints: list[tuple[float, int]]) -> pd.DataFrame
     return pd.DataFrame(rows, columns=cols)
 
 
+@dataclass(frozen=True)
+class CloseSeen:
+    """One close of a client (a row of `reconnects`) and what the close rules need."""
+
+    r: pd.Series  # the reconnects row
+    tokens: pd.DataFrame  # token fetches (token_fetches)
+    closed_slow: frozenset[tuple[str, int]]  # (client, conn) closed 1008
+
+    @property
+    def back(self) -> bool:
+        return not math.isnan(self.r.next_ts)
+
+    @property
+    def what(self) -> str:
+        return f"{self.r.code} ({self.r['name']}) at {self.r.close_ts:.1f} s"
+
+    @property
+    def after(self) -> str:
+        return f"reconnected {_duration(self.r.delay_s)} after {self.what}" if self.back else ""
+
+
+# A check returns (violation text, is it only a warning), or None when the client did right.
+CloseVerdict = tuple[str, bool] | None
+
+
+def _check_stay_away(c: CloseSeen) -> CloseVerdict:
+    return (f"{c.after}: terminal", False) if c.back else None
+
+
+def _check_respect_retry_after(c: CloseSeen) -> CloseVerdict:
+    if not c.back:
+        return f"did not come back after {c.what}", True
+    if c.r.delay_s + HINT_TOLERANCE_S < c.r.hint_ms / 1000:
+        return f"{c.after}, before retryAfterMs={int(c.r.hint_ms)}", False
+    return None
+
+
+def _check_concurrency_floor(c: CloseSeen) -> CloseVerdict:
+    if c.back and c.r.delay_s < RECONNECT_WAIT_FLOOR_S:
+        return f"{c.after}, before the {RECONNECT_WAIT_FLOOR_S:g} s floor", False
+    return None
+
+
+def _check_reconnect_backoff(c: CloseSeen) -> CloseVerdict:
+    return (f"{c.after}: no backoff", False) if c.back and c.r.delay_s < MIN_RECONNECT_S else None
+
+
+def _check_come_back_lighter(c: CloseSeen) -> CloseVerdict:
+    if not c.back:
+        return None
+    if c.r.delay_s < MIN_RECONNECT_S:
+        return f"{c.after}: no backoff", False
+    if (c.r.client, c.r.next_conn) in c.closed_slow:
+        return f"{c.after}, and was closed 1008 again: read faster or subscribe to less", False
+    return None
+
+
+def _check_fresh_token(c: CloseSeen) -> CloseVerdict:
+    t = c.tokens
+    mine = t[(t.peer == c.r.client) & (t.ts > c.r.close_ts) & ~t.initial.astype(bool)]
+    until = c.r.next_ts if c.back else math.inf
+    if (mine.ts <= until + HINT_TOLERANCE_S).any():
+        return None
+    tail = f"reconnected {_duration(c.r.delay_s)} later" if c.back else "never connected again"
+    return f"no fresh token fetched after {c.what}; {tail}", False
+
+
+# How each close rule judges what a client did after the close (the rule: CLOSE_RULE).
+CLOSE_CHECKS: dict[str, Callable[[CloseSeen], CloseVerdict]] = {
+    "stay_away": _check_stay_away,
+    "respect_retry_after": _check_respect_retry_after,
+    "concurrency_floor": _check_concurrency_floor,
+    "reconnect_backoff": _check_reconnect_backoff,
+    "come_back_lighter": _check_come_back_lighter,
+    "fresh_token": _check_fresh_token,
+}
+
+
 def grade_closes(ev: pd.DataFrame, rc: pd.DataFrame, tokens: pd.DataFrame,
                  f: Findings) -> None:
     """Reconnect rules per close; one violation per (rule, client, code) with a count."""
     found: dict[tuple[str, str, int, bool], list[tuple[float, float, str]]] = defaultdict(list)
-    closed_slow = set(zip(rc.client[rc.code == SLOW_CONSUMER], rc.conn[rc.code == SLOW_CONSUMER],
-                          strict=True))
+    slow = rc.code == SLOW_CONSUMER
+    closed_slow = frozenset(zip(rc.client[slow], rc.conn[slow], strict=True))
     for _, r in rc.iterrows():
         retry = close_retry(int(r.code))
         rule = CLOSE_RULE.get(retry) if retry else None
         if rule is None:
             continue
         f.saw(rule)
-        back = not math.isnan(r.next_ts)
-        what = f"{r.code} ({r['name']}) at {r.close_ts:.1f} s"
-        after = f"reconnected {_duration(r.delay_s)} after {what}" if back else ""
-        text, warn = None, False
-        if rule == "stay_away" and back:
-            text = f"{after}: terminal"
-        elif rule == "respect_retry_after":
-            if not back:
-                text, warn = f"did not come back after {what}", True
-            elif r.delay_s + HINT_TOLERANCE_S < r.hint_ms / 1000:
-                text = f"{after}, before retryAfterMs={int(r.hint_ms)}"
-        elif rule == "concurrency_floor" and back and r.delay_s < RECONNECT_WAIT_FLOOR_S:
-            text = f"{after}, before the {RECONNECT_WAIT_FLOOR_S:g} s floor"
-        elif rule == "reconnect_backoff" and back and r.delay_s < MIN_RECONNECT_S:
-            text = f"{after}: no backoff"
-        elif rule == "come_back_lighter" and back:
-            if r.delay_s < MIN_RECONNECT_S:
-                text = f"{after}: no backoff"
-            elif (r.client, r.next_conn) in closed_slow:
-                text = f"{after}, and was closed 1008 again: read faster or subscribe to less"
-        elif rule == "fresh_token":
-            mine = tokens[(tokens.peer == r.client) & (tokens.ts > r.close_ts)
-                          & ~tokens.initial.astype(bool)]
-            until = r.next_ts if back else math.inf
-            if not (mine.ts <= until + HINT_TOLERANCE_S).any():
-                tail = (f"reconnected {_duration(r.delay_s)} later" if back
-                        else "never connected again")
-                text = f"no fresh token fetched after {what}; {tail}"
-        if text is not None:
+        verdict = CLOSE_CHECKS[rule](CloseSeen(r, tokens, closed_slow))
+        if verdict is not None:
+            text, warn = verdict
             found[(rule, r.client, int(r.code), warn)].append((r.close_ts, r.delay_s, text))
     for (rule, client, _code, warn), items in found.items():
         first_ts, _, text = items[0]
@@ -470,12 +561,10 @@ WORST = {"n/a": 0, "pass": 1, "warn": 2, "fail": 3}
 
 def grade_run(run_dir: str | Path) -> dict[str, Any]:
     """The whole grade of a `rtmsim clients` run directory (what clients.json holds)."""
-    from .clients import CLIENT_PROCS
-
     run = load_run(run_dir)
     ev = client_events(run)
     tokens = token_fetches(run)
-    procs = {p["peer"]: p for p in rundir.read_json(run.dir, CLIENT_PROCS, []) or []}
+    procs = {p["peer"]: p for p in rundir.read_json(run.dir, rundir.CLIENT_PROCS, []) or []}
     f = Findings()
     per_client_errors = grade_errors(ev, f)
     rc = reconnects(ev, _deploy_hints(run))
@@ -487,7 +576,7 @@ def grade_run(run_dir: str | Path) -> dict[str, Any]:
         if not ((ev.client == name) & ev.event.isin(["connect", "reject"])).any():
             f.violate("connected", name, 0.0,
                       f"never reached the server as {name} (see "
-                      f"clients/client-{proc['index']}.err)")
+                      f"{rundir.client_log(proc['index'], 'err')})")
 
     rules = {}
     for rid, rule in RULES.items():

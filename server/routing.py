@@ -1,0 +1,231 @@
+"""The order of every routed operation and of a connect, once, for every driver.
+
+A `Route` (a socket's subscribe, unsubscribe, publish or send, or a REST publish) is
+carried out in one order: charge the app's quota, then the fault engine's decision
+(hold, fail), then the backend, then the reply (hold after, complete or fail). The
+order lives in `route_steps`, a generator in the style of sans-I/O protocols: it
+yields small frozen steps (`Charge`, `Hold`, the `Route` itself for the backend call)
+that a driver performs, and the driver resumes it with the step's result, or throws
+the step's exception into it (`gen.throw`). Its return value is the origin's
+reply (a socket's actions, a REST reply). The asyncio node, REST and the test driver
+run the same steps; a virtual clock can too. `connect_steps` does the same for an
+upgrade: connect faults, hold, refuse, the ledger's connection slot, then
+`Service.admit`; `disconnect_steps` the way back.
+
+Nothing here awaits or owns a clock: the fault engine is pure and seeded, and the
+time is read from the driver's `clock` (wall time on asyncio, virtual time in a
+simulation) only where it matters: at the fault decision and at the reply.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from .actions import Action, Message, Route
+from .backend import BackendError
+from .connection import OVER_QUOTA_MESSAGE, Connection
+
+if TYPE_CHECKING:
+    from .backend import Backend
+    from .faults import FaultEngine
+    from .service import Pending, Service
+    from .stats import AppCounters
+
+log = logging.getLogger("rtmsim.server")
+
+R = TypeVar("R", covariant=True)
+
+
+# -- steps: what the core asks its driver to do ----------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Charge one message to the app's ledger; resume with True (charged) or False."""
+
+    app_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Admit:
+    """Ask the app's ledger for a connection slot; resume with True or False."""
+
+    app_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give a closed connection's slot back to the app's ledger; resume with None."""
+
+    app_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """The backend forgets a closed connection (subscriptions, reachability)."""
+
+    conn: Connection
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """Wait `seconds` (an injected latency) before resuming; resume with None."""
+
+    seconds: float
+
+
+_CHARGES: dict[str, Charge] = {}  # one Charge step per app: the hot path allocates none
+# A `Route` step asks the driver to await `call_backend(backend, origin, route)` and
+# resume with its result: the route is already a frozen record, so the hot path
+# allocates no step for it.
+Step = Charge | Admit | Release | Forget | Hold | Route
+Clock = Callable[[], float]
+
+
+# -- origins: who gets the reply -----------------------------------------------------------
+
+class Origin(Protocol[R]):
+    """Who asked for a route, and how it is answered: a `Connection`, a `RestPublisher`."""
+
+    app_id: str
+
+    def complete(self, route: Route, result: Any, now: float) -> R: ...
+
+    def fail(self, route: Route, code: str, message: str, now: float) -> R: ...
+
+    def over_quota(self, route: Route, now: float) -> R: ...
+
+
+# The HTTP status of each code a routed REST publish can end with.
+HTTP_STATUS = {"over_message_quota": 429, "backend_error": 503, "internal_error": 500}
+
+
+@dataclass(frozen=True, slots=True)
+class RestReply:
+    """What the REST handler answers: its status and JSON body."""
+
+    status: int
+    body: dict[str, Any]
+
+
+class RestPublisher:
+    """A REST publish's origin: no socket, the same reply and counting rules."""
+
+    __slots__ = ("app_id", "counters")
+
+    def __init__(self, app_id: str, counters: AppCounters) -> None:
+        self.app_id = app_id
+        self.counters = counters
+
+    def publish(self, channel: str, sender: str, data: Any,
+                sender_metadata: dict[str, Any] | None) -> Route:
+        """The route of a publish on this app's behalf (no origin to exclude)."""
+        return Route("publish", None, Message(self.app_id, channel, sender, data,
+                                              sender_metadata, None), charge=True)
+
+    def complete(self, route: Route, result: Any, now: float) -> RestReply:
+        self.counters.published += 1
+        return RestReply(200, {"channel": route.channel, "delivered": result})
+
+    def fail(self, route: Route, code: str, message: str, now: float) -> RestReply:
+        self.counters.errors[code] += 1
+        return RestReply(HTTP_STATUS.get(code, 500), {"error": code, "message": message})
+
+    def over_quota(self, route: Route, now: float) -> RestReply:
+        return self.fail(route, "over_message_quota", OVER_QUOTA_MESSAGE, now)
+
+
+# -- the orders ------------------------------------------------------------------------------
+
+def call_backend(backend: Backend, origin: object, route: Route) -> Awaitable[Any]:
+    """The backend call that carries out `route` for `origin` (for the driver to await)."""
+    op = route.op
+    if op == "publish":
+        return backend.publish(route.body)
+    if op == "send":
+        return backend.send(route.body)
+    if op == "subscribe":
+        return backend.subscribe(origin, route.body,  # type: ignore[arg-type]
+                                 route.include_sender_metadata)
+    return backend.unsubscribe(origin, route.body)  # type: ignore[arg-type]
+
+
+def route_steps(origin: Origin[R], route: Route, faults: FaultEngine, clock: Clock
+                ) -> Generator[Step, Any, R]:
+    """Quota, then faults, then the backend, then the reply: the tail of the
+    validation order. Any exception, raised here or thrown in, ends as a reply:
+    `backend_error` for a `BackendError`, `internal_error` for anything else.
+    """
+    after = 0.0
+    try:
+        if route.charge:
+            app_id = origin.app_id
+            charge = _CHARGES.get(app_id)
+            if charge is None:
+                charge = _CHARGES[app_id] = Charge(app_id)
+            if not (yield charge):
+                return origin.over_quota(route, clock())
+        if faults.has_route_faults:
+            fail, before, after = faults.on_route(route.op, origin.app_id, route.channel,
+                                                  clock())
+            if before:
+                yield Hold(before)
+            if fail is not None:
+                return origin.fail(route, fail.code, fail.message, clock())
+        result = yield route
+    except BackendError as exc:
+        return origin.fail(route, "backend_error", str(exc) or "backend unavailable",
+                           clock())
+    except Exception:
+        log.exception("unexpected error routing %s", route.op)
+        return internal_error(origin, route, clock())
+    if after:
+        yield Hold(after)
+    return origin.complete(route, result, clock())
+
+
+def internal_error(origin: Origin[R], route: Route, now: float) -> R:
+    """The reply when carrying out `route` raised unexpectedly."""
+    return origin.fail(route, "internal_error", "internal error", now)
+
+
+def frame_failed(conn: Connection, now: float) -> list[Action]:
+    """The reply when handling a frame raised unexpectedly (the driver logs it)."""
+    return internal_error(conn, Route("frame", None, None), now)
+
+
+def connect_steps(service: Service, pending: Pending, faults: FaultEngine, clock: Clock
+                  ) -> Generator[Step, Any, tuple[Connection | None, list[Action]]]:
+    """Connect faults (hold, refuse 1011), then the ledger's slot (4010), then admit.
+
+    An exception thrown in (the ledger unreachable) is not answered here: it ends the
+    upgrade in the driver, as a failed handshake.
+    """
+    app_id = pending.credential.app.id
+    refused = None
+    if faults.has_route_faults:
+        fail, before, _ = faults.on_route("connect", app_id, None, clock())
+        if before:
+            yield Hold(before)
+        refused = fail.message if fail else None
+    admitted = refused is None and (yield Admit(app_id))
+    return service.admit(pending, admitted, clock(), refused)
+
+
+def disconnect_steps(service: Service, conn: Connection, now: float,
+                     code: int | None = None) -> Generator[Step, Any, bool]:
+    """Count a gone connection once, then free its ledger slot, then the backend
+    forgets it; False when it was already counted.
+
+    A failure to free or forget is logged, not answered: the socket is gone.
+    """
+    if not service.disconnected(conn, now, code):
+        return False
+    try:
+        yield Release(conn.app_id)
+        yield Forget(conn)
+    except Exception:
+        log.exception("failed to forget a connection")
+    return True

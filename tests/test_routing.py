@@ -1,0 +1,227 @@
+"""The core's routing and connect orders (`server.routing`), step by step.
+
+Each test drives the generator by hand, as a driver would, and pins the steps it asks
+for and the reply it returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from coredriver import Core
+
+from server.actions import Message, Route
+from server.backend import BackendError
+from server.config import default_config
+from server.faults import FaultEngine
+from server.node import Node
+from server.routing import (
+    Admit,
+    Charge,
+    Forget,
+    Hold,
+    Release,
+    RestPublisher,
+    RestReply,
+    call_backend,
+    connect_steps,
+    disconnect_steps,
+    route_steps,
+)
+from server.stats import AppCounters
+
+T0 = 1_000.0
+APP = "demo"
+
+
+def clock() -> float:
+    return T0
+
+
+def engine(*specs: dict) -> FaultEngine:
+    faults = FaultEngine(0, T0)
+    for spec in specs:
+        faults.add(spec)
+    return faults
+
+
+def publisher() -> RestPublisher:
+    return RestPublisher(APP, AppCounters())
+
+
+def rest_publish(p: RestPublisher) -> Route:
+    return p.publish("news", "system", {"n": 1}, None)
+
+
+def test_a_charged_publish_asks_the_ledger_then_the_backend_then_completes():
+    p = publisher()
+    route = rest_publish(p)
+    steps = route_steps(p, route, engine(), clock)
+    assert next(steps) == Charge(APP)
+    assert steps.send(True) is route  # the backend call
+    with pytest.raises(StopIteration) as done:
+        steps.send(3)
+    assert done.value.value == RestReply(200, {"channel": "news", "delivered": 3})
+    assert p.counters.published == 1
+
+
+def test_a_refused_charge_ends_over_quota_before_faults_and_backend():
+    p = publisher()
+    faults = engine({"kind": "error", "probability": 1.0})
+    steps = route_steps(p, rest_publish(p), faults, clock)
+    assert next(steps) == Charge(APP)
+    with pytest.raises(StopIteration) as done:
+        steps.send(False)
+    assert done.value.value == RestReply(
+        429, {"error": "over_message_quota",
+              "message": "message quota used up for this period"})
+    assert p.counters.errors == {"over_message_quota": 1}
+    assert p.counters.published == 0
+
+
+def test_an_error_fault_answers_after_the_charge_without_calling_the_backend():
+    p = publisher()
+    faults = engine({"kind": "error", "code": "internal_error", "probability": 1.0,
+                     "id": "f-1"})
+    steps = route_steps(p, rest_publish(p), faults, clock)
+    assert next(steps) == Charge(APP)
+    with pytest.raises(StopIteration) as done:
+        steps.send(True)
+    assert done.value.value == RestReply(
+        500, {"error": "internal_error", "message": "injected internal_error (fault f-1)"})
+
+
+def test_latency_holds_before_routing_or_before_the_reply():
+    p = publisher()
+    route = rest_publish(p)
+    faults = engine({"kind": "latency", "ms": 20},
+                    {"kind": "latency", "ms": 30, "where": "before_ack"})
+    steps = route_steps(p, route, faults, clock)
+    assert next(steps) == Charge(APP)
+    assert steps.send(True) == Hold(pytest.approx(0.020))
+    assert steps.send(None) is route
+    assert steps.send(1) == Hold(pytest.approx(0.030))
+    with pytest.raises(StopIteration) as done:
+        steps.send(None)
+    assert done.value.value.status == 200
+
+
+@pytest.mark.parametrize(("exc", "code", "status", "message"), [
+    (BackendError("redis down"), "backend_error", 503, "redis down"),
+    (BackendError(), "backend_error", 503, "backend unavailable"),
+    (KeyError("bug"), "internal_error", 500, "internal error"),
+])
+def test_an_exception_thrown_in_becomes_the_origins_failure(exc, code, status, message):
+    p = publisher()
+    steps = route_steps(p, rest_publish(p), engine(), clock)
+    next(steps)
+    with pytest.raises(StopIteration) as done:
+        steps.throw(exc)
+    assert done.value.value == RestReply(status, {"error": code, "message": message})
+    assert p.counters.errors == {code: 1}
+
+
+def test_a_subscribe_is_not_charged_and_calls_the_backend_with_the_connection():
+    core = Core()
+    conn = core.connect(key="pk_live_demo")
+    route = Route("subscribe", "r1", "news", True)
+    steps = route_steps(conn, route, core.faults, core.clock)
+    assert next(steps) is route
+    calls = []
+
+    class Backend:
+        def subscribe(self, *args):
+            calls.append(args)
+            return "awaitable"
+
+    assert call_backend(Backend(), conn, route) == "awaitable"
+    assert calls == [(conn, "news", True)]
+
+
+def test_connect_asks_for_a_slot_then_admits():
+    core = Core()
+    pending = core.service.authenticate({"key": ["pk_live_demo"]}, T0)
+    steps = connect_steps(core.service, pending, engine(), clock)
+    assert next(steps) == Admit("app_demo")
+    with pytest.raises(StopIteration) as done:
+        steps.send(False)
+    conn, actions = done.value.value
+    assert conn is None and actions[0].code == 4010
+
+
+def test_a_connect_fault_refuses_1011_without_asking_the_ledger():
+    core = Core()
+    pending = core.service.authenticate({"key": ["pk_live_demo"]}, T0)
+    faults = engine({"kind": "error", "ops": ["connect"], "probability": 1.0, "id": "f-2"})
+    with pytest.raises(StopIteration) as done:
+        next(connect_steps(core.service, pending, faults, clock))
+    conn, actions = done.value.value
+    assert conn is None
+    assert (actions[0].code, actions[0].reason) == (1011, "injected backend_error (fault f-2)")
+
+
+def test_the_test_driver_runs_the_same_faults_as_the_node():
+    core = Core()
+    core.faults.add({"kind": "error", "ops": ["publish"], "probability": 1.0, "id": "f-3"})
+    conn = core.connect(key="pk_live_demo")
+    core.take(conn)
+    got = core.send(conn, {"type": "publish", "channel": "news", "data": 1,
+                           "requestId": "p1"})
+    assert got == [{"type": "error", "code": "backend_error",
+                    "message": "injected backend_error (fault f-3)", "requestId": "p1"}]
+    assert core.ledgers.ledgers["app_demo"].messages_used == 1  # charged, then failed
+
+
+def test_a_hold_advances_the_test_drivers_clock():
+    core = Core()
+    core.faults.add({"kind": "latency", "ms": 40, "ops": ["publish"]})
+    conn = core.connect(key="pk_live_demo")
+    before = core.now
+    core.send(conn, {"type": "publish", "channel": "news", "data": 1, "requestId": "p1"})
+    assert core.holds == [pytest.approx(0.040)]
+    assert core.now == pytest.approx(before + 0.040)
+
+
+def test_message_body_of_a_rest_publish_has_no_origin():
+    route = rest_publish(publisher())
+    assert route.charge and route.request_id is None
+    assert route.body == Message(APP, "news", "system", {"n": 1}, None, None)
+
+
+def test_the_node_routes_a_rest_publish_through_the_same_order():
+    node = Node(default_config())
+    publisher = node.service.rest_publisher("app_demo")
+    reply = asyncio.run(node.route(publisher, rest_publish(publisher)))
+    assert reply == RestReply(200, {"channel": "news", "delivered": 0})
+    node.faults.add({"kind": "error", "ops": ["publish"], "probability": 1.0, "id": "f-4"})
+    reply = asyncio.run(node.route(publisher, rest_publish(publisher)))
+    assert reply == RestReply(503, {"error": "backend_error",
+                                    "message": "injected backend_error (fault f-4)"})
+    counters = node.service.stats.app("app_demo")
+    assert (counters.published, counters.errors["backend_error"]) == (1, 1)
+
+
+def test_a_disconnect_is_counted_once_then_frees_the_slot_then_the_backend_forgets():
+    core = Core()
+    conn = core.connect(key="pk_live_demo")
+    steps = disconnect_steps(core.service, conn, core.now)
+    assert next(steps) == Release("app_demo")
+    assert steps.send(None) == Forget(conn)
+    with pytest.raises(StopIteration) as done:
+        steps.send(None)
+    assert done.value.value is True
+    with pytest.raises(StopIteration) as again:
+        next(disconnect_steps(core.service, conn, core.now))
+    assert again.value.value is False
+
+
+def test_a_failure_to_free_the_slot_is_logged_and_ends_the_disconnect(caplog):
+    core = Core()
+    conn = core.connect(key="pk_live_demo")
+    steps = disconnect_steps(core.service, conn, core.now)
+    next(steps)
+    with pytest.raises(StopIteration) as done:
+        steps.throw(BackendError("redis down"))
+    assert done.value.value is True
+    assert "failed to forget a connection" in caplog.text
