@@ -26,7 +26,8 @@ from .config import ACTIONS, App, Key
 from .faults import FaultSpecError
 from .jsonenc import dumps, loads
 from .node import Node
-from .patterns import channel_problem, is_reserved, match_any, peer_id_problem
+from .patterns import peer_id_problem
+from .routing import RestPublisher, RestReply
 
 log = logging.getLogger("rtmsim.rest")
 BODY_LIMIT = 32 * 1024
@@ -122,13 +123,9 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 def _channel(request: web.Request, key: Key) -> str:
     channel = request.match_info["channel"]
-    problem = channel_problem(channel)
-    if problem:
-        raise ApiError(400, "invalid_channel", problem)
-    if is_reserved(channel):
-        raise ApiError(403, "channel_reserved", f"reserved channel: {channel}")
-    if not match_any(key.channel_patterns, channel):
-        raise ApiError(403, "channel_not_authorized", f"not authorized: {channel}")
+    refused = RestPublisher.refuse_channel(channel, key)
+    if refused is not None:
+        raise ApiError(refused.status, refused.body["error"], refused.body["message"])
     return channel
 
 
@@ -193,19 +190,14 @@ async def channel_peers(request: web.Request) -> web.Response:
 
 
 async def publish(request: web.Request) -> web.Response:
+    """The rules are the core's (`RestPublisher`); this handler only speaks HTTP."""
     app, key = _secret_key(request)
-    channel = _channel(request, key)
-    body = await _body(request)
-    if "data" not in body:
-        raise ApiError(400, "missing_data", "publish needs `data`")
-    sender = body.get("from", "system")
-    problem = peer_id_problem(sender)
-    if problem:
-        raise ApiError(400, "invalid_peer_id", f"from: {problem}")
-    meta = _object_field(body, "peerMetadata", MAX_PEER_METADATA_BYTES)
     node = request.app[APP_KEY]
     publisher = node.service.rest_publisher(app.id)
-    reply = await node.route(publisher, publisher.publish(channel, sender, body["data"], meta))
+    reply = publisher.refuse_channel(request.match_info["channel"], key)
+    if reply is None:
+        step = publisher.publish(request.match_info["channel"], await _body(request))
+        reply = step if isinstance(step, RestReply) else await node.route(publisher, step)
     return _json(reply.body, reply.status)
 
 

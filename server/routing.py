@@ -25,8 +25,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .actions import Action, Message, Route
+from .auth import MAX_PEER_METADATA_BYTES
 from .backend import BackendError
+from .config import Key
 from .connection import OVER_QUOTA_MESSAGE, Connection
+from .jsonenc import dumps
+from .patterns import channel_problem, is_reserved, match_any, peer_id_problem
 
 if TYPE_CHECKING:
     from .backend import Backend
@@ -110,6 +114,11 @@ class RestReply:
     body: dict[str, Any]
 
 
+def refusal(status: int, code: str, message: str) -> RestReply:
+    """A REST request refused before it is routed (not counted: nothing was sent)."""
+    return RestReply(status, {"error": code, "message": message})
+
+
 class RestPublisher:
     """A REST publish's origin: no socket, the same reply and counting rules."""
 
@@ -119,11 +128,35 @@ class RestPublisher:
         self.app_id = app_id
         self.counters = counters
 
-    def publish(self, channel: str, sender: str, data: Any,
-                sender_metadata: dict[str, Any] | None) -> Route:
-        """The route of a publish on this app's behalf (no origin to exclude)."""
-        return Route("publish", None, Message(self.app_id, channel, sender, data,
-                                              sender_metadata, None), charge=True)
+    @staticmethod
+    def refuse_channel(channel: str, key: Key) -> RestReply | None:
+        """The URL's channel checked as a socket's publish checks it (400, 403)."""
+        problem = channel_problem(channel)
+        if problem:
+            return refusal(400, "invalid_channel", problem)
+        if is_reserved(channel):
+            return refusal(403, "channel_reserved", f"reserved channel: {channel}")
+        if not match_any(key.channel_patterns, channel):
+            return refusal(403, "channel_not_authorized", f"not authorized: {channel}")
+        return None
+
+    def publish(self, channel: str, body: dict[str, Any]) -> Route | RestReply:
+        """The route of a publish on this app's behalf (no origin to exclude), or the
+        refusal of a body without `data`, with a bad `from` or `peerMetadata`."""
+        if "data" not in body:
+            return refusal(400, "missing_data", "publish needs `data`")
+        sender = body.get("from", "system")
+        problem = peer_id_problem(sender)
+        if problem:
+            return refusal(400, "invalid_peer_id", f"from: {problem}")
+        meta = body.get("peerMetadata")
+        if meta is not None and not isinstance(meta, dict):
+            return refusal(400, "invalid_request", "peerMetadata: must be an object")
+        if meta is not None and len(dumps(meta)) > MAX_PEER_METADATA_BYTES:
+            return refusal(400, "invalid_request",
+                           f"peerMetadata: larger than {MAX_PEER_METADATA_BYTES} bytes")
+        return Route("publish", None, Message(self.app_id, channel, sender, body["data"],
+                                              meta, None), charge=True)
 
     def complete(self, route: Route, result: Any, now: float) -> RestReply:
         self.counters.published += 1

@@ -13,7 +13,7 @@ from coredriver import Core
 
 from server.actions import Message, Route
 from server.backend import BackendError
-from server.config import default_config
+from server.config import Key, default_config
 from server.faults import FaultEngine
 from server.node import Node
 from server.routing import (
@@ -51,7 +51,9 @@ def publisher() -> RestPublisher:
 
 
 def rest_publish(p: RestPublisher) -> Route:
-    return p.publish("news", "system", {"n": 1}, None)
+    route = p.publish("news", {"data": {"n": 1}})
+    assert isinstance(route, Route)
+    return route
 
 
 def test_a_charged_publish_asks_the_ledger_then_the_backend_then_completes():
@@ -225,3 +227,17 @@ def test_a_failure_to_free_the_slot_is_logged_and_ends_the_disconnect(caplog):
         steps.throw(BackendError("redis down"))
     assert done.value.value is True
     assert "failed to forget a connection" in caplog.text
+
+
+def test_a_rest_publish_is_refused_by_the_core_rules_before_any_step():
+    p = publisher()
+    assert p.publish("news", {}) == RestReply(
+        400, {"error": "missing_data", "message": "publish needs `data`"})
+    assert p.publish("news", {"data": 1, "from": ""}).body["error"] == "invalid_peer_id"
+    assert p.publish("news", {"data": 1, "peerMetadata": 3}) == RestReply(
+        400, {"error": "invalid_request", "message": "peerMetadata: must be an object"})
+    key = Key("sk_id_x", channel_patterns=("news/*",), secret="s")
+    assert RestPublisher.refuse_channel("news/1", key) is None
+    assert RestPublisher.refuse_channel("sports", key) == RestReply(
+        403, {"error": "channel_not_authorized", "message": "not authorized: sports"})
+    assert RestPublisher.refuse_channel("_system/x", key).body["error"] == "channel_reserved"
