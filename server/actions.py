@@ -76,7 +76,7 @@ class Route:
     """An operation the backend must carry out before the core can answer.
 
     `op` is subscribe, unsubscribe, publish or send; `body` is what the backend needs
-    (a channel name, a Message or a Direct). `routing.route_steps` orders what
+    (a channel name, a Message or a Direct). `routing.run_route` orders what
     follows: charge the quota when `charge` is set, faults, the backend call, then
     `complete(route, result, now)` or `fail(...)` on the origin for the reply.
     """

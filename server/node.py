@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -38,17 +38,12 @@ from .ledgers import Ledgers, MemoryLedgers
 from .memory import MemoryBackend
 from .patterns import match_channel
 from .routing import (
-    Admit,
-    Charge,
-    Hold,
     Origin,
-    Release,
-    Step,
     call_backend,
-    connect_steps,
-    disconnect_steps,
     frame_failed,
-    route_steps,
+    run_connect,
+    run_disconnect,
+    run_route,
 )
 from .service import Service
 
@@ -178,8 +173,7 @@ class Node:
         if isinstance(pending, list):
             await ws.close(pending[0].code, pending[0].reason)
             return
-        conn, actions = await self.run(connect_steps(service, pending, self.faults,
-                                                     self.clock))
+        conn, actions = await run_connect(service, pending, self.faults, self.clock, self)
         if conn is None:
             await ws.close(actions[0].code, actions[0].reason)
             return
@@ -209,7 +203,7 @@ class Node:
         sent = ws.protocol.close_sent
         if conn.close_code is None and sent is not None and not ws.protocol.close_rcvd_then_sent:
             conn.close(sent.code, sent.reason, now)  # the library closed it (1009, 1011)
-        await self.run(disconnect_steps(self.service, conn, now, ws.close_code))
+        await run_disconnect(self.service, conn, now, self, ws.close_code)
 
     async def _perform(self, conn: Connection, actions: list[Action]) -> None:
         ws: ServerConnection = conn.transport
@@ -221,8 +215,8 @@ class Node:
                     ws.send_data()
                     conn.counters.frames_out[action.kind] += 1
             elif cls is Route:
-                await self._perform(conn, await self.run(
-                    route_steps(conn, action, self.faults, self.clock), conn))
+                await self._perform(conn, await run_route(conn, action, self.faults,
+                                                          self.clock, self))
             elif cls is Deliver:
                 self.deliver([action])
             elif cls is Close:
@@ -236,37 +230,27 @@ class Node:
 
     def route(self, origin: Origin[T], route: Route) -> Coroutine[Any, Any, T]:
         """Carry out `route` for `origin` (a connection, a REST caller); its reply."""
-        return self.run(route_steps(origin, route, self.faults, self.clock), origin)
+        return run_route(origin, route, self.faults, self.clock, self)
 
-    async def run(self, steps: Generator[Step, Any, T], origin: object = None) -> T:
-        """Perform the steps of a core order (`routing`) until it returns its reply.
+    # -- Port: what the core's orders (routing.py) ask of this driver ------------------
 
-        A step that raises is thrown back into the order, which decides the reply.
-        """
-        clock = self.clock
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    cls = step.__class__
-                    if cls is Route:
-                        value: Any = await call_backend(self.backend, origin, step)
-                    elif cls is Charge:
-                        value = await self.ledgers.charge_message(step.app_id, clock())
-                    elif cls is Hold:
-                        value = await hold(step.seconds)
-                    elif cls is Admit:
-                        value = await self.ledgers.admit_connection(step.app_id, clock())
-                    elif cls is Release:
-                        value = await self.ledgers.release_connection(step.app_id, clock())
-                    else:  # Forget
-                        value = await self.backend.disconnect(step.conn)
-                except Exception as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(value)
-        except StopIteration as stop:
-            return stop.value
+    def charge(self, app_id: str) -> Awaitable[bool]:
+        return self.ledgers.charge_message(app_id, self.clock())
+
+    def admit(self, app_id: str) -> Awaitable[bool]:
+        return self.ledgers.admit_connection(app_id, self.clock())
+
+    def release(self, app_id: str) -> Awaitable[None]:
+        return self.ledgers.release_connection(app_id, self.clock())
+
+    def forget(self, conn: Connection) -> Awaitable[None]:
+        return self.backend.disconnect(conn)
+
+    def hold(self, seconds: float) -> Awaitable[None]:
+        return hold(seconds)
+
+    def call(self, origin: object, route: Route) -> Awaitable[Any]:
+        return call_backend(self.backend, origin, route)
 
     def _close_later(self, conn: Connection, code: int, reason: str) -> None:
         self._timers.pop(conn.id, None)

@@ -63,7 +63,7 @@ class Service:
         """First half of an upgrade: who is it, and may its app connect at all?
 
         Returns a Pending admission, or the close actions for a rejected socket. The
-        driver then runs `routing.connect_steps` (faults, the ledger's slot, `admit`).
+        driver then runs `routing.run_connect` (faults, the ledger's slot, `admit`).
         """
         self._next_id += 1
         conn_id = self._next_id

@@ -2,13 +2,12 @@
 
 The memory backend never suspends, so its coroutines finish on the first `send`.
 Routes, connects and disconnects run the core's own orders (`server.routing`), faults
-included; a `Hold` advances this driver's clock instead of sleeping.
+included; a hold advances this driver's clock instead of sleeping.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 
@@ -19,21 +18,8 @@ from server.faults import FaultEngine
 from server.jsonenc import loads
 from server.ledgers import MemoryLedgers
 from server.memory import MemoryBackend
-from server.routing import (
-    Admit,
-    Charge,
-    Forget,
-    Hold,
-    Release,
-    Step,
-    call_backend,
-    connect_steps,
-    disconnect_steps,
-    route_steps,
-)
+from server.routing import call_backend, run_connect, run_disconnect, run_route
 from server.service import Service
-
-T = TypeVar("T")
 
 
 def finish(coro: Any) -> Any:
@@ -77,7 +63,7 @@ class Core:
         pending = self.service.authenticate({k: [v] for k, v in params.items()}, self.now)
         if isinstance(pending, list):
             return pending[0]
-        conn, actions = self.run(connect_steps(self.service, pending, self.faults, self.clock))
+        conn, actions = finish(run_connect(self.service, pending, self.faults, self.clock, self))
         if conn is None:
             assert isinstance(actions[0], Close)
             return actions[0]
@@ -105,42 +91,30 @@ class Core:
                 self.perform(conn, self.route(conn, a))
 
     def route(self, conn, route: Route):
-        return self.run(route_steps(conn, route, self.faults, self.clock), conn)
+        return finish(run_route(conn, route, self.faults, self.clock, self))
 
     def clock(self) -> float:
         return self.now
 
-    def run(self, steps: Generator[Step, Any, T], origin: object = None) -> T:
-        """Perform a core order's steps until it returns (as `Node.run`, in no time)."""
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    value = self._perform_step(step, origin)
-                except AssertionError:
-                    raise
-                except Exception as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(value)
-        except StopIteration as stop:
-            return stop.value
+    # Port: the core's orders (server.routing) run here in no time, as on `Node`.
+    def charge(self, app_id: str) -> Any:
+        return self.ledgers.charge_message(app_id, self.now)
 
-    def _perform_step(self, step: Step, origin: object) -> Any:
-        if isinstance(step, Route):
-            return finish(call_backend(self.backend, origin, step))
-        if isinstance(step, Charge):
-            return finish(self.ledgers.charge_message(step.app_id, self.now))
-        if isinstance(step, Admit):
-            return finish(self.ledgers.admit_connection(step.app_id, self.now))
-        if isinstance(step, Release):
-            return finish(self.ledgers.release_connection(step.app_id, self.now))
-        if isinstance(step, Forget):
-            return finish(self.backend.disconnect(step.conn))
-        if isinstance(step, Hold):
-            self.holds.append(step.seconds)
-            self.now += step.seconds
-        return None
+    def admit(self, app_id: str) -> Any:
+        return self.ledgers.admit_connection(app_id, self.now)
+
+    def release(self, app_id: str) -> Any:
+        return self.ledgers.release_connection(app_id, self.now)
+
+    def forget(self, conn) -> Any:
+        return self.backend.disconnect(conn)
+
+    async def hold(self, seconds: float) -> None:
+        self.holds.append(seconds)
+        self.now += seconds
+
+    def call(self, origin: object, route: Route) -> Any:
+        return call_backend(self.backend, origin, route)
 
     def send(self, conn, frame: Any) -> list[dict[str, Any]]:
         """Send one frame (dict -> JSON text); return the frames it caused for `conn`."""
@@ -150,7 +124,7 @@ class Core:
         return self.inbox[conn.id][before:]
 
     def disconnect(self, conn) -> None:
-        self.run(disconnect_steps(self.service, conn, self.now))
+        finish(run_disconnect(self.service, conn, self.now, self))
 
     def take(self, conn) -> list[dict[str, Any]]:
         out, self.inbox[conn.id] = self.inbox[conn.id], []

@@ -1,15 +1,17 @@
-"""The core's routing and connect orders (`server.routing`), step by step.
+"""The core's routing, connect and disconnect orders (`server.routing`), step by step.
 
-Each test drives the generator by hand, as a driver would, and pins the steps it asks
-for and the reply it returns.
+Each test runs an order against a port that records what the order asks of its driver
+(charge, hold, call, ...) and answers from a script, and pins the calls, their order
+and the reply.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
-from coredriver import Core
+from coredriver import Core, finish
 
 from server.actions import Message, Route
 from server.backend import BackendError
@@ -17,17 +19,12 @@ from server.config import Key, default_config
 from server.faults import FaultEngine
 from server.node import Node
 from server.routing import (
-    Admit,
-    Charge,
-    Forget,
-    Hold,
-    Release,
     RestPublisher,
     RestReply,
     call_backend,
-    connect_steps,
-    disconnect_steps,
-    route_steps,
+    run_connect,
+    run_disconnect,
+    run_route,
 )
 from server.stats import AppCounters
 
@@ -56,26 +53,57 @@ def rest_publish(p: RestPublisher) -> Route:
     return route
 
 
+class Recorder:
+    """A port that logs each request of an order and answers from a script."""
+
+    def __init__(self, *, charged: bool = True, admitted: bool = True, result: Any = 0,
+                 raises: Exception | None = None) -> None:
+        self.charged, self.admitted, self.result, self.raises = charged, admitted, result, raises
+        self.log: list[tuple[str, Any]] = []
+
+    async def charge(self, app_id: str) -> bool:
+        self.log.append(("charge", app_id))
+        return self.charged
+
+    async def admit(self, app_id: str) -> bool:
+        self.log.append(("admit", app_id))
+        return self.admitted
+
+    async def release(self, app_id: str) -> None:
+        self.log.append(("release", app_id))
+        if self.raises is not None:
+            raise self.raises
+
+    async def forget(self, conn: object) -> None:
+        self.log.append(("forget", conn))
+
+    async def hold(self, seconds: float) -> None:
+        self.log.append(("hold", seconds))
+
+    async def call(self, origin: object, route: Route) -> Any:
+        self.log.append(("call", route))
+        if self.raises is not None:
+            raise self.raises
+        return self.result
+
+
 def test_a_charged_publish_asks_the_ledger_then_the_backend_then_completes():
     p = publisher()
     route = rest_publish(p)
-    steps = route_steps(p, route, engine(), clock)
-    assert next(steps) == Charge(APP)
-    assert steps.send(True) is route  # the backend call
-    with pytest.raises(StopIteration) as done:
-        steps.send(3)
-    assert done.value.value == RestReply(200, {"channel": "news", "delivered": 3})
+    port = Recorder(result=3)
+    reply = finish(run_route(p, route, engine(), clock, port))
+    assert port.log == [("charge", APP), ("call", route)]
+    assert reply == RestReply(200, {"channel": "news", "delivered": 3})
     assert p.counters.published == 1
 
 
 def test_a_refused_charge_ends_over_quota_before_faults_and_backend():
     p = publisher()
     faults = engine({"kind": "error", "probability": 1.0})
-    steps = route_steps(p, rest_publish(p), faults, clock)
-    assert next(steps) == Charge(APP)
-    with pytest.raises(StopIteration) as done:
-        steps.send(False)
-    assert done.value.value == RestReply(
+    port = Recorder(charged=False)
+    reply = finish(run_route(p, rest_publish(p), faults, clock, port))
+    assert port.log == [("charge", APP)]
+    assert reply == RestReply(
         429, {"error": "over_message_quota",
               "message": "message quota used up for this period"})
     assert p.counters.errors == {"over_message_quota": 1}
@@ -86,11 +114,10 @@ def test_an_error_fault_answers_after_the_charge_without_calling_the_backend():
     p = publisher()
     faults = engine({"kind": "error", "code": "internal_error", "probability": 1.0,
                      "id": "f-1"})
-    steps = route_steps(p, rest_publish(p), faults, clock)
-    assert next(steps) == Charge(APP)
-    with pytest.raises(StopIteration) as done:
-        steps.send(True)
-    assert done.value.value == RestReply(
+    port = Recorder()
+    reply = finish(run_route(p, rest_publish(p), faults, clock, port))
+    assert port.log == [("charge", APP)]
+    assert reply == RestReply(
         500, {"error": "internal_error", "message": "injected internal_error (fault f-1)"})
 
 
@@ -99,14 +126,11 @@ def test_latency_holds_before_routing_or_before_the_reply():
     route = rest_publish(p)
     faults = engine({"kind": "latency", "ms": 20},
                     {"kind": "latency", "ms": 30, "where": "before_ack"})
-    steps = route_steps(p, route, faults, clock)
-    assert next(steps) == Charge(APP)
-    assert steps.send(True) == Hold(pytest.approx(0.020))
-    assert steps.send(None) is route
-    assert steps.send(1) == Hold(pytest.approx(0.030))
-    with pytest.raises(StopIteration) as done:
-        steps.send(None)
-    assert done.value.value.status == 200
+    port = Recorder(result=1)
+    reply = finish(run_route(p, route, faults, clock, port))
+    assert port.log == [("charge", APP), ("hold", pytest.approx(0.020)), ("call", route),
+                        ("hold", pytest.approx(0.030))]
+    assert reply.status == 200
 
 
 @pytest.mark.parametrize(("exc", "code", "status", "message"), [
@@ -114,13 +138,10 @@ def test_latency_holds_before_routing_or_before_the_reply():
     (BackendError(), "backend_error", 503, "backend unavailable"),
     (KeyError("bug"), "internal_error", 500, "internal error"),
 ])
-def test_an_exception_thrown_in_becomes_the_origins_failure(exc, code, status, message):
+def test_an_exception_from_the_port_becomes_the_origins_failure(exc, code, status, message):
     p = publisher()
-    steps = route_steps(p, rest_publish(p), engine(), clock)
-    next(steps)
-    with pytest.raises(StopIteration) as done:
-        steps.throw(exc)
-    assert done.value.value == RestReply(status, {"error": code, "message": message})
+    reply = finish(run_route(p, rest_publish(p), engine(), clock, Recorder(raises=exc)))
+    assert reply == RestReply(status, {"error": code, "message": message})
     assert p.counters.errors == {code: 1}
 
 
@@ -128,8 +149,9 @@ def test_a_subscribe_is_not_charged_and_calls_the_backend_with_the_connection():
     core = Core()
     conn = core.connect(key="pk_live_demo")
     route = Route("subscribe", "r1", "news", True)
-    steps = route_steps(conn, route, core.faults, core.clock)
-    assert next(steps) is route
+    port = Recorder(result=[])
+    finish(run_route(conn, route, core.faults, core.clock, port))
+    assert port.log == [("call", route)]
     calls = []
 
     class Backend:
@@ -144,11 +166,9 @@ def test_a_subscribe_is_not_charged_and_calls_the_backend_with_the_connection():
 def test_connect_asks_for_a_slot_then_admits():
     core = Core()
     pending = core.service.authenticate({"key": ["pk_live_demo"]}, T0)
-    steps = connect_steps(core.service, pending, engine(), clock)
-    assert next(steps) == Admit("app_demo")
-    with pytest.raises(StopIteration) as done:
-        steps.send(False)
-    conn, actions = done.value.value
+    port = Recorder(admitted=False)
+    conn, actions = finish(run_connect(core.service, pending, engine(), clock, port))
+    assert port.log == [("admit", "app_demo")]
     assert conn is None and actions[0].code == 4010
 
 
@@ -156,9 +176,9 @@ def test_a_connect_fault_refuses_1011_without_asking_the_ledger():
     core = Core()
     pending = core.service.authenticate({"key": ["pk_live_demo"]}, T0)
     faults = engine({"kind": "error", "ops": ["connect"], "probability": 1.0, "id": "f-2"})
-    with pytest.raises(StopIteration) as done:
-        next(connect_steps(core.service, pending, faults, clock))
-    conn, actions = done.value.value
+    port = Recorder()
+    conn, actions = finish(run_connect(core.service, pending, faults, clock, port))
+    assert port.log == []
     assert conn is None
     assert (actions[0].code, actions[0].reason) == (1011, "injected backend_error (fault f-2)")
 
@@ -207,25 +227,19 @@ def test_the_node_routes_a_rest_publish_through_the_same_order():
 def test_a_disconnect_is_counted_once_then_frees_the_slot_then_the_backend_forgets():
     core = Core()
     conn = core.connect(key="pk_live_demo")
-    steps = disconnect_steps(core.service, conn, core.now)
-    assert next(steps) == Release("app_demo")
-    assert steps.send(None) == Forget(conn)
-    with pytest.raises(StopIteration) as done:
-        steps.send(None)
-    assert done.value.value is True
-    with pytest.raises(StopIteration) as again:
-        next(disconnect_steps(core.service, conn, core.now))
-    assert again.value.value is False
+    port = Recorder()
+    assert finish(run_disconnect(core.service, conn, core.now, port)) is True
+    assert port.log == [("release", "app_demo"), ("forget", conn)]
+    assert finish(run_disconnect(core.service, conn, core.now, port)) is False
+    assert len(port.log) == 2
 
 
 def test_a_failure_to_free_the_slot_is_logged_and_ends_the_disconnect(caplog):
     core = Core()
     conn = core.connect(key="pk_live_demo")
-    steps = disconnect_steps(core.service, conn, core.now)
-    next(steps)
-    with pytest.raises(StopIteration) as done:
-        steps.throw(BackendError("redis down"))
-    assert done.value.value is True
+    port = Recorder(raises=BackendError("redis down"))
+    assert finish(run_disconnect(core.service, conn, core.now, port)) is True
+    assert port.log == [("release", "app_demo")]
     assert "failed to forget a connection" in caplog.text
 
 
