@@ -56,6 +56,8 @@ class Connection:
         self._proto_lock = threading.Lock()  # protocol state, when threads are real
         self._write_lock = threading.Lock()  # one writer at a time on the socket
         self._outbox: collections.deque[bytes] = collections.deque()
+        self._queued = 0  # chunks ever put in the outbox
+        self._written = 0  # of those, how many reached the socket (in order)
         self._messages: collections.deque[bytes] = collections.deque()  # before start
         self._fragments: list[bytes] = []
         self._reader: threading.Thread | None = None
@@ -108,7 +110,7 @@ class Connection:
             raise ConnectionError("the server closed the connection during the handshake")
         conn = cls(sock, protocol, events[0])
         conn._take(events[1:])  # frames that came with the response
-        conn._outbox.extend(protocol.data_to_send())  # e.g. the echo of a close among them
+        conn._enqueue(protocol.data_to_send())  # e.g. the echo of a close among them
         conn._write_out()
         return conn
 
@@ -165,7 +167,7 @@ class Connection:
             else:
                 self._protocol.receive_eof()
             events = self._protocol.events_received()
-            self._outbox.extend(self._protocol.data_to_send())  # pongs, the close reply
+            self._enqueue(self._protocol.data_to_send())  # pongs, the close reply
             ended = self._protocol.state is State.CLOSED
         self._write_out()
         self._take(events)
@@ -189,7 +191,12 @@ class Connection:
     # -- sending --------------------------------------------------------------------------
 
     def send(self, data: bytes | str, *, text: bool = True) -> None:
-        """Send one message (a str is always text). Raises `Closed` once closed."""
+        """Send one message (a str is always text). Raises `Closed` once closed.
+
+        It raises only when this message did not reach the socket: a write that fails
+        after it (the reader's close echo or half-close, as the server ends the
+        connection) says nothing about this one.
+        """
         if isinstance(data, str):
             data, text = data.encode(), True
         with self._proto_lock:
@@ -199,10 +206,16 @@ class Connection:
                 self._protocol.send_text(data)
             else:
                 self._protocol.send_binary(data)
-            self._outbox.extend(self._protocol.data_to_send())
+            self._enqueue(self._protocol.data_to_send())
+            mine = self._queued
         self._write_out()
-        if self._broken:
+        if self._broken and self._written < mine:
             raise Closed(self._close_code())
+
+    def _enqueue(self, chunks: list[bytes]) -> None:
+        """Queue the protocol's output; the caller holds the protocol lock."""
+        self._outbox.extend(chunks)
+        self._queued += len(chunks)
 
     def _write_out(self) -> None:
         """Send the outbox unless another writer is at it (it will send ours too)."""
@@ -218,6 +231,7 @@ class Connection:
                             self._sock.sendall(chunk[sent:])
                     else:  # the protocol's end of stream: half-close
                         self._sock.shutdown(socket.SHUT_WR)
+                    self._written += 1
             except OSError:
                 # Sends fail from now on; the reader still takes what the server sent
                 # (its close frame, e.g. 1009 for a frame it refused mid-write).
@@ -235,7 +249,7 @@ class Connection:
         with self._proto_lock:
             if self._protocol.state is State.OPEN:
                 self._protocol.send_close(code)
-                self._outbox.extend(self._protocol.data_to_send())
+                self._enqueue(self._protocol.data_to_send())
         self._write_out()
         if self._reader is not None and self._reader.is_alive():
             self._ended.wait(timeout)

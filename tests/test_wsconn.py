@@ -24,9 +24,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve
+from websockets.client import ClientProtocol
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from loadtests.client import RealtimeClient
 from loadtests.deadlines import Deadlines
@@ -191,6 +194,39 @@ def test_wss_checks_the_certificate(tls):
     with ws_server(handler, ssl_context=server_ctx) as port, \
             pytest.raises(ssl.SSLCertVerificationError):
         Connection.open(f"wss://127.0.0.1:{port}/", timeout=5)
+
+
+class _RacingSocket:
+    """A socket whose first send succeeds while the reader, meanwhile, queues the
+    server's close echo; the echo's write then fails as the server has gone."""
+
+    def __init__(self, conn_box: list[Connection]) -> None:
+        self.conn_box, self.sent = conn_box, []
+
+    def send(self, chunk: bytes) -> int:
+        if not self.sent:
+            self.sent.append(chunk)
+            self.conn_box[0]._enqueue([b"close echo"])  # what the reader does
+            return len(chunk)
+        raise BrokenPipeError("the server closed")
+
+    def shutdown(self, how: int) -> None:
+        pass
+
+
+def test_a_sent_message_is_not_failed_by_a_later_write():
+    """The CI flake of test_wss: the server echoed, closed and reset between our write
+    and our check; send() raised Closed(1000) for a message the server had received."""
+    box: list[Connection] = []
+    sock = _RacingSocket(box)
+    protocol = ClientProtocol(parse_uri("ws://127.0.0.1/"))
+    protocol.state = State.OPEN
+    conn = Connection(sock, protocol, Response(101, "Switching Protocols", Headers()))
+    box.append(conn)
+    conn.send("mine")  # written whole: no Closed, though the write after it failed
+    assert len(sock.sent) == 1
+    with pytest.raises(Closed):
+        conn.send("after the failure")
 
 
 # -- the deadline sweeper -----------------------------------------------------------------
