@@ -78,15 +78,29 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=_int, help="override swarm.workers (Locust processes)")
     run.add_argument("--seed", type=_int, help="override server.seed")
     run.add_argument("--no-progress", action="store_true", help="no live progress lines")
+    run.add_argument("--abort-on-fail", action="store_true",
+                     help="stop early once a threshold on a server count can no longer pass")
+    run.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds "
+                     "(default RUN_DIR/junit.xml)")
     analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
                              "charts and report.html")
     analyze.add_argument("run_dir", metavar="RUN_DIR",
                          help="a directory written by `rtmsim run`")
+    analyze.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds "
+                         "(default RUN_DIR/junit.xml)")
     compare = sub.add_parser("compare", help="compare runs: side-by-side table and overlay "
                              "charts (compare.html, compare.json, PNGs)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
-                         help="two or more directories written by `rtmsim run`")
+                         help="two or more directories written by `rtmsim run` (one or "
+                              "more with --baseline)")
     compare.add_argument("--out", help="output directory (default results/compare-<timestamp>)")
+    compare.add_argument("--baseline", metavar="RUN_DIR", help="gate: exit 1 when a run's "
+                         "headline numbers are worse than this run's beyond --tolerance")
+    compare.add_argument("--tolerance", type=_fraction, default=0.1,
+                         help="allowed relative worsening with --baseline, e.g. 10%% or "
+                              "0.1 (default 10%%)")
+    compare.add_argument("--junit", metavar="PATH", help="JUnit XML of the gate, one case "
+                         "per run and metric (with --baseline)")
     clients = sub.add_parser("clients", help="run any client program under a scenario's "
                              "faults and grade its retry behaviour")
     clients.add_argument("scenario",
@@ -101,7 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
                          help="run directory (default results/clients-<name>-<timestamp>)")
     clients.add_argument("--seed", type=_int, help="override server.seed")
     clients.add_argument("--no-progress", action="store_true", help="no live progress lines")
+    clients.add_argument("--junit", metavar="PATH", help="JUnit XML of the grade, one case "
+                         "per rule (default RUN_DIR/junit.xml)")
     return parser
+
+
+def _fraction(text: str) -> float:
+    """A tolerance: "10%" or 0.1."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction or percentage: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
+    return value
 
 
 def _float(text: str) -> float:
@@ -126,20 +153,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else default_run_dir(scenario)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
-    status = Runner(scenario, run_dir, progress=not args.no_progress).run()
-    return finish_run(run_dir, status)
+    status = Runner(scenario, run_dir, progress=not args.no_progress,
+                    abort_on_fail=args.abort_on_fail).run()
+    return finish_run(run_dir, status, args.junit)
 
 
-def finish_run(run_dir, status: str) -> int:
-    """Analyse the run directory and print where everything went."""
-    from .report import build_all, print_summary  # noqa: PLC0415 (start-up time)
+def finish_run(run_dir: Path, status: str, junit: str | None = None) -> int:
+    """Analyse the run directory, print where everything went; the exit code.
+
+    0 when every threshold passed, 1 when one failed (or stopped the run early),
+    130 when the run was interrupted.
+    """
+    from .report import build_all, gate_thresholds, print_summary  # noqa: PLC0415 (start-up time)
 
     summary = build_all(run_dir)
     print_summary(summary, run_dir)
-    if status != "complete":
-        print(f"rtmsim: the run was {status}; results so far are in {run_dir}")
+    code = gate_thresholds(summary, run_dir, junit)
+    if status == "interrupted":
+        print(f"rtmsim: the run was interrupted; results so far are in {run_dir}")
         return 130
-    return 0
+    if status == "aborted":
+        print(f"rtmsim: the run stopped early on a failed threshold; results so far are in "
+              f"{run_dir}")
+        return 1
+    return code
 
 
 def serve_config(args: argparse.Namespace) -> Config:
@@ -201,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_clients(args.scenario, command=args.cmd, count=args.count,
                                duration_s=args.duration, out_dir=args.out, seed=args.seed,
-                               progress=not args.no_progress)
+                               progress=not args.no_progress, junit=args.junit)
     except (ConfigError, CliError, RunError) as exc:
         if args.debug:
             raise

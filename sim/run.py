@@ -30,6 +30,7 @@ from server.faults import FaultEngine
 
 from . import rundir
 from .scenario import Scenario
+from .thresholds import live_failures
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"rtmsim listening ws=(\S+) admin=(\S+)")
@@ -73,11 +74,13 @@ def timestamped_dir(parent: Path, name: str) -> Path:
 
 class Runner:
     def __init__(self, scenario: Scenario, run_dir: Path, *, out: TextIO = sys.stdout,
-                 progress: bool = True) -> None:
+                 progress: bool = True, abort_on_fail: bool = False) -> None:
         self.scenario = scenario
         self.dir = run_dir
         self.out = out
         self.progress = progress
+        self.abort_on_fail = abort_on_fail  # every threshold that can fail early may stop it
+        self.aborted: list[str] = []  # the thresholds that stopped the run early
         self.children: list[Child] = []
         self.redis_url: str | None = None
         self.interrupted = False
@@ -226,6 +229,8 @@ class Runner:
                 time.sleep(SAMPLE_S)
                 now = time.time()
                 samples = sample_stats(inst.admin_urls, timeline, now)
+                if self._abort_early(samples):
+                    break
                 origin = next((s.get("faults", {}).get("origin") for s in samples.values()),
                               None)
                 if origin and self.scenario.redis_blips:
@@ -244,6 +249,16 @@ class Runner:
             timeline.close()
             if self.out.isatty():
                 self.out.write("\n")
+
+    def _abort_early(self, samples: dict[str, Any]) -> bool:
+        """True (and why, in `aborted`) once a threshold can no longer pass."""
+        failures = live_failures(self.scenario.thresholds, samples.values(),
+                                 all_live=self.abort_on_fail)
+        for failure in failures:
+            print(f"rtmsim: threshold failed: {failure}: stopping the run early",
+                  file=self.out, flush=True)
+        self.aborted = failures
+        return bool(failures)
 
     def _print_progress(self, elapsed: float, total: float, samples: dict[str, Any],
                         rate: float) -> None:
@@ -281,6 +296,7 @@ class Runner:
             "seed": sc.config.server.seed, "backend": sc.config.server.backend,
             "instances": sc.config.server.instances,
             "faults": _fault_windows(sc),
+            "thresholds": {t.metric: t.to_spec() for t in sc.thresholds},
             "classes": sc.swarm.classes,
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                         "platform": platform.platform()},
@@ -293,7 +309,8 @@ class Runner:
     load_name = "the swarm"  # what `run` starts against the server, for messages
 
     def run(self) -> str:
-        """Run the scenario; "complete" or "interrupted" (results kept either way).
+        """Run the scenario; "complete", "aborted" (a threshold failed early) or
+        "interrupted" (results kept either way).
 
         The skeleton every run shares: server side up, `drive` the load, then collect
         and stop everything whatever happened. Subclasses change `drive`/`stop_load`.
@@ -310,6 +327,9 @@ class Runner:
             self.meta.update(ws_urls=inst.ws_urls, admin_urls=inst.admin_urls,
                              redis_url=self.redis_url)
             self.drive(inst)
+            if self.aborted:
+                status = "aborted"
+                self.meta["aborted_by"] = self.aborted
         except KeyboardInterrupt:
             status = "interrupted"
             self.interrupted = True
@@ -334,7 +354,7 @@ class Runner:
               flush=True)
         locust = self.start_locust(inst, swarm_json)
         self.watch(locust, inst)
-        if locust.proc.returncode not in (0, None):
+        if not self.aborted and locust.proc.returncode not in (0, None):
             tail = "".join(locust.lines[-8:]).strip()
             raise RunError(f"locust exited with {locust.proc.returncode}: "
                            f"{tail.splitlines()[-1] if tail else 'no output'} "

@@ -18,6 +18,8 @@
                                     {"t": unix s, "instance": id, "stats": {...}}
       server.log                    the server processes' output
       summary.json                  the analysis (`rtmsim analyze` rewrites it)
+      junit.xml                     the thresholds as JUnit test cases (`rtmsim clients`:
+                                    its grading rules)
       charts/*.png, report.html     charts and the self-contained report
 
     `rtmsim clients` adds:
@@ -49,6 +51,7 @@ SERVER_STATS = "server-stats.json"
 SERVER_TIMELINE = "server-timeline.jsonl"
 SERVER_LOG = "server.log"
 SUMMARY = "summary.json"
+JUNIT = "junit.xml"
 CHARTS = "charts"
 REPORT = "report.html"
 CLIENTS_DIR = "clients"

@@ -15,7 +15,10 @@ from typing import Any
 
 from loadtests.catalog import MODELS, parse_params
 from server.config import Config, parse_config, read_toml
+from server.faults.base import next_fault_id
 from server.schema import ConfigError, Table
+
+from .thresholds import Threshold, parse_thresholds
 
 SHAPES = ("step_ramp", "spike", "soak")
 
@@ -41,6 +44,7 @@ class Scenario:
     source: str  # the TOML text as given
     path: Path | None = None
     redis_blips: tuple[tuple[float, float], ...] = ()  # (at_s, down_s): harness kills Redis
+    thresholds: tuple[Threshold, ...] = ()
 
     def with_overrides(self, *, users: int | None = None, duration_s: float | None = None,
                        workers: int | None = None, seed: int | None = None) -> Scenario:
@@ -73,8 +77,19 @@ def parse_scenario(data: dict[str, Any], text: str = "", *, default_name: str = 
     blips = _parse_blips(meta.get("redis_blips", []), config, text)
     meta.done()
     swarm = parse_swarm(config.extra.get("swarm") or {})
+    thresholds = parse_thresholds(config.extra.get("thresholds"), fault_ids=fault_ids(config))
     return Scenario(name=name, description=description, config=config, swarm=swarm,
-                    source=text, path=path, redis_blips=blips)
+                    source=text, path=path, redis_blips=blips, thresholds=thresholds)
+
+
+def fault_ids(config: Config) -> list[str]:
+    """The ids the server gives the config's faults (`f1`, `f2`, ... unless named)."""
+    ids: list[str] = []
+    counter = 0
+    for spec in config.faults:
+        fault_id, counter = next_fault_id(spec.id, ids, counter)
+        ids.append(fault_id)
+    return ids
 
 
 def _parse_blips(raw: object, config: Config, text: str) -> tuple[tuple[float, float], ...]:

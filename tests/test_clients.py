@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from server.config import ConfigError
 from sim.clients import grading
 from sim.clients.report import write_client_report
 from sim.clients.runner import group_alive, load_clients_scenario, run_clients, strip_table
-from sim.rundir import CLIENT_PROCS, CLIENT_REPORT, CLIENT_TOKENS, CLIENTS_JSON
+from sim.rundir import CLIENT_PROCS, CLIENT_REPORT, CLIENT_TOKENS, CLIENTS_JSON, JUNIT
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = ROOT / "tests" / "scenarios" / "clients-faults-short.toml"
@@ -120,6 +121,12 @@ def test_bad_client_fails_the_rules_it_breaks(tmp_path):
     assert grades["unattributed_rejects"].get("4002", 0) == 0
     assert sum(c["rejected"] for c in grades["clients"]) > 10
     _no_survivors(tmp_path / "run")
+    # junit.xml: one case per rule, failing where the grade fails, skipped where n/a.
+    cases = ET.parse(tmp_path / "run" / JUNIT).getroot().findall("testsuite/testcase")
+    assert sorted(c.get("name").split(":")[0] for c in cases) == sorted(grades["rules"])
+    verdicts = {c.get("name").split(":")[0]: "fail" if c.find("failure") is not None else
+                "n/a" if c.find("skipped") is not None else "pass" for c in cases}
+    assert verdicts == _rule_grades(grades)
 
 
 def _node_ready() -> str | None:

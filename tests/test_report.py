@@ -9,7 +9,6 @@ table does not know, named with HTML metacharacters to prove every text is escap
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import html
@@ -23,6 +22,7 @@ import pytest
 from loadtests.eventlog import COLUMNS
 from server.codes import CLOSE_CODES, ERROR_CODES
 from sim import analysis, report, rundir
+from sim.cli import build_parser
 from sim.report import charts, compare
 from sim.run import RunError
 
@@ -257,7 +257,7 @@ def test_analyze_command_prints_what_it_regenerated(
         built: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]) -> None:
     d, summary = built
     (d / rundir.REPORT).unlink()
-    assert compare.cmd_analyze(argparse.Namespace(run_dir=str(d))) == 0
+    assert compare.cmd_analyze(build_parser().parse_args(["analyze", str(d)])) == 0
     assert (d / rundir.REPORT).exists()
     assert json.loads((d / rundir.SUMMARY).read_text()) == summary  # reproducible
     out = capsys.readouterr().out
@@ -294,7 +294,7 @@ def test_compare_command_prints_where_it_wrote(
     first, _ = built
     monkeypatch.setattr(compare, "COMPARE_CHARTS", ())  # drawn in the test above
     out = tmp_path / "cmp"
-    args = argparse.Namespace(run_dirs=[str(first), str(first)], out=str(out))
+    args = build_parser().parse_args(["compare", str(first), str(first), "--out", str(out)])
     assert compare.cmd_compare(args) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out / compare.COMPARE_HTML}, {out / compare.COMPARE_JSON}" in printed

@@ -54,6 +54,7 @@ from .latency import (
     retry_outcomes,
     reused_message_ids,
 )
+from .regression import headline_metrics, regressions
 from .run import Run, fault_windows, load_run, run_dirs_or_newest
 from .summary import summary, write_summary
 from .timeline import connections_over_time, quota_over_time, throughput
@@ -74,6 +75,7 @@ __all__ = [
     "error_rates",
     "errors_by_step",
     "fault_windows",
+    "headline_metrics",
     "instances_needed",
     "latency_over_time",
     "latency_percentiles",
@@ -87,6 +89,7 @@ __all__ = [
     "reconnect_storms",
     "recovery_by_class",
     "recovery_times",
+    "regressions",
     "retried_never_retry_codes",
     "retry_amplification",
     "retry_outcomes",

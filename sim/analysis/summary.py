@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .. import rundir
+from ..thresholds import evaluate, parse_thresholds
 from .capacity import capacity
 from .codes import close_counts, error_counts, never_retry_violations, reconcile
 from .faults import reconnect_storms, recovery_times
@@ -116,7 +117,16 @@ def summary(run: Run) -> dict[str, Any]:
     if run.meta.get("shape") == "step_ramp":
         out["capacity"] = capacity(run)
     out["warnings"] = summary_warnings(run, violations, rec, acct, reused, recovery)
-    return jsonable(out)
+    out = jsonable(out)
+    rows = evaluate(run_thresholds(run), out)  # judged on the numbers as written
+    out["thresholds"] = {"passed": all(r["ok"] for r in rows), "checks": jsonable(rows)}
+    return out
+
+
+def run_thresholds(run: Run) -> tuple[Any, ...]:
+    """The scenario's `[thresholds]` as the runner recorded them in run.json."""
+    return parse_thresholds(run.meta.get("thresholds"),
+                            fault_ids=[str(f.get("id")) for f in run.faults])
 
 
 def error_section(run: Run, n_requests: int) -> dict[str, dict[str, Any]]:

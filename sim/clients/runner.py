@@ -52,6 +52,7 @@ from server.config import ConfigError
 from server.schema import Table
 
 from .. import rundir
+from ..report.junit import rule_cases, write_junit
 from ..run import ROOT, Instances, RunError, Runner, default_run_dir, sample_stats
 from ..scenario import Scenario, Swarm, parse_scenario
 from .grading import grade_run, print_grades
@@ -407,7 +408,7 @@ def _set_origin(admin_urls: list[str]) -> None:
 def run_clients(scenario_path: str, *, command: str | None = None, count: int | None = None,
                 duration_s: float | None = None, out_dir: str | None = None,
                 seed: int | None = None, progress: bool = True,
-                out: TextIO = sys.stdout) -> int:
+                out: TextIO = sys.stdout, junit: str | None = None) -> int:
     """`rtmsim clients`: run, grade, report. Exit 0 when every rule passes or warns,
     1 when a rule fails, 130 when interrupted."""
     scenario, settings = load_clients_scenario(scenario_path)
@@ -431,7 +432,10 @@ def run_clients(scenario_path: str, *, command: str | None = None, count: int | 
     (run_dir / rundir.CLIENTS_JSON).write_text(json.dumps(grades, indent=2, sort_keys=True))
     report = write_client_report(run_dir, grades)
     print_grades(grades, out)
-    print(f"rtmsim: {run_dir / rundir.CLIENTS_JSON}\nrtmsim: {report}", file=out, flush=True)
+    junit_path = write_junit(junit or run_dir / rundir.JUNIT, f"rtmsim.clients.{scenario.name}",
+                             rule_cases(grades))
+    print(f"rtmsim: {run_dir / rundir.CLIENTS_JSON}\nrtmsim: {report}\nrtmsim: {junit_path}",
+          file=out, flush=True)
     if status != "complete":
         print(f"rtmsim: the run was {status}; results so far are in {run_dir}", file=out)
         return 130

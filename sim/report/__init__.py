@@ -7,6 +7,7 @@ charts, and the comparison of several runs.
     charts       one PNG per question, each `(run, out_dir) -> Path`
     run_report   report.html and `build_all` (summary.json + charts + report.html)
     compare      `rtmsim analyze` and `rtmsim compare` (compare.html, compare.json)
+    junit        JUnit XML for CI: thresholds, client grading rules, the regression gate
 
 Every number comes from `sim.analysis`; nothing here computes a rate or a percentile.
 The names below are the entry points; the modules hold the rest.
@@ -14,7 +15,9 @@ The names below are the entry points; the modules hold the rest.
 
 from __future__ import annotations
 
+from .junit import gate_thresholds, write_junit
 from .run_report import build_all, require_run_dir, write_report
 from .text import print_summary, summary_lines
 
-__all__ = ["build_all", "print_summary", "require_run_dir", "summary_lines", "write_report"]
+__all__ = ["build_all", "gate_thresholds", "print_summary", "require_run_dir",
+           "summary_lines", "write_junit", "write_report"]

@@ -25,7 +25,7 @@ import pandas as pd
 
 from .. import analysis, rundir
 from ..run import ROOT, RunError, timestamped_dir
-from . import charts, page, run_report, text
+from . import charts, junit, page, run_report, text
 from .formatting import close_name, esc, num
 
 COMPARE_HTML = "compare.html"
@@ -44,19 +44,45 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     n_charts = len(list((run_dir / rundir.CHARTS).glob("*.png")))
     print(f"rtmsim: regenerated {run_dir / rundir.SUMMARY}, {n_charts} charts in "
           f"{run_dir / rundir.CHARTS}/ and {run_dir / rundir.REPORT}")
-    return 0
+    return junit.gate_thresholds(summary, run_dir, args.junit)
 
 
 # -- compare ------------------------------------------------------------------------------
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    """Compare runs; with --baseline, exit 1 when any run regressed beyond --tolerance."""
     out = Path(args.out) if args.out else default_compare_dir()
-    result = compare(args.run_dirs, out, log=lambda msg: print(msg, flush=True))
+    dirs = [args.baseline, *args.run_dirs] if args.baseline else args.run_dirs
+    tolerance = args.tolerance if args.baseline else None
+    result = compare(dirs, out, log=lambda msg: print(msg, flush=True), tolerance=tolerance)
     for row in text_rows(result):
         print(row)
     print(f"rtmsim: wrote {out / COMPARE_HTML}, {out / COMPARE_JSON} and "
           f"{len(result['charts'])} charts in {out}/")
-    return 0
+    gate = result.get("gate")
+    if gate is None:
+        return 0
+    return print_gate(gate, args.junit)
+
+
+def print_gate(gate: dict[str, Any], junit_path: str | None) -> int:
+    """The regressions, one line each (and as JUnit); 1 if there are any."""
+    cases, worst = [], 0
+    for label, found in gate["regressions"].items():
+        for r in found:
+            change = "new" if r["change"] is None else f"{100 * r['change']:+.1f}%"
+            print(f"rtmsim: regression in {label}: {r['metric']} {num(r['baseline'], 3)} -> "
+                  f"{num(r['value'], 3)} ({change}; worse when {r['worse']})")
+        cases.append(junit.Case(label, f"{len(found)} headline metrics regressed beyond "
+                                f"{100 * gate['tolerance']:g}%: "
+                                + ", ".join(r["metric"] for r in found) if found else None))
+        worst = max(worst, len(found))
+    if junit_path:
+        junit.write_junit(junit_path, f"rtmsim.compare.{gate['baseline']}", cases)
+    if not worst:
+        print(f"rtmsim: no regression beyond {100 * gate['tolerance']:g}% of "
+              f"{gate['baseline']}")
+    return 1 if worst else 0
 
 
 def default_compare_dir(results: Path = ROOT / "results") -> Path:
@@ -64,8 +90,13 @@ def default_compare_dir(results: Path = ROOT / "results") -> Path:
 
 
 def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
-            log: Callable[[str], Any] = lambda _msg: None) -> dict[str, Any]:
-    """Write compare.html, compare.json and the overlay PNGs; returns compare.json's data."""
+            log: Callable[[str], Any] = lambda _msg: None,
+            tolerance: float | None = None) -> dict[str, Any]:
+    """Write compare.html, compare.json and the overlay PNGs; returns compare.json's data.
+
+    With a `tolerance`, the first run is the baseline and compare.json's "gate" lists
+    each other run's regressions (`sim.analysis.regressions`).
+    """
     if len(run_dirs) < 2:
         raise RunError(f"compare needs at least two run directories, got {len(run_dirs)}")
     dirs = [run_report.require_run_dir(d) for d in run_dirs]
@@ -94,6 +125,10 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
                      for metric, values in rows],
         "charts": [p.name for p in images],
     }
+    if tolerance is not None:
+        result["gate"] = {"baseline": labels[0], "tolerance": tolerance, "regressions": {
+            lab: analysis.regressions(summaries[0], s, tolerance)
+            for lab, s in zip(labels[1:], summaries[1:], strict=True)}}
     (out / COMPARE_JSON).write_text(json.dumps(result, indent=2, sort_keys=False,
                                                allow_nan=False) + "\n", encoding="utf-8")
     write_compare_html(result, summaries, images, out / COMPARE_HTML)

@@ -78,6 +78,14 @@ def by_count(section: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, An
     return sorted(section.items(), key=most)
 
 
+def threshold_value(check: dict[str, Any]) -> str:
+    """A threshold's measured value: true/false, or a number ("-" for no data)."""
+    value = check.get("value")
+    if isinstance(value, bool):
+        return str(value).lower()
+    return num(value, 3) if isinstance(value, float) else num(value)
+
+
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 

@@ -29,6 +29,7 @@ from .formatting import (
     esc,
     num,
     signed,
+    threshold_value,
     when,
 )
 from .page import card, document, figure, html_table, para, section, warn_list
@@ -93,6 +94,8 @@ def write_report(run: analysis.Run, summary: dict[str, Any], path: str | Path,
         ("faults", "Faults, recovery and reconnect storms", faults_section(summary)),
         ("quota", "Quota and billing", quota_section(summary)),
     ]
+    if (summary.get("thresholds") or {}).get("checks"):
+        parts.insert(1, ("thresholds", "Thresholds", thresholds_section(summary)))
     if summary.get("capacity"):
         capacity_image = next((p for p in images if Path(p).name == CAPACITY_CHART), None)
         parts.insert(2, ("capacity", "Capacity", capacity_section(summary, capacity_image)))
@@ -200,6 +203,21 @@ def headline_section(summary: dict[str, Any]) -> str:
                    "are of successful requests, in milliseconds, measured by the clients.",
                    f'<div class="cards">{"".join(cards)}</div>'
                    + para((summary.get("method") or {}).get("percentiles", ""), "muted"))
+
+
+def thresholds_section(summary: dict[str, Any]) -> str:
+    checks = summary["thresholds"]["checks"]
+    failed = sum(not c["ok"] for c in checks)
+    verdict = (para(f"{failed} of {len(checks)} thresholds failed: `rtmsim run` exits 1.",
+                    "bad") if failed else para(f"All {len(checks)} thresholds passed.", "ok"))
+    return section("thresholds", "Thresholds",
+                   "the scenario's pass/fail conditions ([thresholds]), each on a number of "
+                   "summary.json; a metric with no data fails.",
+                   verdict + html_table(
+                       ["result", "metric", "condition", "value", "why"],
+                       [["ok" if c["ok"] else "FAIL", c["metric"], c["condition"],
+                         threshold_value(c), c.get("reason") or ""] for c in checks],
+                       row_class=["" if c["ok"] else "bad" for c in checks]))
 
 
 def warnings_section(summary: dict[str, Any]) -> str:

@@ -21,6 +21,7 @@ from .formatting import (
     error_guidance,
     num,
     signed,
+    threshold_value,
 )
 
 
@@ -123,6 +124,17 @@ def capacity_lines(summary: dict[str, Any]) -> list[str]:
     return [f"capacity: {cap.get('verdict')}"] if cap else []
 
 
+def thresholds_lines(summary: dict[str, Any]) -> list[str]:
+    checks = (summary.get("thresholds") or {}).get("checks") or []
+    if not checks:
+        return []
+    failed = sum(not c["ok"] for c in checks)
+    return ["", f"thresholds: {len(checks) - failed} of {len(checks)} passed", *text_table(
+        ["", "metric", "condition", "value", "why"],
+        [["ok" if c["ok"] else "FAIL", c["metric"], c["condition"], threshold_value(c),
+          c.get("reason") or ""] for c in checks])]
+
+
 def warnings_lines(summary: dict[str, Any]) -> list[str]:
     warnings = summary.get("warnings") or []
     return ["", f"warnings ({len(warnings)}):" if warnings else "warnings: none",
@@ -131,7 +143,8 @@ def warnings_lines(summary: dict[str, Any]) -> list[str]:
 
 SECTIONS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
     headline_lines, errors_lines, closes_lines, latency_lines, delivery_lines,
-    throughput_lines, retries_lines, faults_lines, capacity_lines, warnings_lines)
+    throughput_lines, retries_lines, faults_lines, capacity_lines, warnings_lines,
+    thresholds_lines)
 
 
 def text_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
