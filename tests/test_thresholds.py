@@ -13,13 +13,15 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from serverproc import ROOT
 from test_harness import rtmsim
 
 from server.schema import ConfigError
 from sim import analysis, rundir
+from sim.clients.runner import load_clients_scenario
 from sim.report.junit import Case, write_junit
-from sim.scenario import parse_scenario
-from sim.thresholds import evaluate, live_failures, parse_thresholds
+from sim.scenario import load_scenario, parse_scenario
+from sim.thresholds import evaluate, live_failures, metric_for, parse_thresholds
 
 SUMMARY = {
     "requests": {"total": 1000, "ok": 950, "per_op": {"publish": 900, "subscribe": 100}},
@@ -227,6 +229,7 @@ def test_a_failing_threshold_exits_1_and_junit_names_it(failing_run):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "rtmsim: threshold failed: requests.publish < 1:" in proc.stdout
     assert "thresholds: 1 of 2 passed" in proc.stdout
+    assert f"junit: {out / rundir.JUNIT}" in proc.stdout
     suite = ET.parse(out / rundir.JUNIT).getroot().find("testsuite")
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert sorted(cases) == ["reconciled == true", "requests.publish < 1"]
@@ -297,3 +300,15 @@ def test_a_bad_threshold_stops_rtmsim_run_before_it_starts(tmp_path):
         'recovery.<fault id>.<field>, retry_amplification.<policy>, '
         'never_retry_violations.<field>, throughput.<field>, warnings)']
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_scenario_loads_with_its_thresholds(path):
+    """`rtmsim run` scenarios, and `rtmsim clients` ones (with a [clients] table)."""
+    if "[clients]" in path.read_text():
+        scenario, _ = load_clients_scenario(str(path))
+    else:
+        scenario = load_scenario(path)
+    for t in scenario.thresholds:
+        assert metric_for(t.metric) is not None
