@@ -3,8 +3,9 @@
 Registered on import, as Locust plugins do, and imported by `loadtests.users`: so any
 locustfile that uses the user classes, the provided one or a user's own few lines,
 takes rtmsim's options (`swarmconfig.OPTIONS`: `--rtmsim-key`, `--rtmsim-run-dir`,
-`--rtmsim-config`, ...), checks the hosts before the first user starts, and aligns the
-servers' fault clocks at test start. (`users` checks its classes' parameters.)
+`--rtmsim-config`, ...), checks the hosts before the first user starts, serves the
+swarm's Prometheus metrics (`--rtmsim-metrics-port`) and aligns the servers' fault
+clocks at test start. (`users` checks its classes' parameters.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from locust.runners import WorkerRunner
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from .metrics import serve_metrics
 from .swarmconfig import OPTIONS, settings_for
 
 
@@ -25,7 +27,7 @@ from .swarmconfig import OPTIONS, settings_for
 def _options(parser, **_kwargs):
     for option in OPTIONS:
         parser.add_argument(option.flag, default=None, env_var=option.env_var,
-                            help=option.help)
+                            help=option.help, type=option.type)
 
 
 @events.test_start.add_listener
@@ -52,3 +54,24 @@ def _check_hosts(environment, **_kwargs):
             parse_uri(url)
         except InvalidURI as exc:
             raise SystemExit(f"rtmsim: --host must be a ws:// or wss:// URL: {exc}") from None
+
+
+@events.init.add_listener
+def _serve_metrics(environment, **_kwargs):
+    """--rtmsim-metrics-port: only where Locust's stats are the aggregate (the master, or
+    a standalone runner); a worker's are its share, already sent to the master."""
+    port = getattr(environment.parsed_options, "rtmsim_metrics_port", None)
+    if not port or isinstance(environment.runner, WorkerRunner):
+        return
+    if not 0 < port < 65536:
+        raise SystemExit(f"rtmsim: --rtmsim-metrics-port must be 1..65535, got {port}")
+    try:
+        server = serve_metrics(environment, port)
+    except OSError as exc:
+        raise SystemExit(f"rtmsim: --rtmsim-metrics-port {port}: {exc.strerror}") from None
+    print(f"rtmsim: swarm metrics on http://127.0.0.1:{port}/metrics", flush=True)
+
+    @environment.events.quitting.add_listener
+    def _stop_metrics(**_kw):
+        server.shutdown()
+        server.server_close()

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class Option:
     flag: str
     env_var: str
     help: str
+    type: Callable[[str], Any] = str  # what Locust's parser converts the value with
 
     @property
     def dest(self) -> str:
@@ -44,6 +46,9 @@ OPTIONS = (
     Option("--rtmsim-token-url", "RTMSIM_TOKEN_URL",
            "REST endpoint that mints tokens (recovery after close 4002)"),
     Option("--rtmsim-secret", "RTMSIM_SECRET", "sk_id:sk_secret for --rtmsim-token-url"),
+    Option("--rtmsim-metrics-port", "RTMSIM_METRICS_PORT",
+           "serve the swarm's Prometheus metrics on 127.0.0.1:PORT (master or standalone "
+           "only; 0: off)", int),
 )
 CONFIG_OPTION = OPTIONS[2]
 

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from . import metrics
 from .auth import MAX_METADATA_BYTES, MAX_PEER_METADATA_BYTES, mint_token
 from .backend import BackendError
 from .codes import CloseCode
@@ -248,6 +249,13 @@ async def sim_stats(request: web.Request) -> web.Response:
     return _json(body)
 
 
+async def prometheus_metrics(request: web.Request) -> web.Response:
+    """`/metrics`: Prometheus text (server/metrics.py), guarded as `/sim/v1` is."""
+    _check_sim_token(request)
+    body = await metrics.exposition(request.app[APP_KEY])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE_LATEST})
+
+
 async def sim_deploy(request: web.Request) -> web.Response:
     _check_sim_token(request)
     body = await _body(request)
@@ -359,6 +367,7 @@ def make_app(node: Node) -> web.Application:
     r.add_delete("/sim/v1/faults", sim_clear_faults)
     r.add_delete("/sim/v1/faults/{faultId}", sim_delete_fault)
     r.add_post("/sim/v1/clock", sim_clock)
+    r.add_get("/metrics", prometheus_metrics)
     return app
 
 

@@ -2,19 +2,46 @@
 
 Counted per app only; totals are summed when asked for, so the hot path pays one
 increment. Connections that never authenticated count under `UNAUTHENTICATED`.
+The latency histograms are plain bucket counts (`/metrics` exposes them): the node
+observes once per message, never per recipient.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from typing import Any
 
 UNAUTHENTICATED = "-"
+# Upper bounds (seconds, inclusive as Prometheus' `le`): from an in-memory fan-out
+# (tens of microseconds) to injected latencies of seconds.
+LATENCY_BOUNDS_S = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LatencyHistogram:
+    """Counts per bucket and a sum: one bisect and two additions per observation."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BOUNDS_S) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 class AppCounters:
     __slots__ = ("closes", "connections_now", "connections_peak", "connections_total",
-                 "delivered", "errors", "frames_in", "frames_out", "published", "sent")
+                 "delivered", "delivery_time", "errors", "frames_in", "frames_out",
+                 "published", "sent")
 
     def __init__(self) -> None:
         self.connections_now = 0
@@ -27,6 +54,8 @@ class AppCounters:
         self.published = 0  # publishes accepted (socket and REST)
         self.sent = 0  # direct sends accepted
         self.delivered = 0  # message + direct frames handed to recipients
+        # A socket publish's receipt until its fan-out was written, once per message.
+        self.delivery_time = LatencyHistogram()
 
     def connected(self) -> None:
         self.connections_now += 1
@@ -54,6 +83,7 @@ class Stats:
         self.apps: dict[str, AppCounters] = {}
         self.connections_now = 0
         self.connections_peak = 0
+        self.holds = LatencyHistogram()  # every injected latency held (apps not known)
 
     def connected(self) -> None:
         self.connections_now += 1

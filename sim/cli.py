@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="stop early once a threshold on a server count can no longer pass")
     run.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds "
                      "(default RUN_DIR/junit.xml)")
+    run.add_argument("--metrics-port", type=_port, default=0, help="the swarm's Prometheus "
+                     "/metrics port on 127.0.0.1 (default: a free one, printed)")
     analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
                              "charts and report.html")
     analyze.add_argument("run_dir", metavar="RUN_DIR",
@@ -154,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
     status = Runner(scenario, run_dir, progress=not args.no_progress,
-                    abort_on_fail=args.abort_on_fail).run()
+                    abort_on_fail=args.abort_on_fail, metrics_port=args.metrics_port).run()
     return finish_run(run_dir, status, args.junit)
 
 

@@ -74,13 +74,15 @@ def timestamped_dir(parent: Path, name: str) -> Path:
 
 class Runner:
     def __init__(self, scenario: Scenario, run_dir: Path, *, out: TextIO = sys.stdout,
-                 progress: bool = True, abort_on_fail: bool = False) -> None:
+                 progress: bool = True, abort_on_fail: bool = False,
+                 metrics_port: int = 0) -> None:
         self.scenario = scenario
         self.dir = run_dir
         self.out = out
         self.progress = progress
         self.abort_on_fail = abort_on_fail  # every threshold that can fail early may stop it
         self.aborted: list[str] = []  # the thresholds that stopped the run early
+        self.metrics_port = metrics_port or _free_port()  # the swarm's /metrics
         self.children: list[Child] = []
         self.redis_url: str | None = None
         self.interrupted = False
@@ -206,7 +208,8 @@ class Runner:
                "--host", inst.ws_urls[0], "--csv", str(self.dir / rundir.LOCUST_PREFIX),
                "--csv-full-history", "--rtmsim-run-dir", str(self.dir),
                "--rtmsim-config", str(swarm_json), "--exit-code-on-error", "0",
-               "--only-summary", "--loglevel", "WARNING"]
+               "--only-summary", "--loglevel", "WARNING",
+               "--rtmsim-metrics-port", str(self.metrics_port)]
         if swarm.workers > 1:
             cmd += ["--processes", str(swarm.workers)]
         cmd += list(swarm.classes)
@@ -351,6 +354,9 @@ class Runner:
         swarm_json = self.write_swarm(inst)
         print(f"rtmsim: running {self.scenario.name} for {self.scenario.swarm.duration_s:g} s"
               f" ({self.scenario.swarm.users} users) -> {self.dir}", file=self.out,
+              flush=True)
+        print(f"rtmsim: Prometheus metrics: swarm http://127.0.0.1:{self.metrics_port}/metrics"
+              f", server {', '.join(f'{u}/metrics' for u in inst.admin_urls)}", file=self.out,
               flush=True)
         locust = self.start_locust(inst, swarm_json)
         self.watch(locust, inst)
