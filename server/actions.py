@@ -86,6 +86,7 @@ class Route:
     body: Any
     include_sender_metadata: bool = False
     charge: bool = False  # counts against the app's message quota before routing
+    received_at: float = 0.0  # its frame's receipt: a publish's server time starts here
 
     @property
     def channel(self) -> str | None:

@@ -162,7 +162,8 @@ class Connection:
         if problem is not None:
             return problem
         return [Route("publish", rid, Message(self.app_id, name, self.peer_id, msg["data"],
-                                               self.peer_metadata, self), charge=True)]
+                                               self.peer_metadata, self), charge=True,
+                      received_at=now)]
 
     def _send(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
         to = msg.get("to")
@@ -213,6 +214,7 @@ class Connection:
         op = route.op
         if op == "publish":
             self.counters.published += 1
+            self.counters.publish_time.observe(now - route.received_at)
             return self._ack(route.request_id, op, now)
         if op == "send":
             if not result:

@@ -99,13 +99,13 @@ class ServerCollector(Collector):
                         family.add_metric([self.instance, app, key], n)
             yield family
         yield from self._quota()
-        delivery = HistogramMetricFamily(
-            "rtmsim_delivery_seconds", "A socket publish's receipt until its fan-out was "
-            "written (quota, injected latency, backend), once per message.",
+        publish = HistogramMetricFamily(
+            "rtmsim_publish_seconds", "A socket publish's frame receipt until its ack "
+            "(quota, injected latency, the fan-out written), once per message.",
             labels=["instance", "app"])
         for app, c in apps:
-            _add_histogram(delivery, [self.instance, app], c.delivery_time)
-        yield delivery
+            _add_histogram(publish, [self.instance, app], c.publish_time)
+        yield publish
         holds = HistogramMetricFamily(
             "rtmsim_hold_seconds", "Injected latency held before an ack, a delivery or a "
             "welcome (latency faults).", labels=["instance"])

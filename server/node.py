@@ -85,9 +85,6 @@ class BoundedConnection(ServerConnection):
     """
 
     on_outbound_full: Callable[[], None] | None = None
-    # When the frame being handled arrived (the node's clock): a connection's frames
-    # are handled one at a time, so its publish's delivery time starts here.
-    received_at = 0.0
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -186,9 +183,8 @@ class Node:
             await self.backend.connect(conn)
             await self._perform(conn, actions)
             async for frame in ws:
-                ws.received_at = now = self.clock()
                 try:
-                    actions = conn.receive(frame, now)
+                    actions = conn.receive(frame, self.clock())
                 except Exception:
                     log.exception("unexpected error handling a frame")
                     actions = frame_failed(conn, self.clock())
@@ -255,16 +251,7 @@ class Node:
         return hold(seconds)
 
     def call(self, origin: object, route: Route) -> Awaitable[Any]:
-        if route.op == "publish" and isinstance(origin, Connection):
-            return self._publish_timed(origin, route)
         return call_backend(self.backend, origin, route)
-
-    async def _publish_timed(self, conn: Connection, route: Route) -> int:
-        """A socket publish; then, once per message, its delivery time: from its frame's
-        receipt (quota, injected latency, backend) until its fan-out was written."""
-        delivered = await self.backend.publish(route.body)
-        conn.counters.delivery_time.observe(self.clock() - conn.transport.received_at)
-        return delivered
 
     def _close_later(self, conn: Connection, code: int, reason: str) -> None:
         self._timers.pop(conn.id, None)

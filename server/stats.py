@@ -40,7 +40,7 @@ class LatencyHistogram:
 
 class AppCounters:
     __slots__ = ("closes", "connections_now", "connections_peak", "connections_total",
-                 "delivered", "delivery_time", "errors", "frames_in", "frames_out",
+                 "delivered", "errors", "frames_in", "frames_out", "publish_time",
                  "published", "sent")
 
     def __init__(self) -> None:
@@ -54,8 +54,9 @@ class AppCounters:
         self.published = 0  # publishes accepted (socket and REST)
         self.sent = 0  # direct sends accepted
         self.delivered = 0  # message + direct frames handed to recipients
-        # A socket publish's receipt until its fan-out was written, once per message.
-        self.delivery_time = LatencyHistogram()
+        # A socket publish's frame receipt until its ack: quota, injected latency, the
+        # fan-out written. Observed by the core, once per message, whatever the driver.
+        self.publish_time = LatencyHistogram()
 
     def connected(self) -> None:
         self.connections_now += 1

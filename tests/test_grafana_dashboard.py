@@ -25,7 +25,7 @@ REQUIRED = {"rtmsim_connections_open", "rtmsim_frames_received_total",
             "rtmsim_frames_sent_total", "rtmsim_errors_total", "rtmsim_closes_total",
             "rtmsim_messages_delivered_total", "rtmsim_quota_messages_used",
             "rtmsim_fault_hits_total", "rtmsim_hold_seconds_bucket",
-            "rtmsim_delivery_seconds_bucket", "rtmsim_swarm_requests_total",
+            "rtmsim_publish_seconds_bucket", "rtmsim_swarm_requests_total",
             "rtmsim_swarm_failures_total", "rtmsim_swarm_request_duration_seconds_bucket"}
 
 
