@@ -4,6 +4,7 @@
     python -m bench reqack --seconds 5 --json       publish+ack round trips/s, 8 conns
     python -m bench connections --n 15000 --json    KB of RSS per idle connection
     python -m bench soak --minutes 10 --json        leaks: RSS slope, fds and tasks after
+    python -m bench analyze --events 10000000       `rtmsim analyze` wall, RSS, bytes on disk
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import benchmarks
+from .analyze import analyze
 from .procs import FAULT_MODES, ROOT, BenchError
 from .redisbench import redis_fanout
 from .soak import soak
@@ -131,12 +133,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-minutes", type=_non_negative, default=2.0,
                    help="RSS before this is left out of the slope (default 2)")
     common(p)
+    p = sub.add_parser("analyze", help="`rtmsim analyze` on a synthesised run of N client "
+                       "events: wall time, peak RSS, bytes on disk per million events")
+    p.add_argument("--events", type=_positive(int), default=1_000_000)
+    p.add_argument("--candidates", action="store_true",
+                   help="time candidate engines (pandas/CSV, DuckDB, Polars) instead")
+    p.add_argument("--keep", type=Path, metavar="DIR",
+                   help="synthesise into DIR and keep it (default: a temporary directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     log = (lambda _: None) if args.quiet else (lambda text: print(text, file=sys.stderr,
                                                                    flush=True))
+    if args.command == "analyze":
+        return analyze(args.events, candidates=args.candidates, keep=args.keep, log=log)
     if not (args.ours_root / "sim" / "cli.py").is_file():
         raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
                          "give the root of an rtmsim checkout")
@@ -187,6 +200,14 @@ def summary(result: dict[str, Any]) -> str:
                 f"tasks {result['tasks']}; server cpu {result['server_cpu']} core; "
                 + ("unexpected: " + "; ".join(result["unexpected"]) if result["unexpected"]
                    else "nothing unexpected"))
+    if result.get("benchmark") == "analyze":
+        if "candidates" in result:
+            return "analyze candidates: " + "; ".join(
+                f"{k} {v['wall_s']} s, {v['peak_rss_mb']} MB"
+                for k, v in result["candidates"].items())
+        return (f"analyze: {result['events']:,} client events: rtmsim analyze "
+                f"{result['wall_s']} s, peak RSS {result['peak_rss_mb']} MB; "
+                f"{result['parquet_mb_per_million_events']} MB on disk per million events")
     if result.get("benchmark") == "swarm":
         return (f"swarm: Locust {result['locust']:,.0f} round trips/s, raw asyncio "
                 f"{result['raw']:,.0f}, ratio {result['ratio']} (uvloop "

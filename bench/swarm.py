@@ -35,6 +35,8 @@ except ImportError:  # the servers fall back the same way
     uvloop = None
 from websockets.asyncio.client import connect
 
+from loadtests.accounting import load_client_events
+
 from .procs import ROOT, BenchError, Children, Server, machine, raise_nofile, rss_kb
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -61,15 +63,8 @@ def _locust(children: Children, name: str, base_url: str, classes: dict[str, Any
 
 def _rows(run_dir: Path, op: str, outcome: str = "ok") -> list[float]:
     """Times of the client-event rows with this op and outcome."""
-    times = []
-    for path in run_dir.glob("client-events-*.csv"):
-        with path.open() as f:
-            next(f, None)
-            for line in f:
-                parts = line.split(",", 5)
-                if len(parts) > 4 and parts[3] == op and parts[4] == outcome:
-                    times.append(float(parts[0]))
-    return times
+    df = load_client_events(run_dir)
+    return df.t[(df.op == op) & (df.outcome == outcome)].tolist()
 
 
 ROUNDS = 5

@@ -15,24 +15,44 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from server.patterns import is_wildcard, match_channel
+
+from .eventlog import COLUMNS, SCHEMA, SUFFIX
 
 GRACE_S = 1.0
 
 
+def client_event_files(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
+    """(Parquet batches, old CSV logs) of a run directory's client event logs.
+
+    Batches are `client-events-<tag>/<seq>.parquet` (`loadtests.eventlog`); older runs
+    wrote one `client-events-<tag>.csv` per process. Temporary files of a batch being
+    written (a process killed mid-flush) do not match and are left out.
+    """
+    d = Path(run_dir)
+    parquet = sorted(p for p in d.glob(f"client-events-*/*{SUFFIX}") if p.name[0] != ".")
+    return parquet, sorted(d.glob("client-events-*.csv"))
+
+
 def load_client_events(run_dir: str | Path) -> pd.DataFrame:
-    """Every `client-events-*.csv` of a run directory, in one frame sorted by time."""
-    files = sorted(Path(run_dir).glob("client-events-*.csv"))
-    if not files:
-        return pd.DataFrame(columns=["t", "user", "user_class", "op", "outcome", "latency_ms",
-                                     "attempt", "bytes", "channel", "msg_id", "peer",
-                                     "intended_t", "policy"])
-    frames = [pd.read_csv(f, dtype={"user": str, "channel": str, "msg_id": str, "peer": str,
-                                    "outcome": str, "op": str}, keep_default_na=False,
-                          na_values={"latency_ms": [""], "intended_t": [""]})
-              for f in files]
-    df = pd.concat(frames, ignore_index=True)
+    """Every client event of a run directory (Parquet batches and old CSV logs), in one
+    frame sorted by time, with the same columns and dtypes whichever format it read."""
+    parquet, csvs = client_event_files(run_dir)
+    frames = []
+    if parquet:
+        table = pq.read_table(parquet, schema=SCHEMA)
+        df = table.to_pandas()
+        frames.append(df.astype({"attempt": np.int64}))
+    frames.extend(pd.read_csv(f, dtype={"user": str, "channel": str, "msg_id": str,
+                                        "peer": str, "outcome": str, "op": str},
+                              keep_default_na=False,
+                              na_values={"latency_ms": [""], "intended_t": [""]})
+                  for f in csvs)
+    if not frames:
+        return pd.DataFrame(columns=list(COLUMNS))
+    df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     return df.sort_values("t", kind="stable").reset_index(drop=True)
 
 

@@ -1,17 +1,17 @@
 """One raw event log per Locust process, flushed by a greenlet, closed at quit.
 
 Locust workers (`--processes N`, or master/worker on several machines) each write
-`client-events-<tag>.csv` into the same run directory; the analysis reads them all.
+`client-events-<tag>/` (Parquet batches) into the same run directory; the analysis
+reads them all.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gevent
 
-from .eventlog import EventLog
+from .eventlog import EventLog, log_dir
 from .swarmconfig import settings_for
 
 FLUSH_S = 1.0
@@ -26,7 +26,7 @@ def process_event_log(environment: Any) -> EventLog | None:
     settings = settings_for(environment)
     if not settings.run_dir:
         return None
-    _LOG = EventLog(Path(settings.run_dir) / f"client-events-{settings.process_tag}.csv")
+    _LOG = EventLog(log_dir(settings.run_dir, settings.process_tag))
     gevent.spawn(_flush_forever, _LOG)
     if environment is not None:
         environment.events.quitting.add_listener(lambda **_: close_event_log())

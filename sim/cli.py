@@ -19,6 +19,7 @@ from pathlib import Path
 
 from server.config import BACKENDS, Config, ConfigError, default_config, load_config
 
+from . import rundir
 from .run import RunError, Runner, default_run_dir
 from .scenario import load_scenario
 
@@ -90,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a directory written by `rtmsim run`")
     analyze.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds "
                          "(default RUN_DIR/junit.xml)")
+    export = sub.add_parser("export", help="write a run directory's client event log in "
+                            "another format (CSV: one file per Locust process)")
+    export.add_argument("run_dir", metavar="RUN_DIR",
+                        help="a directory written by `rtmsim run`")
+    export.add_argument("--csv", action="store_true", required=True,
+                        help="CSV in the pre-Parquet layout, client-events-<tag>.csv")
+    export.add_argument("--out", help="output directory (default RUN_DIR/export; not RUN_DIR "
+                        "itself, where the analysis would read every row twice)")
     compare = sub.add_parser("compare", help="compare runs: side-by-side table and overlay "
                              "charts (compare.html, compare.json, PNGs)")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
@@ -219,6 +228,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return run(config, ServeOptions(events_path=args.events))
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """`rtmsim export RUN_DIR --csv`: each process's Parquet batches as one CSV file."""
+    from loadtests.eventlog import export_csv  # noqa: PLC0415 (start-up time: pyarrow)
+
+    run_dir = Path(args.run_dir)
+    if not rundir.is_run_dir(run_dir):
+        raise CliError(f"{run_dir}: not a run directory (no {rundir.RUN}); pass a directory "
+                       "written by `rtmsim run`")
+    logs = sorted({p.parent for p in run_dir.glob(rundir.CLIENT_EVENTS_GLOB)})
+    if not logs:
+        raise CliError(f"{run_dir}: no Parquet client event log ({rundir.CLIENT_EVENTS_GLOB})"
+                       " to export; a run directory from before it already holds CSV")
+    out = Path(args.out) if args.out else run_dir / rundir.EXPORT_DIR
+    if out.resolve() == run_dir.resolve():
+        raise CliError(f"--out {out}: not the run directory itself (its analysis would read "
+                       "every row twice); pick another directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for log in logs:
+        dest = out / f"{log.name}.csv"
+        print(f"rtmsim: {log.name}/ -> {dest} ...", flush=True)
+        n = export_csv(log, dest)
+        print(f"rtmsim: wrote {n:,} rows to {dest}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -231,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .report.compare import cmd_analyze  # noqa: PLC0415 (start-up time)
 
             return cmd_analyze(args)
+        if args.command == "export":
+            return cmd_export(args)
         if args.command == "compare":
             from .report.compare import cmd_compare  # noqa: PLC0415 (start-up time)
 

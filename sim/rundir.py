@@ -10,9 +10,15 @@
       locust/locust_stats.csv       Locust's own CSVs (--csv locust/locust)
       locust/locust_stats_history.csv, locust/locust_failures.csv, locust/locust_exceptions.csv
       locust.log                    Locust's output
-      client-events-<tag>.csv       raw client events, one file per Locust process
-                                    (columns: loadtests.eventlog.COLUMNS)
-      server-events.jsonl           the server event log (all instances; `instance` field)
+      client-events-<tag>/<seq>.parquet  raw client events: a directory per Locust
+                                    process, a Parquet file per flushed batch (schema:
+                                    loadtests.eventlog.SCHEMA); older runs hold one
+                                    client-events-<tag>.csv per process instead
+                                    (`rtmsim export RUN_DIR --csv` writes that form)
+      export/client-events-<tag>.csv  `rtmsim export RUN_DIR --csv` (not read back)
+      server-events.jsonl           the server event log (all instances; `instance`
+                                    field; JSON lines, kept: it logs requests, not
+                                    deliveries, ~3 % of the client log's rows)
       server-stats.json             final /sim/v1/stats: {"<instance>": stats, ...}
       server-timeline.jsonl         /sim/v1/stats sampled every second:
                                     {"t": unix s, "instance": id, "stats": {...}}
@@ -45,7 +51,9 @@ SWARM = "swarm.json"
 LOCUST_DIR = "locust"
 LOCUST_PREFIX = "locust/locust"
 LOCUST_LOG = "locust.log"
-CLIENT_EVENTS_GLOB = "client-events-*.csv"
+CLIENT_EVENTS_GLOB = "client-events-*/*.parquet"
+CLIENT_EVENTS_CSV_GLOB = "client-events-*.csv"  # runs before the Parquet log, and exports
+EXPORT_DIR = "export"  # `rtmsim export RUN_DIR --csv` writes here by default
 SERVER_EVENTS = "server-events.jsonl"
 SERVER_STATS = "server-stats.json"
 SERVER_TIMELINE = "server-timeline.jsonl"

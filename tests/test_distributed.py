@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from serverproc import ROOT
 
@@ -61,10 +62,10 @@ def started(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 def assert_reconciled(server, run_dir: Path, processes: int) -> None:
-    logs = sorted(run_dir.glob("client-events-*.csv"))
+    logs = sorted(p for p in run_dir.glob("client-events-*") if p.is_dir())
     assert len(logs) == processes, [p.name for p in logs]
     df = load_client_events(run_dir)
-    rows = [len(path.read_text().splitlines()) - 1 for path in logs]
+    rows = [pq.read_table(list(path.glob("*.parquet"))).num_rows for path in logs]
     assert all(n > 0 for n in rows)  # every process ran users and logged them
     assert df.user.nunique() == USERS
     totals = server.stats()["totals"]

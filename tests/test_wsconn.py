@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,7 +34,7 @@ from websockets.uri import parse_uri
 
 from loadtests.client import RealtimeClient
 from loadtests.deadlines import Deadlines
-from loadtests.eventlog import COLUMNS, EventLog, _lines
+from loadtests.eventlog import COLUMNS, FLUSH_ROWS, SCHEMA, EventLog, csv_lines
 from loadtests.reporting import Reporter
 from loadtests.wsconn import Closed, Connection
 
@@ -262,17 +263,23 @@ floats = st.floats(allow_nan=False, allow_infinity=False)
                           st.integers(1, 99), st.integers(0, 10**6), text, text, text,
                           st.none() | floats, text), max_size=5))
 def test_lines_read_back_as_csv_unrounded(rows):
-    back = list(csv.reader(io.StringIO(_lines(rows), newline="")))
+    back = list(csv.reader(io.StringIO(csv_lines(rows), newline="")))
     assert back == [["" if v is None else repr(v) if isinstance(v, float) else str(v)
                      for v in row] for row in rows]
 
 
-def test_event_log_file_has_the_header_and_every_row(tmp_path: Path):
-    log = EventLog(tmp_path / "e.csv")
-    for i in range(12_001):  # past two in-line flushes
+def test_event_log_writes_every_row_in_parquet_batches(tmp_path: Path):
+    log = EventLog(tmp_path / "log")
+    n = 2 * FLUSH_ROWS + 1  # past two in-line flushes
+    for i in range(n):
         log.row(1_800_000_000.123456 + i, "u", "C", "publish", "ok", 0.1 + 0.2, 1, 10)
     log.close()
-    lines = (tmp_path / "e.csv").read_text().splitlines()
-    assert lines[0] == ",".join(COLUMNS)
-    assert len(lines) == 12_002 and log.rows_written == 12_001
-    assert lines[1].startswith("1800000000.123456,u,C,publish,ok,0.30000000000000004,1,10,")
+    files = sorted((tmp_path / "log").glob("*.parquet"))
+    assert [p.name for p in files] == ["000001.parquet", "000002.parquet", "000003.parquet"]
+    table = pq.read_table(files)
+    assert table.schema == SCHEMA and table.column_names == list(COLUMNS)
+    assert table.num_rows == n and log.rows_written == n
+    assert table.slice(0, 1).to_pylist() == [{
+        "t": 1800000000.123456, "user": "u", "user_class": "C", "op": "publish",
+        "outcome": "ok", "latency_ms": 0.30000000000000004, "attempt": 1, "bytes": 10,
+        "channel": "", "msg_id": "", "peer": "", "intended_t": None, "policy": ""}]

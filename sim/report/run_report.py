@@ -66,7 +66,8 @@ def require_run_dir(path: str | Path) -> Path:
         raise RunError(f"{p / rundir.RUN}: not valid JSON ({exc})") from None
     if not isinstance(meta, dict):
         raise RunError(f"{p / rundir.RUN}: expected a JSON object")
-    if not any(p.glob(rundir.CLIENT_EVENTS_GLOB)) and not (p / rundir.SERVER_EVENTS).exists():
+    if not any(p.glob(rundir.CLIENT_EVENTS_GLOB)) and not any(
+            p.glob(rundir.CLIENT_EVENTS_CSV_GLOB)) and not (p / rundir.SERVER_EVENTS).exists():
         raise RunError(f"{p}: no client events ({rundir.CLIENT_EVENTS_GLOB}) and no "
                        f"{rundir.SERVER_EVENTS}: nothing to analyse (did the run start?)")
     return p

@@ -1,0 +1,127 @@
+"""The Parquet client event log: batches survive a killed process, old CSV runs still
+load the same, and `rtmsim export --csv` gives back the old format row for row."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+from serverproc import ROOT
+
+from loadtests.accounting import load_client_events
+from loadtests.eventlog import COLUMNS, EventLog, csv_lines
+from sim.cli import main
+
+ROWS = [
+    (1_800_000_000.5, "u1", "Publisher", "connect", "ok", 12.25, 1, 0, "", "", "p-1", None,
+     "default"),
+    (1_800_000_001.25, "u1", "Publisher", "publish", "backend_error", 0.5, 1, 254, "room/1",
+     "u1:1", "", None, "default"),
+    (1_800_000_001.75, "u1", "Publisher", "publish", "ok", 0.30000000000000004, 2, 254,
+     "room/1", "u1:1", "", 1_800_000_001.2, "default"),
+    (1_800_000_002.0, "u2", "Subscriber", "deliver", "message", None, 1, 254, "room/1",
+     "u1:1", "u1", None, ""),
+    (1_800_000_003.0, "u2", "Subscriber", "close", 'close 4000, "quoted"', None, 1, 0, "",
+     "", "", None, ""),
+]
+
+KILLED = """
+import os, signal, sys
+from loadtests.eventlog import EventLog
+rows = {rows!r}
+log = EventLog(sys.argv[1])
+for r in rows[:3]:
+    log.row(*r)
+log.flush()                      # one batch on disk
+for r in rows[3:]:
+    log.row(*r)                  # still buffered when the process dies
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def run_dir_with(tmp_path: Path) -> Path:
+    d = tmp_path / "run"
+    d.mkdir(parents=True)
+    (d / "run.json").write_text(json.dumps({"name": "t", "origin": 1_800_000_000.0}))
+    return d
+
+
+def test_a_killed_process_keeps_every_batch_it_flushed(tmp_path: Path):
+    d = run_dir_with(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", KILLED.format(rows=ROWS),
+                           str(d / "client-events-w1")], cwd=ROOT, timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    (d / "client-events-w1" / ".000002.parquet.tmp").write_bytes(b"PAR1 cut short")
+    df = load_client_events(d)
+    assert df.op.tolist() == ["connect", "publish", "publish"]
+    assert df.outcome.tolist() == ["ok", "backend_error", "ok"]
+
+
+def test_a_new_log_on_the_same_directory_appends_batches(tmp_path: Path):
+    for part in (ROWS[:2], ROWS[2:]):
+        log = EventLog(tmp_path / "log")
+        for r in part:
+            log.row(*r)
+        log.close()
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["000001.parquet",
+                                                                     "000002.parquet"]
+    assert len(load_client_events_from(tmp_path / "log")) == len(ROWS)
+
+
+def load_client_events_from(log: Path) -> pd.DataFrame:
+    d = log.parent / "wrapped"
+    (d / "client-events-x").mkdir(parents=True)
+    for p in log.iterdir():
+        (d / "client-events-x" / p.name).write_bytes(p.read_bytes())
+    return load_client_events(d)
+
+
+def write_parquet_run(tmp_path: Path) -> Path:
+    d = run_dir_with(tmp_path)
+    log = EventLog(d / "client-events-w1")
+    for r in ROWS:
+        log.row(*r)
+    log.close()
+    return d
+
+
+def test_an_old_csv_run_directory_loads_as_the_parquet_one_does(tmp_path: Path):
+    new = load_client_events(write_parquet_run(tmp_path))
+    old_dir = tmp_path / "old"
+    old_dir.mkdir()
+    (old_dir / "client-events-w1.csv").write_text(",".join(COLUMNS) + "\n"
+                                                  + csv_lines(ROWS), encoding="utf-8")
+    old = load_client_events(old_dir)
+    pd.testing.assert_frame_equal(old, new)
+    assert new.dtypes.astype(str).tolist() == [
+        "float64", "str", "str", "str", "str", "float64", "int64", "int64", "str", "str",
+        "str", "float64", "str"]
+
+
+def test_export_csv_round_trips_to_the_old_format(tmp_path: Path, capsys):
+    d = write_parquet_run(tmp_path)
+    assert main(["export", str(d), "--csv"]) == 0
+    out = d / "export" / "client-events-w1.csv"
+    assert out.read_text(encoding="utf-8") == ",".join(COLUMNS) + "\n" + csv_lines(ROWS)
+    assert f"wrote 5 rows to {out}" in capsys.readouterr().out
+    back = tmp_path / "back"
+    back.mkdir()
+    (back / out.name).write_bytes(out.read_bytes())
+    pd.testing.assert_frame_equal(load_client_events(back), load_client_events(d))
+
+
+def test_export_errors_are_one_line_and_exit_2(tmp_path: Path, capsys):
+    assert main(["export", str(tmp_path), "--csv"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"rtmsim: {tmp_path}: not a run directory (no run.json); pass a "
+                   "directory written by `rtmsim run`\n")
+    d = run_dir_with(tmp_path)
+    assert main(["export", str(d), "--csv"]) == 2
+    assert "no Parquet client event log" in capsys.readouterr().err
+    d = write_parquet_run(tmp_path / "x")
+    assert main(["export", str(d), "--csv", "--out", str(d)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
