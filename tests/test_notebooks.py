@@ -86,6 +86,7 @@ def test_error_rates_on_the_newest_run(results: Path) -> None:
     text = execute("error_rates", RUN_DIR="", RESULTS=str(results / "faults"))
     assert f"run: {results / 'faults' / 'nb-faults'}" in text
     assert "backend_error" in text and "invalid_channel" in text
+    assert "service error rate per 1000 requests by users, across 1 runs" in text
 
 
 def test_retry_behavior_on_two_runs_flags_the_looper(results: Path) -> None:

@@ -11,9 +11,9 @@ a rate or a percentile on its own, so every number a user sees has one definitio
 The implementation is split by concept, one module each: loading (`run`), codes and
 reconciliation (`codes`), latency, delivery and retries (`latency`), server time
 series (`timeline`), fault effects (`faults`), capacity (`capacity`) and the summary
-(`summary`). Import from this package, not from those modules: its names are the API
-(`sim.analysis.summary` is the function; the module behind it is an implementation
-detail).
+(`summary`), runs as a dataset (`runs`). Import from this package, not from those
+modules: its names are the API (`sim.analysis.summary` is the function; the module
+behind it is an implementation detail).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from .latency import (
 )
 from .regression import headline_metrics, regressions
 from .run import Run, fault_windows, load_run, run_dirs_or_newest
+from .runs import runs, summary_row
 from .summary import summary, write_summary
 from .timeline import connections_over_time, quota_over_time, throughput
 
@@ -95,7 +96,9 @@ __all__ = [
     "retry_outcomes",
     "reused_message_ids",
     "run_dirs_or_newest",
+    "runs",
     "summary",
+    "summary_row",
     "throughput",
     "whose_fault",
     "write_summary",

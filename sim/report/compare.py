@@ -25,7 +25,7 @@ import pandas as pd
 
 from .. import analysis, rundir
 from ..run import ROOT, RunError, timestamped_dir
-from . import charts, junit, page, run_report, text
+from . import charts, compare_many, junit, page, run_report, text
 from .formatting import close_name, esc, num
 
 COMPARE_HTML = "compare.html"
@@ -105,16 +105,25 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
         raise RunError(f"--out {out}: exists and is not a directory")
     labels = run_labels(dirs)
     log(f"rtmsim: comparing {len(dirs)} runs into {out} ...")
+    many = len(dirs) > compare_many.MAX_OVERLAY_RUNS  # summaries only, a row per run
     runs, summaries, sources = [], [], []
     for d, label in zip(dirs, labels, strict=True):
-        run = analysis.load_run(d)
-        summary, source = run_summary(run)
-        log(f"  {label}: {d} (summary {source})")
-        runs.append(run)
+        summary, source = summary_json(d)
+        if summary is None or not many:
+            run = analysis.load_run(d)
+            runs.append(run)
+            if summary is None:
+                summary, source = analysis.summary(run), "computed (no summary.json)"
+        if not many:
+            log(f"  {label}: {d} (summary {source})")
         summaries.append(summary)
         sources.append(source)
     out.mkdir(parents=True, exist_ok=True)
-    images = [chart(runs, summaries, labels, out) for chart in COMPARE_CHARTS]
+    flat = compare_many.per_run(summaries, labels) if many else None
+    if flat is not None:
+        images = [compare_many.by_run_chart(flat, out)]
+    else:
+        images = [chart(runs, summaries, labels, out) for chart in COMPARE_CHARTS]
     rows = headline_rows(summaries)
     result = {
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -125,6 +134,8 @@ def compare(run_dirs: Sequence[str | Path], out_dir: str | Path,
                      for metric, values in rows],
         "charts": [p.name for p in images],
     }
+    if flat is not None:
+        result["per_run"] = flat
     if tolerance is not None:
         result["gate"] = {"baseline": labels[0], "tolerance": tolerance, "regressions": {
             lab: analysis.regressions(summaries[0], s, tolerance)
@@ -147,14 +158,23 @@ def run_labels(dirs: Sequence[Path]) -> list[str]:
     return labels
 
 
-def run_summary(run: analysis.Run) -> tuple[dict[str, Any], str]:
-    """summary.json when the run has one, else the analysis's summary (not written)."""
+def summary_json(run_dir: Path) -> tuple[dict[str, Any] | None, str]:
+    """A run's summary.json and where it came from; None when it has none (or a
+    corrupt one: the caller computes it rather than fail)."""
     try:
-        existing = rundir.read_json(run.dir, rundir.SUMMARY)
+        existing = rundir.read_json(run_dir, rundir.SUMMARY)
     except ValueError:
-        existing = None  # a corrupt summary.json: recompute rather than fail
+        existing = None
     if isinstance(existing, dict) and existing:
         return existing, rundir.SUMMARY
+    return None, ""
+
+
+def run_summary(run: analysis.Run) -> tuple[dict[str, Any], str]:
+    """summary.json when the run has one, else the analysis's summary (not written)."""
+    summary, source = summary_json(run.dir)
+    if summary is not None:
+        return summary, source
     return analysis.summary(run), "computed (no summary.json)"
 
 
@@ -237,7 +257,10 @@ def row_cells(values: Sequence[Any]) -> list[str]:
 
 
 def text_rows(result: dict[str, Any]) -> list[str]:
+    """The headline table: a column per run, or (many runs) a row per run."""
     labels = [r["label"] for r in result["runs"]]
+    if "per_run" in result:
+        return compare_many.text_rows(result["per_run"])
     return text.text_table(["metric", *labels],
                            [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
                             for row in result["headline"]])
@@ -414,6 +437,7 @@ COMPARE_CAPTIONS = {
     "compare-latency-p99.png": "p99 latency of successful requests per operation over time, "
                                "one line per run; a gap means no successful request there.",
     "compare-throughput.png": "Publishes the server accepted per second: what got through.",
+    "compare-by-run.png": compare_many.CAPTION,
     "compare-attempts.png": "Attempts per operation for each run and retry policy; 1.0x means "
                             "no retries. More attempts for the same work is extra load.",
 }
@@ -428,10 +452,15 @@ def write_compare_html(result: dict[str, Any], summaries: Sequence[dict[str, Any
         ["run", "scenario", "description", "directory", "numbers from"],
         [[r["label"], r.get("name") or "", (s.get("run") or {}).get("description") or "",
           r["dir"], r["summary"]] for r, s in zip(result["runs"], summaries, strict=True)])
-    headline = page.html_table(
-        ["metric", *labels],
-        [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
-         for row in result["headline"]], numeric=tuple(range(1, len(labels) + 1)))
+    if "per_run" in result:
+        headline = page.html_table(compare_many.header(),
+                                   compare_many.rows(result["per_run"]),
+                                   numeric=tuple(range(2, len(compare_many.header()))))
+    else:
+        headline = page.html_table(
+            ["metric", *labels],
+            [[row["metric"], *row_cells([row["values"][lab] for lab in labels])]
+             for row in result["headline"]], numeric=tuple(range(1, len(labels) + 1)))
     figures = "".join(page.figure(p, COMPARE_CAPTIONS.get(p.name, ""),
                                 COMPARE_CAPTIONS.get(p.name, p.stem)) for p in images)
     warnings = ""
@@ -440,15 +469,19 @@ def write_compare_html(result: dict[str, Any], summaries: Sequence[dict[str, Any
         if items:
             warnings += f"<h3>{esc(label)}</h3>" + page.warn_list(items)
     doc = page.document(
-        f"rtmsim comparison: {', '.join(labels)}",
+        f"rtmsim comparison: {', '.join(labels[:compare_many.MAX_OVERLAY_RUNS])}"
+        + (f" and {len(labels) - compare_many.MAX_OVERLAY_RUNS} more"
+           if len(labels) > compare_many.MAX_OVERLAY_RUNS else ""),
         f"<h1>rtmsim comparison of {len(labels)} runs</h1>"
         + page.para(f"created {result['created']}", "muted")
         + page.section("runs", "Runs", "the runs compared; each run's own report.html has "
                        "the details.", runs_table)
         + page.section("headline", "Headline numbers side by side",
-                       "one row per number, one column per run; '-' means the run has no "
-                       "such number. Rates are per second of scenario time, latencies in "
-                       "milliseconds of successful requests.", headline)
+                       ("one row per run (many runs)" if "per_run" in result
+                        else "one row per number, one column per run")
+                       + "; '-' means the run has no such number. Rates are per second "
+                       "of scenario time, latencies in milliseconds of successful requests.",
+                       headline)
         + page.section("charts", "Charts",
                        "each chart's title is the question it answers; every line's colour "
                        "is one run, the same in every chart.", figures)
