@@ -14,6 +14,10 @@ place, so every `*.parquet` file is whole; a run cut short (Ctrl-C, a killed wor
 keeps every batch already flushed and stays analysable. At one flush a second the
 file count stays modest (180 files for a 3-minute run per process).
 
+A Locust worker on another machine has no run directory of its own: its log ships
+each batch's Parquet bytes (`parquet_bytes`, the very file it would have written) to
+the master, whose `ShippedLogs` writes them (the Locust side is `loadtests.locustlog`).
+
 Run directories written before this kept one CSV per process (`client-events-<tag>.csv`,
 header `COLUMNS`); `loadtests.accounting.load_client_events` reads both.
 """
@@ -25,6 +29,7 @@ import csv
 import io
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,8 @@ SUFFIX = ".parquet"
 # not), which with zstd gives about 6 bytes a row on a real default run (CSV: 146).
 DICTIONARY = [f.name for f in SCHEMA if pa.types.is_string(f.type)]
 FLOAT_ENCODING = {f.name: "BYTE_STREAM_SPLIT" for f in SCHEMA if pa.types.is_float64(f.type)}
+WRITE_OPTIONS: dict[str, Any] = {"compression": COMPRESSION, "use_dictionary": DICTIONARY,
+                                 "column_encoding": FLOAT_ENCODING}
 _COMMAS = len(COLUMNS) - 1
 
 
@@ -59,12 +66,56 @@ def log_dir(run_dir: str | Path, tag: str) -> Path:
 
 def write_batch(directory: Path, seq: int, table: pa.Table) -> Path:
     """Write one batch as `<seq>.parquet`, atomically (temporary name, then rename)."""
-    path = directory / f"{seq:06d}{SUFFIX}"
-    tmp = directory / f".{seq:06d}{SUFFIX}.tmp"
-    pq.write_table(table, tmp, compression=COMPRESSION, use_dictionary=DICTIONARY,
-                   column_encoding=FLOAT_ENCODING)
+    path, tmp = _batch_paths(directory, seq)
+    pq.write_table(table, tmp, **WRITE_OPTIONS)
     os.replace(tmp, path)
     return path
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    """One batch as the bytes of the Parquet file `write_batch` would write."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **WRITE_OPTIONS)
+    return sink.getvalue().to_pybytes()
+
+
+def write_batch_bytes(directory: Path, seq: int, data: bytes) -> Path:
+    """Write a batch received as `parquet_bytes` as `<seq>.parquet`, atomically."""
+    path, tmp = _batch_paths(directory, seq)
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return path
+
+
+class ShippedLogs:
+    """The logs other processes ship as `parquet_bytes` (a Locust master's, from its
+    workers), each sender's batches written into its own directory of `run_dir`."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.dirs: dict[str, Path] = {}  # sender (Locust client id) -> its log directory
+
+    def directory(self, sender: str, tag: str) -> Path:
+        """The sender's log directory, claimed on its first message: `client-events-<tag>`,
+        or, when another sender or an earlier process already holds that name (two hosts
+        of the same name and pid), the tag plus the end of the sender's id (Locust's
+        `<host>_<uuid>`), so no two processes' batches ever share a directory."""
+        d = self.dirs.get(sender)
+        if d is None:
+            d = log_dir(self.run_dir, tag)
+            if d in self.dirs.values() or d.exists():
+                d = log_dir(self.run_dir, f"{tag}-{sender.rsplit('_', 1)[-1][:8]}")
+            self.dirs[sender] = d
+        return d
+
+    def write(self, sender: str, tag: str, seq: int, data: bytes) -> Path:
+        d = self.directory(sender, tag)
+        d.mkdir(parents=True, exist_ok=True)
+        return write_batch_bytes(d, seq, data)
+
+
+def _batch_paths(directory: Path, seq: int) -> tuple[Path, Path]:
+    return directory / f"{seq:06d}{SUFFIX}", directory / f".{seq:06d}{SUFFIX}.tmp"
 
 
 def table_of(rows: list[tuple[Any, ...]]) -> pa.Table:
@@ -76,19 +127,35 @@ def table_of(rows: list[tuple[Any, ...]]) -> pa.Table:
 
 
 class EventLog:
-    """Buffered Parquet writer (one file per flush); safe from many greenlets or threads."""
+    """Buffered Parquet writer (one file per flush); safe from many greenlets or threads.
 
-    def __init__(self, directory: str | Path) -> None:
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        existing = [int(p.name[:-len(SUFFIX)]) for p in self.dir.glob(f"*{SUFFIX}")
-                    if p.name[:-len(SUFFIX)].isdigit()]
+    Batches go to `directory`, or, with `send` instead, as `send(seq, parquet_bytes)`
+    (a worker shipping its log to the master; `send` is called in `seq` order).
+    """
+
+    def __init__(self, directory: str | Path | None = None, *,
+                 send: Callable[[int, bytes], None] | None = None) -> None:
+        if (directory is None) == (send is None):
+            raise ValueError("EventLog takes one of directory and send")
+        self.dir = Path(directory) if directory is not None else None
+        self._send = send
+        existing: list[int] = []
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            existing = [int(p.name[:-len(SUFFIX)]) for p in self.dir.glob(f"*{SUFFIX}")
+                        if p.name[:-len(SUFFIX)].isdigit()]
         self._seq = max(existing, default=0)  # a second log on the same dir appends
         # Appends and pops of a deque are atomic: `row` takes no lock, only `flush` does.
         self._rows: collections.deque[tuple[Any, ...]] = collections.deque()
         self._flush_lock = threading.Lock()
         self._closed = False
         self.rows_written = 0
+
+    def _put(self, seq: int, table: pa.Table) -> None:
+        if self._send is not None:
+            self._send(seq, parquet_bytes(table))
+        elif self.dir is not None:
+            write_batch(self.dir, seq, table)
 
     def row(self, t: float, user: str, user_class: str, op: str, outcome: str,
             latency_ms: float | None = None, attempt: int = 1, nbytes: int = 0,
@@ -108,7 +175,7 @@ class EventLog:
             if not rows or self._closed:
                 return
             self._seq += 1
-            write_batch(self.dir, self._seq, table_of(rows))
+            self._put(self._seq, table_of(rows))
             self.rows_written += len(rows)
 
     def close(self) -> None:

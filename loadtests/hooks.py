@@ -4,7 +4,8 @@ Registered on import, as Locust plugins do, and imported by `loadtests.users`: s
 locustfile that uses the user classes, the provided one or a user's own few lines,
 takes rtmsim's options (`swarmconfig.OPTIONS`: `--rtmsim-key`, `--rtmsim-run-dir`,
 `--rtmsim-config`, ...), checks the hosts before the first user starts, serves the
-swarm's Prometheus metrics (`--rtmsim-metrics-port`) and aligns the servers' fault
+swarm's Prometheus metrics (`--rtmsim-metrics-port`), carries the event logs of workers
+without a run directory to the master (`locustlog`) and aligns the servers' fault
 clocks at test start. (`users` checks its classes' parameters.)
 """
 
@@ -19,6 +20,7 @@ from locust.runners import WorkerRunner
 from websockets.exceptions import InvalidURI
 from websockets.uri import parse_uri
 
+from .locustlog import connect_event_logs
 from .metrics import serve_metrics
 from .swarmconfig import OPTIONS, settings_for
 
@@ -54,6 +56,12 @@ def _check_hosts(environment, **_kwargs):
             parse_uri(url)
         except InvalidURI as exc:
             raise SystemExit(f"rtmsim: --host must be a ws:// or wss:// URL: {exc}") from None
+
+
+@events.init.add_listener
+def _event_logs_over_locust(environment, **_kwargs):
+    """A worker on another machine ships its event log to the master's run directory."""
+    connect_event_logs(environment)
 
 
 @events.init.add_listener

@@ -41,7 +41,8 @@ class Option:
 OPTIONS = (
     Option("--rtmsim-key", "RTMSIM_KEY", f"credential (publishable key); default {DEFAULT_KEY}"),
     Option("--rtmsim-run-dir", "RTMSIM_RUN_DIR",
-           "write the raw client event log into this directory"),
+           "write the raw client event log into this directory (a Locust worker "
+           "without one sends its log to the master's)"),
     Option("--rtmsim-config", "RTMSIM_SWARM_CONFIG", "JSON swarm settings written by `rtmsim run`"),
     Option("--rtmsim-token-url", "RTMSIM_TOKEN_URL",
            "REST endpoint that mints tokens (recovery after close 4002)"),
