@@ -85,6 +85,20 @@ def _shared_codes(*columns: pd.Series) -> tuple[list[np.ndarray], int]:
     return list(np.split(codes.astype(np.int64), np.cumsum(sizes)[:-1])), len(uniques)
 
 
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an int64 array (sorting: numpy's hash-based
+    `unique` is several times slower on millions of int64 keys)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+
+
+def _is_in(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of `keys` are in `sorted_set` (sorted, distinct): a binary search each."""
+    at = np.searchsorted(sorted_set, keys)
+    return (at < len(sorted_set)) & (sorted_set[np.minimum(at, len(sorted_set) - 1)] == keys) \
+        if len(sorted_set) else np.zeros(len(keys), dtype=bool)
+
+
 def _next_or_previous(left: pd.DataFrame, right: pd.DataFrame, by: str,
                       direction: str) -> pd.DataFrame:
     """For each row of `left` (sorted by pos), the nearest row of `right` with the same
@@ -173,7 +187,7 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
     n_users = max(n_users, 1)
     got_key = got_msg * n_users + got_user
     got_key = got_key[(got_msg >= 0) & (got_user >= 0)]  # as groupby drops null keys
-    received, copies = np.unique(got_key, return_counts=True)
+    received = _distinct(got_key)
 
     t_ack = pubs.t.to_numpy(dtype=float)
     latency, intended = pubs.latency_ms.to_numpy(float), pubs.intended_t.to_numpy(float)
@@ -210,15 +224,16 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
         full = others & (starts[s] <= sent[p]) & (ends[s] >= late[p])
         partial = others & ~full & (requested[s] <= late[p]) & (ends[s] >= sent[p])
         key = pub_msg[p] * n_users + sub_user[s]
-        owed_parts.append(np.unique(key[full]))
-        excluded_parts.append(np.unique(key[partial]))
-    owed = np.unique(np.concatenate([np.zeros(0, np.int64), *owed_parts]))
+        owed_parts.append(_distinct(key[full]))
+        excluded_parts.append(_distinct(key[partial]))
+    owed = _distinct(np.concatenate([np.zeros(0, np.int64), *owed_parts]))
+    excluded = _distinct(np.concatenate([np.zeros(0, np.int64), *excluded_parts]))
     # Owed through one subscription, ambiguous through another: owed.
-    excluded = np.setdiff1d(np.concatenate([np.zeros(0, np.int64), *excluded_parts]), owed)
-    got = int(np.isin(received, owed, assume_unique=True).sum())
-    ambiguous = int(np.isin(received, excluded, assume_unique=True).sum())
+    excluded = excluded[~_is_in(excluded, owed)]
+    got = int(_is_in(received, owed).sum())
+    ambiguous = int(_is_in(received, excluded).sum())
     return DeliveryReport(published=len(pubs), expected=len(owed), delivered=got,
-                          lost=len(owed) - got, duplicates=int((copies - 1).sum()),
+                          lost=len(owed) - got, duplicates=len(got_key) - len(received),
                           reordered=count_reordered(delivered), excluded=len(excluded),
                           unexpected=len(received) - got - ambiguous)
 
