@@ -71,89 +71,208 @@ class DeliveryReport:
         return asdict(self)
 
 
+_ENDS_CONNECTION = ["close", "disconnect", "give_up"]
+# Owed pairs are generated a block of publishes at a time, about this many at once
+# (a few hundred MB of index arrays at most), however large the run.
+_PAIRS_PER_BLOCK = 1 << 21
+
+
+def _shared_codes(*columns: pd.Series) -> tuple[list[np.ndarray], int]:
+    """Integer codes of several string columns over one shared set of values (equal
+    strings get equal codes in every column; a null gets -1), and how many values."""
+    sizes = [len(c) for c in columns]
+    codes, uniques = pd.factorize(pd.concat(columns, ignore_index=True))
+    return list(np.split(codes.astype(np.int64), np.cumsum(sizes)[:-1])), len(uniques)
+
+
+def _distinct(keys: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an int64 array (sorting: numpy's hash-based
+    `unique` is several times slower on millions of int64 keys)."""
+    keys = np.sort(keys)
+    return keys[np.concatenate([[True], keys[1:] != keys[:-1]])] if len(keys) else keys
+
+
+def _is_in(keys: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    """Which of `keys` are in `sorted_set` (sorted, distinct): a binary search each."""
+    at = np.searchsorted(sorted_set, keys)
+    return (at < len(sorted_set)) & (sorted_set[np.minimum(at, len(sorted_set) - 1)] == keys) \
+        if len(sorted_set) else np.zeros(len(keys), dtype=bool)
+
+
+def _next_or_previous(left: pd.DataFrame, right: pd.DataFrame, by: str,
+                      direction: str) -> pd.DataFrame:
+    """For each row of `left` (sorted by pos), the nearest row of `right` with the same
+    `by` strictly before or after it in the log (rows hold distinct positions)."""
+    return pd.merge_asof(left[["pos", by]], right.rename(columns={"pos": "near"}),
+                         left_on="pos", right_on="near", by=by, direction=direction)
+
+
 def subscription_intervals(df: pd.DataFrame) -> pd.DataFrame:
     """(user, name, requested, start, end) for every acked subscription.
 
     `start` is when the ack arrived (surely active), `requested` when the subscribe
     was sent (possibly active from then on: the server may register it long before
     its ack reaches a busy client); `end` is inf while held.
+
+    Per (user, name) the log is a sequence of opens (an acked subscribe) and closes
+    (an acked unsubscribe of that name, or the end of the user's connection). A
+    subscribe opens an interval only when the name is not held, i.e. when no earlier
+    subscribe of it came after its last close; the interval ends at the first close
+    after it. Both are nearest-row lookups (`merge_asof` on the row position), so
+    this is vectorised however long the log.
     """
-    rows = []
-    open_: dict[tuple[str, str], tuple[float, float]] = {}
-    ends = df[(df.op.isin(["subscribe", "unsubscribe"]) & (df.outcome == "ok"))
-              | df.op.isin(["close", "disconnect", "give_up"])]
-    latency = ends.latency_ms.fillna(0.0) / 1000.0
-    for user, op, channel, t, lat in zip(ends.user, ends.op, ends.channel, ends.t, latency,
-                                         strict=True):
-        if op == "subscribe":
-            open_.setdefault((user, channel), (t - lat, t))
-        elif op == "unsubscribe":
-            began = open_.pop((user, channel), None)
-            if began is not None:
-                rows.append((user, channel, *began, t))
-        else:  # the connection ended: every subscription of this user ends with it
-            for key in [k for k in open_ if k[0] == user]:
-                rows.append((user, key[1], *open_.pop(key), t))
-    rows.extend((u, c, *began, float("inf")) for (u, c), began in open_.items())
-    return pd.DataFrame(rows, columns=["user", "name", "requested", "start", "end"])
+    op, ok = df.op, (df.outcome == "ok").to_numpy()
+    is_sub = (op == "subscribe").to_numpy() & ok
+    is_unsub = (op == "unsubscribe").to_numpy() & ok
+    is_end = op.isin(_ENDS_CONNECTION).to_numpy()
+    pos = np.arange(len(df))
+    (su, uu, eu), _ = _shared_codes(df.user[is_sub], df.user[is_unsub], df.user[is_end])
+    (sc, uc), n_names = _shared_codes(df.channel[is_sub], df.channel[is_unsub])
+    t = df.t.to_numpy(dtype=float)
+    subs = pd.DataFrame({"pos": pos[is_sub], "user": su, "key": su * max(n_names, 1) + sc})
+    unsubs = pd.DataFrame({"pos": pos[is_unsub], "key": uu * max(n_names, 1) + uc})
+    ends = pd.DataFrame({"pos": pos[is_end], "user": eu})
+    prev_sub = subs.groupby("key", sort=False).pos.shift().to_numpy(dtype=float)
+    last_close = np.fmax(_next_or_previous(subs, unsubs, "key", "backward").near.to_numpy(float),
+                         _next_or_previous(subs, ends, "user", "backward").near.to_numpy(float))
+    # Opens an interval: the first subscribe of the name, or one after a close.
+    opens = np.isnan(prev_sub) | (last_close > prev_sub)
+    subs = subs[opens].reset_index(drop=True)
+    closing = np.fmin(_next_or_previous(subs, unsubs, "key", "forward").near.to_numpy(float),
+                      _next_or_previous(subs, ends, "user", "forward").near.to_numpy(float))
+    at = subs.pos.to_numpy()
+    end = np.full(len(at), np.inf)
+    held = np.isnan(closing)
+    end[~held] = t[closing[~held].astype(np.int64)]
+    latency = df.latency_ms.to_numpy(dtype=float)[at]
+    start = t[at]
+    requested = start - np.where(np.isnan(latency), 0.0, latency) / 1000.0
+    return pd.DataFrame({"user": df.user.to_numpy()[at], "name": df.channel.to_numpy()[at],
+                         "requested": requested, "start": start, "end": end})
+
+
+def _matching_pairs(names: np.ndarray, channels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(name index, channel index) of every subscription name that receives a channel:
+    the same name, or a wildcard pattern matching it. Once per distinct pair."""
+    where = {c: j for j, c in enumerate(channels)}
+    pairs = []
+    for i, name in enumerate(names):
+        if is_wildcard(name):
+            pairs.extend((i, j) for j, c in enumerate(channels) if match_channel(name, c))
+        elif name in where:
+            pairs.append((i, where[name]))
+    arr = np.array(pairs, dtype=np.int64).reshape(-1, 2)
+    return arr[:, 0], arr[:, 1]
 
 
 def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryReport:
-    """Count what every acked publish owed, what arrived, and what did not."""
-    pubs = df[(df.op == "publish") & (df.outcome == "ok") & (df.msg_id != "")]
-    sent = pubs.t - pubs.latency_ms.fillna(0) / 1000.0
-    pubs = pubs.assign(sent=sent.where(pubs.intended_t.isna(), pubs.intended_t))
-    subs = subscription_intervals(df)
-    delivered = df[(df.op == "deliver") & (df.outcome == "message") & (df.msg_id != "")]
-    copies = delivered.groupby(["msg_id", "user"]).size()
-    received = set(copies.index)
+    """Count what every acked publish owed, what arrived, and what did not.
 
-    owed: set[tuple[str, str]] = set()
-    excluded: set[tuple[str, str]] = set()
-    names = subs.name.to_numpy()
-    wild = np.array([is_wildcard(n) for n in names], dtype=bool)
-    for channel, group in pubs.groupby("channel", sort=False):
-        # The subscriptions that can receive this channel: computed once per channel.
-        match = ~wild & (names == channel)
-        if wild.any():
-            match |= wild & np.array([w and match_channel(n, channel)
-                                      for n, w in zip(names, wild, strict=True)], dtype=bool)
-        cand = subs[match]
-        users, requested = cand.user.to_numpy(), cand.requested.to_numpy()
-        starts, ends = cand.start.to_numpy(), cand.end.to_numpy()
-        for msg_id, publisher, t_sent, t_ack in zip(group.msg_id, group.user, group.sent,
-                                                    group.t, strict=True):
-            late = t_ack + grace_s
-            others = users != publisher
-            full = others & (starts <= t_sent) & (ends >= late)
-            partial = others & ~full & (requested <= late) & (ends >= t_sent)
-            owed.update((msg_id, u) for u in users[full])
-            excluded.update((msg_id, u) for u in users[partial])
-    excluded -= owed  # owed through one subscription, ambiguous through another
-    got = len(owed & received)
-    duplicates = int((copies - 1).clip(lower=0).sum()) if len(copies) else 0
-    unexpected = len(received - owed - excluded)
+    A (message, recipient) pair is owed when the recipient (not the publisher) held a
+    matching subscription from before the send until after the ack plus the grace;
+    excluded when a matching subscription of it overlapped that window only in part.
+    Every pair is a single int64 (message code x users + user code), so the owed,
+    excluded and received sets are sorted int arrays, not Python tuples.
+    """
+    op, outcome, msg = df.op, df.outcome, df.msg_id
+    is_pub = ((op == "publish") & (outcome == "ok") & (msg != "")).to_numpy()
+    is_got = ((op == "deliver") & (outcome == "message") & (msg != "")).to_numpy()
+    pubs = df.loc[is_pub, ["t", "user", "channel", "msg_id", "latency_ms", "intended_t"]]
+    delivered = df.loc[is_got, ["user", "peer", "channel", "msg_id"]]
+    subs = subscription_intervals(df)
+
+    (pub_user, sub_user, got_user), n_users = _shared_codes(pubs.user, subs.user,
+                                                            delivered.user)
+    (pub_msg, got_msg), _ = _shared_codes(pubs.msg_id, delivered.msg_id)
+    n_users = max(n_users, 1)
+    got_key = got_msg * n_users + got_user
+    got_key = got_key[(got_msg >= 0) & (got_user >= 0)]  # as groupby drops null keys
+    received = _distinct(got_key)
+
+    t_ack = pubs.t.to_numpy(dtype=float)
+    latency, intended = pubs.latency_ms.to_numpy(float), pubs.intended_t.to_numpy(float)
+    sent = t_ack - np.where(np.isnan(latency), 0.0, latency) / 1000.0
+    sent = np.where(np.isnan(intended), sent, intended)
+    late = t_ack + grace_s
+
+    # Which subscriptions can receive each channel, resolved once per distinct pair.
+    chan_code, channels = pd.factorize(pubs.channel)
+    name_code, names = pd.factorize(subs.name)
+    pair_name, pair_chan = _matching_pairs(np.asarray(names, dtype=object),
+                                           np.asarray(channels, dtype=object))
+    m = pd.DataFrame({"name": pair_name, "chan": pair_chan}).merge(
+        pd.DataFrame({"name": name_code, "sub": np.arange(len(subs))}), on="name")
+    m = m.sort_values(["chan", "sub"], kind="stable")
+    per_chan = np.bincount(m.chan.to_numpy(), minlength=len(channels))
+    first_of_chan = np.cumsum(per_chan) - per_chan
+    sub_of_pair = m["sub"].to_numpy()
+    requested, starts = subs.requested.to_numpy(), subs.start.to_numpy()
+    ends = subs.end.to_numpy()
+
+    owed_parts, excluded_parts = [], []
+    # Subscriptions each publish is matched against (none for a null channel).
+    n_subs = np.where(chan_code >= 0, per_chan[np.maximum(chan_code, 0)], 0) \
+        if len(per_chan) else np.zeros(len(chan_code), np.int64)
+    bounds = [*np.searchsorted(np.cumsum(n_subs), np.arange(0, n_subs.sum(),
+                                                            _PAIRS_PER_BLOCK), side="right")]
+    for lo, hi in zip(bounds, [*bounds[1:], len(n_subs)][:len(bounds)], strict=True):
+        count = n_subs[lo:hi]
+        p = np.repeat(np.arange(lo, hi), count)
+        within = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)
+        s = sub_of_pair[first_of_chan[chan_code[p]] + within]
+        others = sub_user[s] != pub_user[p]
+        full = others & (starts[s] <= sent[p]) & (ends[s] >= late[p])
+        partial = others & ~full & (requested[s] <= late[p]) & (ends[s] >= sent[p])
+        key = pub_msg[p] * n_users + sub_user[s]
+        owed_parts.append(_distinct(key[full]))
+        excluded_parts.append(_distinct(key[partial]))
+    owed = _distinct(np.concatenate([np.zeros(0, np.int64), *owed_parts]))
+    excluded = _distinct(np.concatenate([np.zeros(0, np.int64), *excluded_parts]))
+    # Owed through one subscription, ambiguous through another: owed.
+    excluded = excluded[~_is_in(excluded, owed)]
+    got = int(_is_in(received, owed).sum())
+    ambiguous = int(_is_in(received, excluded).sum())
     return DeliveryReport(published=len(pubs), expected=len(owed), delivered=got,
-                          lost=len(owed) - got, duplicates=duplicates,
+                          lost=len(owed) - got, duplicates=len(got_key) - len(received),
                           reordered=count_reordered(delivered), excluded=len(excluded),
-                          unexpected=unexpected)
+                          unexpected=len(received) - got - ambiguous)
+
+
+def _sequence_number(msg_id: str) -> int | None:
+    """The number after the last `:` of a message id (the whole id without one)."""
+    tail = msg_id.rpartition(":")[2]
+    return int(tail) if tail.isdigit() else None
 
 
 def count_reordered(delivered: pd.DataFrame) -> int:
-    """First copies whose sequence number is below one already seen on the same stream."""
-    reordered = 0
-    last: dict[tuple[str, str, str], int] = {}
-    seen: set[tuple[str, str]] = set()
-    for user, peer, channel, msg_id in zip(delivered.user, delivered.peer, delivered.channel,
-                                           delivered.msg_id, strict=True):
-        _, _, tail = msg_id.rpartition(":")
-        if not tail.isdigit() or (user, msg_id) in seen:
-            continue  # a duplicate is counted as such, not as reordering
-        seen.add((user, msg_id))
-        seq = int(tail)
-        stream = (user, peer, channel)
-        if seq < last.get(stream, 0):
-            reordered += 1
-        else:
-            last[stream] = seq
-    return reordered
+    """First copies whose sequence number is below one already seen on the same stream.
+
+    A stream is (recipient, publisher, channel); a copy is the first of its (recipient,
+    message) pair (a duplicate is counted as such, not as reordering). Sequence numbers
+    are parsed once per distinct message id and replaced by their rank, so any size of
+    number compares exactly; the running maximum per stream is one accumulate over the
+    copies sorted by stream.
+    """
+    if not len(delivered):
+        return 0
+    msg_code, msg_ids = pd.factorize(delivered.msg_id)
+    numbers = [_sequence_number(m) for m in msg_ids]
+    distinct = sorted({n for n in numbers if n is not None})
+    rank_of = {n: r for r, n in enumerate(distinct)}
+    rank = np.array([-1 if n is None else rank_of[n] for n in numbers], dtype=np.int64)
+    seq = rank[msg_code] if len(msg_ids) else np.zeros(0, np.int64)
+    user_code = pd.factorize(delivered.user)[0].astype(np.int64)
+    numbered = np.flatnonzero((msg_code >= 0) & (seq >= 0))
+    pair = msg_code[numbered] * (user_code.max() + 1) + user_code[numbered]
+    first = np.sort(numbered[np.unique(pair, return_index=True)[1]])
+    if not len(first):
+        return 0
+    stream = delivered.iloc[first].groupby(["user", "peer", "channel"], sort=False,
+                                           dropna=False).ngroup().to_numpy()
+    order = np.argsort(stream, kind="stable")  # log order within each stream
+    stream, seq = stream[order], seq[first][order]
+    # Per-stream running maximum in one accumulate: streams sorted, each lifted above
+    # every value of the streams before it, so a stream's first copy is never below.
+    lifted = stream * (len(distinct) + 1) + seq
+    running = np.maximum.accumulate(lifted)
+    return int((lifted[1:] < running[:-1]).sum())

@@ -85,3 +85,16 @@ def test_deliveries_while_a_subscribe_is_in_flight_are_not_unexpected():
               pub(6, "p", "c", "p:1"), got(6.5, "slow", "c", "p:1", "p"))
     r = delivery_report(df)
     assert (r.expected, r.excluded, r.unexpected) == (0, 1, 0)
+
+
+def test_window_edges_are_inclusive():
+    # Sent and acked at 6 (no latency): owed to a subscription held from 6 until 7 (the
+    # ack plus the 1 s grace), excluded for one that ended at 6 or was requested at 7.
+    df = rows(sub(1, "ends_at_late", "c"), sub(1, "ends_at_sent", "c"),
+              (6, "starts_at_sent", "subscribe", "ok", "c", "", "", 0.0),
+              pub(6, "p", "c", "p:1", latency=0.0),
+              (6, "ends_at_sent", "close", "close 1001", "", "", "", None),
+              (7, "ends_at_late", "unsubscribe", "ok", "c", "", "", 0.0),
+              (8, "requested_at_late", "subscribe", "ok", "c", "", "", 1000.0))
+    r = delivery_report(df)
+    assert (r.expected, r.excluded, r.lost) == (2, 2, 2)
