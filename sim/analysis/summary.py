@@ -215,10 +215,13 @@ def _final_usage(run: Run) -> dict[str, dict[str, Any]]:
     return {}
 
 
-def write_summary(run_dir: str | Path) -> dict[str, Any]:
-    """Load a run, summarise it, write `summary.json`; returns the summary."""
-    run = load_run(run_dir)
+def write_summary(run: str | Path | Run) -> dict[str, Any]:
+    """Summarise a run (a loaded `Run`, or its directory), write `summary.json`;
+    returns the summary. Pass the `Run` when it is loaded anyway: loading is most of
+    the cost of a large run."""
+    if not isinstance(run, Run):
+        run = load_run(run)
     data = summary(run)
     text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    (Path(run_dir) / rundir.SUMMARY).write_text(text, encoding="utf-8")
+    (run.dir / rundir.SUMMARY).write_text(text, encoding="utf-8")
     return data
