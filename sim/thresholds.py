@@ -178,6 +178,15 @@ METRICS: tuple[Metric, ...] = (
 )
 
 
+def read_metric(summary: Mapping[str, Any], name: str) -> Any:
+    """A metric's value in a summary (None: no data); KeyError for an unknown name."""
+    found = metric_for(name)
+    if found is None:
+        raise KeyError(name)
+    metric, groups = found
+    return metric.read(summary, *groups)
+
+
 def metric_for(name: str) -> tuple[Metric, tuple[str, ...]] | None:
     for metric in METRICS:
         groups = metric.match(name)

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from .. import rundir
+from ..thresholds import read_metric
 from .regression import headline_metrics
 from .run import load_run
 from .summary import summary as summarise
@@ -90,19 +91,14 @@ def run_row(run_dir: Path, *, compute_missing: bool = False) -> dict[str, Any]:
 
 
 def summary_row(summary: Mapping[str, Any]) -> dict[str, Any]:
-    """The results of one summary.json, flat: what `rtmsim compare` and the gate use."""
-    errors = summary.get("errors") or {}
-    n = (summary.get("requests") or {}).get("total") or 0
-    service = sum(e.get("client", 0) for e in errors.values() if not e.get("client_fault"))
-    row: dict[str, Any] = {
-        "requests.total": (summary.get("requests") or {}).get("total"),
-        "requests.ok": (summary.get("requests") or {}).get("ok"),
-        "errors.total.client": sum(e.get("client", 0) for e in errors.values()),
-        "errors.service.per_1000_requests": 1000 * service / n if n else None,
-        "reconciled": (summary.get("reconciliation") or {}).get("agree"),
-        "thresholds.passed": (summary.get("thresholds") or {}).get("passed"),
-        "warnings": len(summary.get("warnings") or []),
-    }
+    """The results of one summary.json, flat: what `rtmsim compare` and the gate use.
+
+    Named and read as `[thresholds]` name them (`sim.thresholds.read_metric`), so a
+    column here and a threshold on the same name are the same number.
+    """
+    row = {name: read_metric(summary, name) for name in RESULT_COLUMNS
+           if name != "thresholds.passed"}
+    row["thresholds.passed"] = (summary.get("thresholds") or {}).get("passed")
     row.update({name: value for name, value, _ in headline_metrics(summary)})
     return row
 
