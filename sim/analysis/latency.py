@@ -86,8 +86,9 @@ def delivery_latency(run: Run) -> pd.Series:
     same machine's.
     """
     c = run.client
-    d = c[(c.op == "deliver") & c.latency_ms.notna()]
-    return pd.Series(d.latency_ms.to_numpy(dtype=float), index=pd.Index(d.ts, name="ts"),
+    d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
+    return pd.Series(c.latency_ms.to_numpy(dtype=float)[d],
+                     index=pd.Index(c.ts.to_numpy(dtype=float)[d], name="ts"),
                      name="delivery_latency_ms")
 
 
