@@ -46,7 +46,7 @@ def load_client_events(run_dir: str | Path) -> pd.DataFrame:
     The string columns are pandas categoricals whose categories are the values seen,
     in lexical order, so sorting and grouping by them order rows as the strings would.
     Strings are read as dictionaries and never materialised per row: at 10 M events
-    the frame is about a quarter of what string columns take, and Arrow's table and
+    the frame is under a third of what string columns take, and Arrow's table and
     the frame are converted a column at a time, so they never both exist in full.
     """
     parquet, csvs = client_event_files(run_dir)
