@@ -171,6 +171,19 @@ def test_reordering_equals_the_oracle(log):
     assert count_reordered(d) == reference_reordered(d)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(logs())
+def test_categorical_columns_count_the_same(log):
+    # The loader's frames hold the strings as categoricals (sorted categories).
+    df = frame(log)
+    cat = df.astype({c: "category" for c in ("user", "user_class", "op", "outcome",
+                                               "channel", "msg_id", "peer", "policy")})
+    assert interval_rows(subscription_intervals(cat)) == interval_rows(reference_intervals(df))
+    assert delivery_report(cat).as_dict() == reference_report(df).as_dict()
+    assert count_reordered(cat[cat.op == "deliver"]) == reference_reordered(
+        df[df.op == "deliver"])
+
+
 def test_a_synthesised_default_run_counts_the_same():
     # The bench's realistic mix: wildcards, a deploy with reconnects and resubscribes,
     # retried publishes, direct sends, misbehaving clients. Then loss, duplicates and

@@ -237,6 +237,20 @@ def test_retry_amplification_per_policy(rd: RunDir) -> None:
     assert table.loc["none"].amplification == 1.0
 
 
+def test_a_user_without_a_policy_is_listed_as_none_in_name_order(rd: RunDir) -> None:
+    # First seen: naive, then no policy, then default; tables list policies by name.
+    rd.row(1.0, "Naive-1", "publish", "ok", policy="naive")
+    rd.row(2.0, "Bare-1", "publish", "backend_error", policy="")
+    rd.row(2.1, "Bare-1", "publish", "ok", attempt=2, policy="")
+    rd.row(3.0, "Publisher-1", "publish", "ok", policy="default")
+    run = rd.load()
+    table = A.retry_amplification(run)
+    assert table.index.tolist() == ["(none)", "default", "naive"]
+    assert table.attempts.tolist() == [2, 1, 1]
+    assert list(A.amplification_by_policy(run)) == ["(none)", "default", "naive"]
+    assert A.retry_outcomes(run).index.tolist() == ["(none)", "default", "naive"]
+
+
 def test_delivery_accounting_and_latency(rd: RunDir) -> None:
     for user in ("Subscriber-1", "Subscriber-2"):
         rd.row(0.5, user, "subscribe", "ok", channel="room")
@@ -283,6 +297,17 @@ def test_never_retry_violations_name_the_looping_client(rd: RunDir) -> None:
                                                               "Looper")
     assert (row.code, row.op, row.repeats) == ("channel_not_authorized", "subscribe", 2)
     assert (row.first_ts, row.last_ts) == pytest.approx((1.0, 3.0))
+
+
+def test_a_never_retry_loop_of_a_peer_the_clients_never_logged_has_no_user(rd: RunDir
+                                                                           ) -> None:
+    rd.row(0.1, "Careful-1", "connect", "ok", peer="peer-B")
+    for ts in (1.0, 2.0):
+        rd.event(ts, "error", conn=5, peer="peer-X", app="a", op="subscribe",
+                 code="channel_not_authorized")
+    v = A.never_retry_violations(rd.load())
+    assert v[["peer", "user", "user_class", "repeats"]].values.tolist() == [
+        ["peer-X", "", "", 1]]
 
 
 # -- faults -------------------------------------------------------------------------------

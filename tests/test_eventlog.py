@@ -98,8 +98,43 @@ def test_an_old_csv_run_directory_loads_as_the_parquet_one_does(tmp_path: Path):
     old = load_client_events(old_dir)
     pd.testing.assert_frame_equal(old, new)
     assert new.dtypes.astype(str).tolist() == [
-        "float64", "str", "str", "str", "str", "float64", "int64", "int64", "str", "str",
-        "str", "float64", "str"]
+        "float64", "category", "category", "category", "category", "float64", "int64",
+        "int64", "category", "category", "category", "float64", "category"]
+    assert new.outcome.cat.categories.tolist() == [
+        "backend_error", 'close 4000, "quoted"', "message", "ok"]
+
+
+def test_rows_are_sorted_by_time_and_ties_keep_file_order(tmp_path: Path):
+    # Equal times in two processes' batches and an old CSV log: the stable sort of
+    # the concatenation in file order (batches by path, then the CSV logs).
+    d = run_dir_with(tmp_path)
+    logs = {"b": [(5.0, "zed", "c1"), (7.0, "amy", "c2")],
+            "a": [(7.0, "bob", "c3"), (5.0, "bob", "c4")]}
+    for tag, rows in logs.items():
+        log = EventLog(d / f"client-events-{tag}")
+        for t, user, channel in rows:
+            log.row(t, user, "Publisher", "publish", "ok", channel=channel)
+        log.close()
+    (d / "client-events-c.csv").write_text(
+        ",".join(COLUMNS) + "\n" + csv_lines([(5.0, "cal", "Publisher", "publish", "ok", None, 1,
+                                               0, "c5", "", "", None, "naive")]), encoding="utf-8")
+    df = load_client_events(d)
+    assert df[["t", "user", "channel"]].values.tolist() == [
+        [5.0, "bob", "c4"], [5.0, "zed", "c1"], [5.0, "cal", "c5"],
+        [7.0, "bob", "c3"], [7.0, "amy", "c2"]]
+    # Categories are the values used, sorted: sorting and grouping order as strings do.
+    assert df.user.cat.categories.tolist() == ["amy", "bob", "cal", "zed"]
+    assert df.policy.cat.categories.tolist() == ["", "naive"]
+    assert df.sort_values("user", kind="stable").channel.tolist() == ["c2", "c4", "c3",
+                                                                       "c5", "c1"]
+
+
+def test_a_run_without_client_events_loads_empty_with_the_same_dtypes(tmp_path: Path):
+    df = load_client_events(run_dir_with(tmp_path))
+    assert len(df) == 0
+    assert df.columns.tolist() == list(COLUMNS)
+    assert df.dtypes.astype(str).tolist() == load_client_events(
+        write_parquet_run(tmp_path / "other")).dtypes.astype(str).tolist()
 
 
 def test_export_csv_round_trips_to_the_old_format(tmp_path: Path, capsys):

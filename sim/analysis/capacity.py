@@ -17,7 +17,7 @@ import pandas as pd
 from server.codes import ERROR_CODES
 
 from .. import rundir
-from .run import Run, fault_windows
+from .run import Run, fault_windows, observed_counts
 from .timeline import timeline_total
 
 P99_LIMIT_MS = 100.0
@@ -187,7 +187,7 @@ def errors_by_step(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
         lo = s.start_s + min(settle_s, 0.25 * (s.end_s - s.start_s))
         in_step = r[(r.ts >= lo) & (r.ts < s.end_s)]
         failed = in_step.outcome[in_step.outcome != "ok"]
-        for code, n in sorted(failed.value_counts().items()):
+        for code, n in sorted(observed_counts(failed).items()):
             entry = ERROR_CODES.get(code)
             rows.append({"step": int(s.step), "users": int(s.users), "code": str(code),
                          "errors": int(n), "requests": len(in_step),

@@ -17,7 +17,7 @@ import pandas as pd
 
 from server.codes import CLOSE_CODES, ERROR_CODES, CloseCode, Retry
 
-from .run import NO_ANSWER, Run, bin_range, time_bins
+from .run import NO_ANSWER, Run, bin_range, observed_counts, time_bins
 
 NEVER_RETRY = frozenset(c for c, e in ERROR_CODES.items() if not e.is_retryable)
 # RFC 6455 codes the server never sends itself, so the protocol table has no row for them.
@@ -44,7 +44,7 @@ def error_counts(run: Run) -> pd.DataFrame:
     final counters (summed over instances; the event log when there are no stats);
     `server_log` the server event log's `error` events; `diff` = client - server.
     """
-    client = run.client_errors().outcome.value_counts()
+    client = observed_counts(run.client_errors().outcome)
     srv = run.server
     log = srv.loc[srv.event == "error", "code"].astype(str).value_counts()
     stats = _server_totals(run, "errors")
@@ -150,7 +150,7 @@ def reconcile(run: Run) -> dict[str, Any]:
                     "sent": "acked direct sends",
                     "delivered": "deliveries (message + direct frames)"}[name]
             differences.append(_difference(what, client_n, server_n))
-    no_answer = c.outcome[c.outcome.isin(NO_ANSWER)].value_counts()
+    no_answer = observed_counts(c.outcome[c.outcome.isin(NO_ANSWER)])
     out["no_answer"] = {k: int(v) for k, v in sorted(no_answer.items())}
     for outcome, n in sorted(no_answer.items()):
         differences.append(f"{int(n)} client requests ended with {outcome} (no answer): "
@@ -228,7 +228,9 @@ def never_retry_violations(run: Run) -> pd.DataFrame:
     df = df.assign(repeats=df["count"] - 1).rename(columns={"min": "first_ts",
                                                             "max": "last_ts"})
     c = run.client
-    who = c[(c.op == "connect") & (c.outcome == "ok") & (c.peer != "")]
+    # As strings: a peer without a connect row gets "", not a category of the log.
+    who = c.loc[(c.op == "connect") & (c.outcome == "ok") & (c.peer != ""),
+                ["peer", "user", "user_class"]].astype(str)
     who = who.drop_duplicates("peer").set_index("peer")
     df["user"] = df.peer.map(who.user).fillna("")
     df["user_class"] = df.peer.map(who.user_class).fillna("")

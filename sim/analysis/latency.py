@@ -86,8 +86,9 @@ def delivery_latency(run: Run) -> pd.Series:
     same machine's.
     """
     c = run.client
-    d = c[(c.op == "deliver") & c.latency_ms.notna()]
-    return pd.Series(d.latency_ms.to_numpy(dtype=float), index=pd.Index(d.ts, name="ts"),
+    d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
+    return pd.Series(c.latency_ms.to_numpy(dtype=float)[d],
+                     index=pd.Index(c.ts.to_numpy(dtype=float)[d], name="ts"),
                      name="delivery_latency_ms")
 
 
@@ -111,6 +112,12 @@ def reused_message_ids(run: Run) -> int:
     return int(firsts.duplicated(["user", "msg_id"]).sum())
 
 
+def _policy_names(policy: pd.Series) -> pd.Series:
+    """The retry policy of each row, "(none)" for a user without one. As strings: a
+    categorical takes no new value, and groupby orders these names lexically."""
+    return policy.astype(str).replace("", "(none)")
+
+
 def retry_amplification(run: Run) -> pd.DataFrame:
     """Per retry policy (index) and user_class: operations, attempts, amplification.
 
@@ -123,8 +130,7 @@ def retry_amplification(run: Run) -> pd.DataFrame:
     cols = ["user_class", "operations", "attempts", "retries", "retried", "amplification"]
     if not len(r):
         return pd.DataFrame(columns=cols, index=pd.Index([], name="policy"))
-    r = r.assign(first=r.attempt == 1, second=r.attempt == 2,
-                 policy=r.policy.replace("", "(none)"))
+    r = r.assign(first=r.attempt == 1, second=r.attempt == 2, policy=_policy_names(r.policy))
     g = r.groupby(["policy", "user_class"], sort=True)
     df = pd.DataFrame({"operations": g["first"].sum(), "attempts": g.size(),
                        "retried": g["second"].sum()}).reset_index()
@@ -157,7 +163,7 @@ def _operations(run: Run) -> pd.DataFrame:
     r = run.requests().sort_values(["user", "op", "ts"], kind="stable")
     return r.assign(operation=(r.attempt == 1).astype(np.int64)
                     .groupby([r.user, r.op], sort=False).cumsum(),
-                    policy=r.policy.replace("", "(none)"))
+                    policy=_policy_names(r.policy))
 
 
 def retry_outcomes(run: Run) -> pd.DataFrame:

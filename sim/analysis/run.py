@@ -199,6 +199,14 @@ def fault_windows(run: Run) -> pd.DataFrame:
                                        "one_shot", "label", "close_code"])
 
 
+def observed_counts(values: pd.Series) -> pd.Series:
+    """How often each value occurs, for the values that do: the client log's string
+    columns are categoricals, whose `value_counts` also lists every unused category
+    (with 0), e.g. "ok" among the counts of error rows."""
+    counts = values.value_counts()
+    return counts[counts > 0]
+
+
 def time_bins(ts: pd.Series, bin_s: float) -> pd.Series:
     """The start of the `bin_s`-wide bin each time falls in (bins aligned to ts 0)."""
     return np.floor(ts.astype(float) / bin_s) * bin_s

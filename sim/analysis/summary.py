@@ -30,7 +30,7 @@ from .latency import (
     percentiles_of,
     reused_message_ids,
 )
-from .run import Run, fault_windows, load_run
+from .run import Run, fault_windows, load_run, observed_counts
 from .timeline import quota_over_time, throughput
 
 FLOAT_DIGITS = 6
@@ -90,7 +90,7 @@ def summary(run: Run) -> dict[str, Any]:
                             "requests (every request row, retries included)"},
         "requests": {"total": n_requests,
                      "per_op": {str(k): int(v) for k, v in
-                                requests.op.value_counts().sort_index().items()},
+                                observed_counts(requests.op).sort_index().items()},
                      "ok": int((requests.outcome == "ok").sum())},
         "errors": error_section(run, n_requests),
         "closes": close_section(run),
