@@ -46,26 +46,33 @@ def load_client_events(run_dir: str | Path) -> pd.DataFrame:
     The string columns are pandas categoricals whose categories are the values seen,
     in lexical order, so sorting and grouping by them order rows as the strings would.
     Strings are read as dictionaries and never materialised per row: at 10 M events
-    the frame is under a third of what string columns take, and Arrow's table and
-    the frame are converted a column at a time, so they never both exist in full.
+    the frame is under a third of what string columns take. Parquet is read a column
+    at a time (the sort order from `t` first), so only the frame and one column in
+    Arrow's form are ever held, never a whole Arrow table beside the frame.
     """
     parquet, csvs = client_event_files(run_dir)
-    tables = [pq.read_table(parquet, schema=_READ_SCHEMA, read_dictionary=DICTIONARY)] \
-        if parquet else []
-    tables.extend(_csv_table(f) for f in csvs)
-    table = pa.concat_tables(tables).unify_dictionaries() if tables \
-        else _READ_SCHEMA.empty_table()
-    del tables
-    order = pc.sort_indices(table.column("t")).to_numpy()  # stable: ties keep file order
-    columns = dict(zip(table.column_names, table.columns, strict=True))
-    del table
+    csv_tables = [_csv_table(f) for f in csvs]  # old runs: small, and read whole
+
+    def column(name: str) -> pa.ChunkedArray:
+        """One column of every file, in file order (Parquet's are read alone)."""
+        field = _READ_SCHEMA.field(name)
+        chunks = pq.read_table(parquet, columns=[name], schema=_READ_SCHEMA,
+                               read_dictionary=[name] if name in DICTIONARY else None
+                               ).column(name).chunks if parquet else []
+        chunks.extend(c for t in csv_tables for c in t.column(name).chunks)
+        read = pa.chunked_array(chunks, type=field.type)
+        if name not in DICTIONARY:
+            return read
+        return pa.table({name: read}).unify_dictionaries().column(name)
+
+    order = pc.sort_indices(column("t")).to_numpy()  # stable: ties keep file order
     frame = {}
     for name in COLUMNS:
-        column = columns.pop(name)  # the last reference: freed once converted
-        frame[name] = _categorical(column, order) if name in DICTIONARY \
-            else _sorted_numbers(column, order)
-        del column
-    pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages
+        read = column(name)
+        frame[name] = _categorical(read, order) if name in DICTIONARY \
+            else _sorted_numbers(read, order)
+        del read
+        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages
     return pd.DataFrame(frame, copy=False)
 
 
@@ -230,24 +237,30 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
     Every pair is a single int64 (message code x users + user code), so the owed,
     excluded and received sets are sorted int arrays, not Python tuples.
     """
+    df = _categorical_keys(df)
     op, outcome, msg = df.op, df.outcome, df.msg_id
     is_pub = ((op == "publish") & (outcome == "ok") & (msg != "")).to_numpy()
     is_got = ((op == "deliver") & (outcome == "message") & (msg != "")).to_numpy()
     pubs = df.loc[is_pub, ["t", "user", "channel", "msg_id", "latency_ms", "intended_t"]]
-    delivered = df.loc[is_got, ["user", "peer", "channel", "msg_id"]]
     subs = subscription_intervals(df)
 
-    (pub_user, sub_user, got_user), n_users = _shared_codes(pubs.user, subs.user,
-                                                            delivered.user)
-    (pub_msg, got_msg), _ = _shared_codes(pubs.msg_id, delivered.msg_id)
+    (pub_user, sub_user), n_users = _shared_codes(pubs.user, subs.user)
+    (pub_msg,), _ = _shared_codes(pubs.msg_id)
     n_users = max(n_users, 1)
-    got_key = got_msg * n_users + got_user
-    got_key = got_key[(got_msg >= 0) & (got_user >= 0)]  # as groupby drops null keys
+    # The deliveries as the columns' own codes (the narrowest dtype each), not a frame:
+    # they are most of the rows, and the peak memory of a large run is theirs.
+    rows = {c: (df[c].cat.codes.to_numpy()[is_got], df[c].cat.categories.to_numpy())
+            for c in _DELIVERY_KEYS}
+    got_msg, got_user = rows["msg_id"][0], rows["user"][0]
+    keep = (got_msg >= 0) & (got_user >= 0)  # as groupby drops null keys
+    got_key = got_msg[keep].astype(np.int64) * n_users + got_user[keep]
+    del keep
     received = _distinct(got_key)
-    # What only the deliveries need, done before the owed pairs exist: the peak
-    # memory of a large run is the deliveries' arrays and the owed pairs at once.
-    duplicates, reordered = len(got_key) - len(received), count_reordered(delivered)
-    del got_key, got_msg, got_user, delivered
+    duplicates = len(got_key) - len(received)
+    del got_key
+    # Done before the owed pairs exist, and the deliveries' codes freed after it.
+    reordered = _reordered(*(rows[c] for c in _DELIVERY_KEYS))
+    del rows, got_msg, got_user
 
     t_ack = pubs.t.to_numpy(dtype=float)
     latency, intended = pubs.latency_ms.to_numpy(float), pubs.intended_t.to_numpy(float)
@@ -308,35 +321,69 @@ def count_reordered(delivered: pd.DataFrame) -> int:
     """First copies whose sequence number is below one already seen on the same stream.
 
     A stream is (recipient, publisher, channel); a copy is the first of its (recipient,
-    message) pair (a duplicate is counted as such, not as reordering). Sequence numbers
-    are parsed once per distinct message id and replaced by their rank, so any size of
-    number compares exactly; the running maximum per stream is one accumulate over the
-    copies sorted by stream.
+    message) pair (a duplicate is counted as such, not as reordering).
     """
     if not len(delivered):
         return 0
-    msg_code, msg_ids = pd.factorize(delivered.msg_id)
+    delivered = _categorical_keys(delivered)
+    return _reordered(*((delivered[c].cat.codes.to_numpy(),
+                         delivered[c].cat.categories.to_numpy()) for c in _DELIVERY_KEYS))
+
+
+# What a delivery row is keyed by, in the order `_reordered` takes them.
+_DELIVERY_KEYS = ("msg_id", "user", "peer", "channel")
+Codes = tuple[np.ndarray, np.ndarray]  # a column's integer codes (null: -1), their values
+
+
+def _categorical_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with its key columns as categoricals (the loader's already are: no copy), so
+    every step works on integer codes shared by all the rows cut from one column."""
+    plain = {c: df[c].astype("category") for c in _DELIVERY_KEYS
+             if not isinstance(df[c].dtype, pd.CategoricalDtype)}
+    return df.assign(**plain) if plain else df
+
+
+def _first_of_each(keys: np.ndarray) -> np.ndarray:
+    """The index of the first occurrence of each distinct key (in key order): what
+    `np.unique(return_index=True)` gives, with a third of its temporary memory."""
+    perm = np.argsort(keys, kind="stable")
+    ordered = keys[perm]
+    new = np.ones(len(keys), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+    del ordered
+    return perm[new]
+
+
+def _reordered(msg: Codes, user: Codes, peer: Codes, channel: Codes) -> int:
+    """`count_reordered` on the delivery rows' codes.
+
+    Sequence numbers are parsed once per distinct message id and replaced by their
+    rank, so any size of number compares exactly; the running maximum per stream is
+    one accumulate over the copies sorted by stream.
+    """
+    msg_code, msg_ids = msg
     numbers = [_sequence_number(m) for m in msg_ids]
     distinct = sorted({n for n in numbers if n is not None})
     rank_of = {n: r for r, n in enumerate(distinct)}
     rank = np.array([-1 if n is None else rank_of[n] for n in numbers], dtype=np.int64)
-    seq = rank[msg_code] if len(msg_ids) else np.zeros(0, np.int64)
-    user_code = pd.factorize(delivered.user)[0].astype(np.int64)
+    seq = rank[msg_code] if len(msg_ids) else np.full(len(msg_code), -1, np.int64)
     numbered = np.flatnonzero((msg_code >= 0) & (seq >= 0))
-    pair = msg_code[numbered] * (user_code.max() + 1) + user_code[numbered]
-    del msg_code  # row-sized arrays go as soon as done: this runs on every delivery
-    first = np.sort(numbered[np.unique(pair, return_index=True)[1]])
-    del pair, numbered
+    user_code = user[0]
+    pair = msg_code[numbered].astype(np.int64) * (len(user[1]) + 1) + user_code[numbered] + 1
+    first = np.sort(numbered[_first_of_each(pair)])
+    del pair, numbered  # row-sized arrays go as soon as done: this runs on every delivery
     if not len(first):
         return 0
     seq = seq[first]
-    # The stream of each first copy, numbered by first appearance as groupby's ngroup
-    # would (nulls a value too), one column at a time so the key never overflows:
-    # factorizing integer codes is several times faster than grouping by three columns.
-    stream = user_code[first]
-    for column in (delivered.peer, delivered.channel):
-        code = pd.factorize(column)[0][first].astype(np.int64) + 1
-        stream = pd.factorize(stream * (int(code.max()) + 1) + code)[0]
+    # The stream of each first copy as one integer, a column at a time (refactorized
+    # only if the next product could overflow): grouping by three columns is slower.
+    stream, size = user_code[first].astype(np.int64) + 1, len(user[1]) + 1
+    for codes, values in (peer, channel):
+        width = len(values) + 1  # null: 0
+        if size * width >= 1 << 62:
+            stream, size = pd.factorize(stream)[0], len(stream)
+        stream = stream * width + codes[first] + 1
+        size *= width
     order = np.argsort(stream, kind="stable")  # log order within each stream
     stream, seq = stream[order], seq[order]
     # Per-stream running maximum in one accumulate: streams sorted, each lifted above

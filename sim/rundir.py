@@ -42,6 +42,7 @@ Every path has one name here; nothing else spells them.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +83,22 @@ def read_json(run_dir: Path, name: str, default: Any = None) -> Any:
 
 
 def read_jsonl(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    return list(iter_jsonl(run_dir, name))
+
+
+def iter_jsonl(run_dir: Path, name: str) -> Iterator[dict[str, Any]]:
+    """The records of a JSON-lines file, one at a time (none if it is missing)."""
     path = Path(run_dir) / name
     if not path.exists():
-        return []
-    out = []
+        return
     with path.open(encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line:
                 try:
-                    out.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError:
                     continue  # a line cut by an interrupted run: skip it
-    return out
 
 
 def is_run_dir(path: Path) -> bool:

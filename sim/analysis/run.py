@@ -11,6 +11,7 @@ windows (given here the ids `f1`, `f2`, ... the server assigns in the same order
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,8 +114,7 @@ def _origin(meta: dict[str, Any], stats: dict[str, Any]) -> float:
 
 
 def _server_events(d: Path, origin: float) -> pd.DataFrame:
-    rows = rundir.read_jsonl(d, rundir.SERVER_EVENTS)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(_columns(rundir.iter_jsonl(d, rundir.SERVER_EVENTS)))
     for col in SERVER_EVENT_COLUMNS:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float if col == "t" else object)
@@ -122,6 +122,23 @@ def _server_events(d: Path, origin: float) -> pd.DataFrame:
     df = df.sort_values("t", kind="stable").reset_index(drop=True)
     df["ts"] = df.t.astype(float) - origin
     return df
+
+
+def _columns(records: Iterable[dict[str, Any]]) -> dict[str, list[Any]]:
+    """Records as columns (None where a record lacks a key), built as they are read:
+    a long server event log held as dicts would take several times the frame."""
+    columns: dict[str, list[Any]] = {}
+    for n, record in enumerate(records, 1):
+        for key, value in record.items():
+            column = columns.get(key)
+            if column is None:
+                column = columns[key] = [None] * (n - 1)
+            column.append(value)
+        if len(record) < len(columns):
+            for column in columns.values():
+                if len(column) < n:
+                    column.append(None)
+    return columns
 
 
 def _timeline(d: Path, origin: float, names: dict[str, str]) -> pd.DataFrame:

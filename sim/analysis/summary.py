@@ -66,11 +66,11 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 def summary(run: Run) -> dict[str, Any]:
     """Headline numbers, per-code tables and warnings for one run (JSON-ready)."""
+    acct = delivery(run)  # first: its peak memory is the largest, and nothing else is held
     requests = run.requests()
     n_requests = len(requests)
     lat = latency_percentiles(run)
     dlat = delivery_latency(run)
-    acct = delivery(run)
     reused = reused_message_ids(run)
     amp = amplification_by_policy(run)
     violations = never_retry_violations(run)
