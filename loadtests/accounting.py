@@ -10,105 +10,26 @@ at-most-once delivery nobody owed it that message.
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from server.patterns import is_wildcard, match_channel
 
-from .eventlog import COLUMNS, DICTIONARY, SCHEMA, SUFFIX
+from .eventload import (
+    DELIVERY_COLUMNS,
+    count_events,
+    load_client_events,
+    partition_of_users,
+    split_deliveries,
+)
 
 GRACE_S = 1.0
-
-
-def client_event_files(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
-    """(Parquet batches, old CSV logs) of a run directory's client event logs.
-
-    Batches are `client-events-<tag>/<seq>.parquet` (`loadtests.eventlog`); older runs
-    wrote one `client-events-<tag>.csv` per process. Temporary files of a batch being
-    written (a process killed mid-flush) do not match and are left out.
-    """
-    d = Path(run_dir)
-    parquet = sorted(p for p in d.glob(f"client-events-*/*{SUFFIX}") if p.name[0] != ".")
-    return parquet, sorted(d.glob("client-events-*.csv"))
-
-
-def load_client_events(run_dir: str | Path) -> pd.DataFrame:
-    """Every client event of a run directory (Parquet batches and old CSV logs), in one
-    frame sorted by time (stably: rows of equal time keep file order, Parquet batches
-    first, then CSV logs), with the same columns and dtypes whichever format it read.
-
-    The string columns are pandas categoricals whose categories are the values seen,
-    in lexical order, so sorting and grouping by them order rows as the strings would.
-    Strings are read as dictionaries and never materialised per row: at 10 M events
-    the frame is under a third of what string columns take. Parquet is read a column
-    at a time (the sort order from `t` first), so only the frame and one column in
-    Arrow's form are ever held, never a whole Arrow table beside the frame.
-    """
-    parquet, csvs = client_event_files(run_dir)
-    csv_tables = [_csv_table(f) for f in csvs]  # old runs: small, and read whole
-
-    def column(name: str) -> pa.ChunkedArray:
-        """One column of every file, in file order (Parquet's are read alone)."""
-        field = _READ_SCHEMA.field(name)
-        chunks = pq.read_table(parquet, columns=[name], schema=_READ_SCHEMA,
-                               read_dictionary=[name] if name in DICTIONARY else None
-                               ).column(name).chunks if parquet else []
-        chunks.extend(c for t in csv_tables for c in t.column(name).chunks)
-        read = pa.chunked_array(chunks, type=field.type)
-        if name not in DICTIONARY:
-            return read
-        return pa.table({name: read}).unify_dictionaries().column(name)
-
-    order = pc.sort_indices(column("t")).to_numpy()  # stable: ties keep file order
-    frame = {}
-    for name in COLUMNS:
-        read = column(name)
-        frame[name] = _categorical(read, order) if name in DICTIONARY \
-            else _sorted_numbers(read, order)
-        del read
-        pa.default_memory_pool().release_unused()  # Arrow's allocator keeps freed pages
-    return pd.DataFrame(frame, copy=False)
-
-
-# What the loader reads: the log's schema with every string column as a dictionary.
-_READ_SCHEMA = pa.schema([pa.field(f.name, pa.dictionary(pa.int32(), f.type))
-                          if f.name in DICTIONARY else f for f in SCHEMA])
-_CSV_STRINGS = {name: str for name in DICTIONARY}
-
-
-def _csv_table(path: Path) -> pa.Table:
-    """An old CSV log as an Arrow table of `_READ_SCHEMA` (empty fields: "" in string
-    columns, null in latency_ms and intended_t, as the CSV writer wrote None)."""
-    df = pd.read_csv(path, dtype=_CSV_STRINGS, keep_default_na=False,
-                     na_values={"latency_ms": [""], "intended_t": [""]})
-    return pa.Table.from_pandas(df, schema=SCHEMA, preserve_index=False).cast(_READ_SCHEMA)
-
-
-def _categorical(column: pa.ChunkedArray, order: np.ndarray) -> pd.Categorical:
-    """A dictionary column (chunks sharing one dictionary), rows taken in `order`, as
-    a categorical of the values used, categories sorted lexically (null: code -1)."""
-    dictionary = column.chunk(0).dictionary if column.num_chunks else pa.array([], pa.string())
-    values = dictionary.to_numpy(zero_copy_only=False)
-    indices = np.concatenate([np.zeros(0, np.int32), *(
-        c.indices.fill_null(-1).to_numpy() for c in column.chunks)])
-    used = np.flatnonzero(np.bincount(indices[indices >= 0], minlength=len(values)))
-    lexical = used[np.argsort(values[used], kind="stable")]
-    code_of = np.full(len(values) + 1, -1, dtype=np.int32)  # the last slot: null's -1
-    code_of[lexical] = np.arange(len(lexical), dtype=np.int32)
-    return pd.Categorical.from_codes(code_of[indices[order]], categories=values[lexical],
-                                     validate=False)
-
-
-def _sorted_numbers(column: pa.ChunkedArray, order: np.ndarray) -> np.ndarray:
-    """A numeric column, rows taken in `order` (nulls: NaN; attempt widened to int64)."""
-    values = column.to_numpy()[order]
-    return values.astype(np.int64) if pa.types.is_int32(column.type) else values
+# Rows of the log per partition of the out-of-core accounting (`delivery_report_of_run`).
+ROWS_PER_PART = 8_000_000
 
 
 @dataclass(frozen=True)
@@ -124,6 +45,12 @@ class DeliveryReport:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    @classmethod
+    def merged(cls, parts: list[DeliveryReport], published: int) -> DeliveryReport:
+        """The report of disjoint sets of recipients, tallied against one ledger."""
+        sums = {k: sum(getattr(p, k) for p in parts) for k in cls.__dataclass_fields__}
+        return cls(**{**sums, "published": published})
 
 
 _ENDS_CONNECTION = ["close", "disconnect", "give_up"]
@@ -238,77 +165,142 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
     excluded and received sets are sorted int arrays, not Python tuples.
     """
     df = _categorical_keys(df)
-    op, outcome, msg = df.op, df.outcome, df.msg_id
-    is_pub = ((op == "publish") & (outcome == "ok") & (msg != "")).to_numpy()
-    is_got = ((op == "deliver") & (outcome == "message") & (msg != "")).to_numpy()
-    pubs = df.loc[is_pub, ["t", "user", "channel", "msg_id", "latency_ms", "intended_t"]]
-    subs = subscription_intervals(df)
-
-    (pub_user, sub_user), n_users = _shared_codes(pubs.user, subs.user)
-    (pub_msg,), _ = _shared_codes(pubs.msg_id)
-    n_users = max(n_users, 1)
+    is_got = ((df.op == "deliver") & (df.outcome == "message") & (df.msg_id != "")).to_numpy()
+    ledger = Ledger(df, grace_s)
     # The deliveries as the columns' own codes (the narrowest dtype each), not a frame:
     # they are most of the rows, and the peak memory of a large run is theirs.
-    rows = {c: (df[c].cat.codes.to_numpy()[is_got], df[c].cat.categories.to_numpy())
-            for c in _DELIVERY_KEYS}
-    got_msg, got_user = rows["msg_id"][0], rows["user"][0]
-    keep = (got_msg >= 0) & (got_user >= 0)  # as groupby drops null keys
-    got_key = got_msg[keep].astype(np.int64) * n_users + got_user[keep]
-    del keep
-    received = _distinct(got_key)
-    duplicates = len(got_key) - len(received)
-    del got_key
-    # Done before the owed pairs exist, and the deliveries' codes freed after it.
-    reordered = _reordered(*(rows[c] for c in _DELIVERY_KEYS))
-    del rows, got_msg, got_user
+    return ledger.tally({c: (df[c].cat.codes.to_numpy()[is_got],
+                             df[c].cat.categories.to_numpy()) for c in _DELIVERY_KEYS})
 
-    t_ack = pubs.t.to_numpy(dtype=float)
-    latency, intended = pubs.latency_ms.to_numpy(float), pubs.intended_t.to_numpy(float)
-    sent = t_ack - np.where(np.isnan(latency), 0.0, latency) / 1000.0
-    sent = np.where(np.isnan(intended), sent, intended)
-    late = t_ack + grace_s
 
-    # Which subscriptions can receive each channel, resolved once per distinct pair.
-    chan_code, channels = pd.factorize(pubs.channel)
-    name_code, names = pd.factorize(subs.name)
-    pair_name, pair_chan = _matching_pairs(np.asarray(names, dtype=object),
-                                           np.asarray(channels, dtype=object))
-    m = pd.DataFrame({"name": pair_name, "chan": pair_chan}).merge(
-        pd.DataFrame({"name": name_code, "sub": np.arange(len(subs))}), on="name")
-    m = m.sort_values(["chan", "sub"], kind="stable")
-    per_chan = np.bincount(m.chan.to_numpy(), minlength=len(channels))
-    first_of_chan = np.cumsum(per_chan) - per_chan
-    sub_of_pair = m["sub"].to_numpy()
-    requested, starts = subs.requested.to_numpy(), subs.start.to_numpy()
-    ends = subs.end.to_numpy()
+def delivery_report_of_run(run_dir: str | Path, requests: pd.DataFrame,
+                           grace_s: float = GRACE_S,
+                           rows_per_part: int = ROWS_PER_PART) -> DeliveryReport:
+    """`delivery_report` of a run too large to hold its deliveries in memory.
 
-    owed_parts, excluded_parts = [], []
-    # Subscriptions each publish is matched against (none for a null channel).
-    n_subs = np.where(chan_code >= 0, per_chan[np.maximum(chan_code, 0)], 0) \
-        if len(per_chan) else np.zeros(len(chan_code), np.int64)
-    bounds = [*np.searchsorted(np.cumsum(n_subs), np.arange(0, n_subs.sum(),
-                                                            _PAIRS_PER_BLOCK), side="right")]
-    for lo, hi in zip(bounds, [*bounds[1:], len(n_subs)][:len(bounds)], strict=True):
-        count = n_subs[lo:hi]
-        p = np.repeat(np.arange(lo, hi), count)
-        within = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)
-        s = sub_of_pair[first_of_chan[chan_code[p]] + within]
-        others = sub_user[s] != pub_user[p]
-        full = others & (starts[s] <= sent[p]) & (ends[s] >= late[p])
-        partial = others & ~full & (requested[s] <= late[p]) & (ends[s] >= sent[p])
-        key = pub_msg[p] * n_users + sub_user[s]
-        owed_parts.append(_distinct(key[full]))
-        excluded_parts.append(_distinct(key[partial]))
-    owed = _distinct(np.concatenate([np.zeros(0, np.int64), *owed_parts]))
-    excluded = _distinct(np.concatenate([np.zeros(0, np.int64), *excluded_parts]))
-    # Owed through one subscription, ambiguous through another: owed.
-    excluded = excluded[~_is_in(excluded, owed)]
-    got = int(_is_in(received, owed).sum())
-    ambiguous = int(_is_in(received, excluded).sum())
-    return DeliveryReport(published=len(pubs), expected=len(owed), delivered=got,
-                          lost=len(owed) - got, duplicates=duplicates,
-                          reordered=reordered, excluded=len(excluded),
-                          unexpected=len(received) - got - ambiguous)
+    `requests` is every client row but the deliveries (`load_client_events(rows="no
+    deliveries")`). The deliveries are split by recipient into partitions on disk
+    (`split_deliveries`, one pass), and each partition is tallied against the same
+    ledger: every pair, duplicate and stream belongs to one recipient, so the counts
+    add up to exactly what one pass over all of them would give.
+    """
+    ledger = Ledger(_categorical_keys(requests), grace_s)
+    parts = max(1, -(-count_events(run_dir) // rows_per_part))
+    with tempfile.TemporaryDirectory(prefix="rtmsim-deliveries-") as tmp:
+        files = {int(p.stem.rpartition("-")[2]): p
+                 for p in split_deliveries(run_dir, Path(tmp), parts)}
+        user_part = partition_of_users(ledger.users, parts)
+        reports = []
+        for k in range(parts):  # a partition no delivery fell in still owes its pairs
+            got = load_client_events(files=[files[k]] if k in files else [],
+                                     columns=DELIVERY_COLUMNS)
+            got = _categorical_keys(got)
+            got = got[((got.outcome == "message") & (got.msg_id != "")).to_numpy()]
+            reports.append(ledger.tally(
+                {c: (got[c].cat.codes.to_numpy(), got[c].cat.categories.to_numpy())
+                 for c in _DELIVERY_KEYS}, recipients=user_part == k))
+            del got
+    return DeliveryReport.merged(reports, published=ledger.published)
+
+
+class Ledger:
+    """What every acked publish owed, resolved once from the request rows: the publishes
+    (message, publisher, send and ack plus grace), the subscription intervals, and
+    which subscriptions can receive each channel (once per distinct pair)."""
+
+    def __init__(self, df: pd.DataFrame, grace_s: float) -> None:
+        op, outcome, msg = df.op, df.outcome, df.msg_id
+        is_pub = ((op == "publish") & (outcome == "ok") & (msg != "")).to_numpy()
+        pubs = df.loc[is_pub, ["t", "user", "channel", "msg_id", "latency_ms", "intended_t"]]
+        subs = subscription_intervals(df)
+        self.published = len(pubs)
+        self.users = df.user.cat.categories.to_numpy()
+        self.msgs = df.msg_id.cat.categories.to_numpy()
+        (self.pub_user, self.sub_user), _ = _shared_codes(pubs.user, subs.user)
+        (self.pub_msg,), _ = _shared_codes(pubs.msg_id)
+        t_ack = pubs.t.to_numpy(dtype=float)
+        latency, intended = pubs.latency_ms.to_numpy(float), pubs.intended_t.to_numpy(float)
+        sent = t_ack - np.where(np.isnan(latency), 0.0, latency) / 1000.0
+        self.sent = np.where(np.isnan(intended), sent, intended)
+        self.late = t_ack + grace_s
+        self.requested, self.starts = subs.requested.to_numpy(), subs.start.to_numpy()
+        self.ends = subs.end.to_numpy()
+        self._match(pubs.channel, subs.name)
+
+    def _match(self, channel: pd.Series, name: pd.Series) -> None:
+        """Which subscriptions can receive each publish's channel: per channel, a run
+        of `sub_of_pair` (wildcards matched once per distinct name and channel)."""
+        self.chan_code, channels = pd.factorize(channel)
+        name_code, names = pd.factorize(name)
+        pair_name, pair_chan = _matching_pairs(np.asarray(names, dtype=object),
+                                               np.asarray(channels, dtype=object))
+        m = pd.DataFrame({"name": pair_name, "chan": pair_chan}).merge(
+            pd.DataFrame({"name": name_code, "sub": np.arange(len(name))}), on="name")
+        m = m.sort_values(["chan", "sub"], kind="stable")
+        self.per_chan = np.bincount(m.chan.to_numpy(), minlength=len(channels))
+        self.first_of_chan = np.cumsum(self.per_chan) - self.per_chan
+        self.sub_of_pair = m["sub"].to_numpy()
+
+    def tally(self, got: dict[str, Codes], recipients: np.ndarray | None = None
+              ) -> DeliveryReport:
+        """The report for deliveries `got` (codes of `_DELIVERY_KEYS`), counting only
+        the pairs of `recipients` (a mask over `users`; None: everyone) as owed."""
+        n_users = len(self.users) + len(got["user"][1]) + 1  # room for users not in ours
+        got_msg, got_user = _recode(got["msg_id"], self.msgs), _recode(got["user"], self.users)
+        keep = (got_msg >= 0) & (got_user >= 0)  # as groupby drops null keys
+        got_key = got_msg[keep] * n_users + got_user[keep]
+        del keep, got_msg, got_user
+        received = _distinct(got_key)
+        duplicates = len(got_key) - len(received)
+        del got_key
+        reordered = _reordered(*(got[c] for c in _DELIVERY_KEYS))
+        owed, excluded = self._owed(n_users, recipients)
+        got_n = int(_is_in(received, owed).sum())
+        ambiguous = int(_is_in(received, excluded).sum())
+        return DeliveryReport(published=self.published, expected=len(owed), delivered=got_n,
+                              lost=len(owed) - got_n, duplicates=duplicates,
+                              reordered=reordered, excluded=len(excluded),
+                              unexpected=len(received) - got_n - ambiguous)
+
+    def _owed(self, n_users: int, recipients: np.ndarray | None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        """(owed, excluded) pair keys, sorted and distinct, a block of publishes at a
+        time; a pair owed through one subscription and ambiguous through another is
+        owed."""
+        sub_user, pub_user, chan_code = self.sub_user, self.pub_user, self.chan_code
+        counted = np.ones(len(sub_user), bool) if recipients is None \
+            else recipients[np.maximum(sub_user, 0)] & (sub_user >= 0)
+        owed_parts, excluded_parts = [], []
+        # Subscriptions each publish is matched against (none for a null channel).
+        n_subs = np.where(chan_code >= 0, self.per_chan[np.maximum(chan_code, 0)], 0) \
+            if len(self.per_chan) else np.zeros(len(chan_code), np.int64)
+        bounds = [*np.searchsorted(np.cumsum(n_subs), np.arange(0, n_subs.sum(),
+                                                                _PAIRS_PER_BLOCK), side="right")]
+        for lo, hi in zip(bounds, [*bounds[1:], len(n_subs)][:len(bounds)], strict=True):
+            count = n_subs[lo:hi]
+            p = np.repeat(np.arange(lo, hi), count)
+            within = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)
+            s = self.sub_of_pair[self.first_of_chan[chan_code[p]] + within]
+            others = (sub_user[s] != pub_user[p]) & counted[s]
+            sent, late = self.sent[p], self.late[p]
+            full = others & (self.starts[s] <= sent) & (self.ends[s] >= late)
+            partial = others & ~full & (self.requested[s] <= late) & (self.ends[s] >= sent)
+            key = self.pub_msg[p] * n_users + sub_user[s]
+            owed_parts.append(_distinct(key[full]))
+            excluded_parts.append(_distinct(key[partial]))
+        owed = _distinct(np.concatenate([np.zeros(0, np.int64), *owed_parts]))
+        excluded = _distinct(np.concatenate([np.zeros(0, np.int64), *excluded_parts]))
+        return owed, excluded[~_is_in(excluded, owed)]
+
+
+def _recode(codes: Codes, space: np.ndarray) -> np.ndarray:
+    """Codes of one categorical as int64 codes into the values `space` (another
+    categorical's categories); a value not in `space` gets a code past its end."""
+    code, values = codes
+    at = pd.Index(space).get_indexer(values) if len(values) else np.zeros(0, np.int64)
+    missing = at < 0
+    at[missing] = len(space) + np.arange(int(missing.sum()))
+    return np.where(code >= 0, np.append(at, -1)[code], -1).astype(np.int64)
 
 
 def _sequence_number(msg_id: str) -> int | None:

@@ -16,7 +16,7 @@ import pytest
 from serverproc import ServerProcess
 
 import loadtests.client as client_module
-from loadtests.client import RealtimeClient
+from loadtests.client import SEEN_IDS, RealtimeClient
 from loadtests.reporting import Reporter
 
 DEMO_KEY = "pk_live_demo"
@@ -236,3 +236,19 @@ def test_a_url_that_is_not_websocket_is_its_own_outcome():
     c = RealtimeClient("http://127.0.0.1:1", key=DEMO_KEY, reporter=Recorder())
     assert c.connect().outcome == "invalid_url"
 
+
+
+def test_the_live_duplicate_count_remembers_a_bounded_window_of_ids():
+    # A long-lived subscriber must not keep every id it ever received (a soak grew its
+    # load generator by 120 MB a minute): it forgets the oldest past SEEN_IDS.
+    sub = RealtimeClient("ws://127.0.0.1:1")
+    frame = {"type": "message", "channel": "room/1"}
+
+    def deliver(n: int) -> None:
+        sub._delivered("message", {**frame, "data": {"id": f"p:{n}", "pub": "p"}}, 10)
+
+    for n in range(1, 3 * SEEN_IDS + 1):
+        deliver(n)
+    deliver(3 * SEEN_IDS)  # a copy of a recent message is still a duplicate
+    assert sub.duplicates == 1 and sub.received == 3 * SEEN_IDS + 1
+    assert len(sub._seen) == len(sub._seen_order) == SEEN_IDS

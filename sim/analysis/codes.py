@@ -136,7 +136,7 @@ def reconcile(run: Run) -> dict[str, Any]:
     msgs = _server_totals(run, "messages")
     c = run.requests()
     rest = _rest_publishes(run)
-    delivered = int((run.client.op == "deliver").sum())
+    delivered = run.delivery_count()
     for name, client_n, server_n, extra in (
             ("published", int(((c.op == "publish") & (c.outcome == "ok")).sum()),
              int(msgs.get("published", 0)) - rest, {"rest": rest}),

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtests.accounting import delivery_report
+from loadtests.accounting import delivery_report, delivery_report_of_run
+from loadtests.eventload import load_client_events
 
 from .codes import NEVER_RETRY
 from .run import Run, time_bins
@@ -85,17 +86,24 @@ def delivery_latency(run: Run) -> pd.Series:
     intended send under the open model) to the receiver's read: both clocks are the
     same machine's.
     """
-    c = run.client
-    d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
+    if run.deliveries_on_disk:
+        c = load_client_events(run.dir, rows="deliveries", columns=("t", "latency_ms"))
+        ts = c.t.to_numpy(dtype=float) - run.origin
+        d = c.latency_ms.notna().to_numpy()
+    else:
+        c = run.client
+        ts = c.ts.to_numpy(dtype=float)
+        d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
     return pd.Series(c.latency_ms.to_numpy(dtype=float)[d],
-                     index=pd.Index(c.ts.to_numpy(dtype=float)[d], name="ts"),
-                     name="delivery_latency_ms")
+                     index=pd.Index(ts[d], name="ts"), name="delivery_latency_ms")
 
 
 def delivery(run: Run) -> dict[str, int]:
     """End-to-end accounting (`loadtests.accounting`): owed, delivered, lost, duplicates."""
     if "delivery" not in run._cache:
-        run._cache["delivery"] = delivery_report(run.client).as_dict()
+        report = delivery_report_of_run(run.dir, run.client) if run.deliveries_on_disk \
+            else delivery_report(run.client)
+        run._cache["delivery"] = report.as_dict()
     return dict(run._cache["delivery"])
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtests.accounting import load_client_events
+from loadtests.eventload import count_events, delivery_extent, load_client_events
 
 from .. import rundir
 
@@ -29,6 +29,9 @@ NOTE_OPS = frozenset({"deliver", "close", "disconnect", "give_up", "burst"})
 NO_ANSWER = frozenset({"timeout", "refused", "transport_error"})
 SERVER_EVENT_COLUMNS = ("t", "event", "instance", "conn", "peer", "app", "op", "code",
                         "requestId", "reason")
+# Above this many client events a run's deliveries stay on disk (`load_run`); at 10 M
+# the whole frame is about 0.5 GB and the analysis peaks under 2 GB.
+IN_MEMORY_EVENTS = 12_000_000
 USAGE_FIELDS = ("messagesUsed", "overageMessages", "overageConnections", "balance",
                 "concurrentNow", "peakConcurrent")
 
@@ -52,6 +55,11 @@ class Run:
     timeline: pd.DataFrame
     origin: float
     faults: list[dict[str, Any]]
+    # A run too large to hold its deliveries: `client` holds every other row, and the
+    # deliveries are read from disk when asked for (`deliveries_extent`: their count and
+    # scenario-time span).
+    deliveries_on_disk: bool = False
+    deliveries_extent: tuple[int, float, float] = (0, math.nan, math.nan)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -61,6 +69,8 @@ class Run:
         if isinstance(planned, int | float) and planned > 0:
             return float(planned)
         spans = [float(df.ts.max()) for df in (self.client, self.server) if len(df)]
+        if self.deliveries_extent[0]:
+            spans.append(self.deliveries_extent[2])
         return max(spans) if spans else 0.0
 
     def requests(self) -> pd.DataFrame:
@@ -69,6 +79,12 @@ class Run:
             c = self.client
             self._cache["requests"] = c[~c.op.isin(NOTE_OPS)]
         return self._cache["requests"]
+
+    def delivery_count(self) -> int:
+        """Delivery rows of the client log (in `client`, or counted on disk)."""
+        if self.deliveries_on_disk:
+            return self.deliveries_extent[0]
+        return int((self.client.op == "deliver").sum())
 
     def client_errors(self) -> pd.DataFrame:
         """Client request rows whose outcome is an error code (not ok/close/no answer)."""
@@ -80,8 +96,13 @@ class Run:
         return self._cache["client_errors"]
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read every file of a run directory (missing ones become empty frames)."""
+def load_run(run_dir: str | Path, in_memory_events: int | None = None) -> Run:
+    """Read every file of a run directory (missing ones become empty frames).
+
+    A run of more than `in_memory_events` (default `IN_MEMORY_EVENTS`) client events
+    keeps its deliveries on disk:
+    they are nearly all of its rows, and what the analysis asks of them (the delivery
+    accounting, latency, count) is read from the log when asked for."""
     d = Path(run_dir)
     if not rundir.is_run_dir(d):
         raise FileNotFoundError(f"{d}: not a run directory (no {rundir.RUN})")
@@ -90,13 +111,20 @@ def load_run(run_dir: str | Path) -> Run:
     raw_stats = rundir.read_json(d, rundir.SERVER_STATS, {}) or {}
     stats = {names.get(k, k): v for k, v in sorted(raw_stats.items())}
     origin = _origin(meta, stats)
-    client = load_client_events(d)
+    limit = IN_MEMORY_EVENTS if in_memory_events is None else in_memory_events
+    on_disk = count_events(d) > limit
+    client = load_client_events(d, rows="no deliveries" if on_disk else "all")
     client["ts"] = client.t.astype(float) - origin
+    extent = (0, math.nan, math.nan)
+    if on_disk:
+        n, lo, hi = delivery_extent(d)
+        extent = (n, lo - origin, hi - origin)
     server = _server_events(d, origin)
     timeline = _timeline(d, origin, names)
     faults = normalize_faults(meta.get("faults") or [])
     return Run(dir=d, meta=meta, client=client, server=server, stats=stats,
-               timeline=timeline, origin=origin, faults=faults)
+               timeline=timeline, origin=origin, faults=faults,
+               deliveries_on_disk=on_disk, deliveries_extent=extent)
 
 
 def _instance_names(meta: dict[str, Any]) -> dict[str, str]:
@@ -236,6 +264,9 @@ def bin_range(run: Run, bin_s: float, *frames: pd.DataFrame) -> np.ndarray:
         if len(df):
             lo = min(lo, float(df.ts.min()))
             hi = max(hi, float(df.ts.max()))
+    if run.deliveries_on_disk and run.deliveries_extent[0] and any(
+            df is run.client for df in frames):
+        lo, hi = min(lo, run.deliveries_extent[1]), max(hi, run.deliveries_extent[2])
     first = math.floor(lo / bin_s)
     last = math.floor(hi / bin_s)
     return np.arange(first, last + 1) * bin_s
