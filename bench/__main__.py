@@ -5,10 +5,12 @@
     python -m bench connections --n 15000 --json    KB of RSS per idle connection
     python -m bench soak --minutes 10 --json        leaks: RSS slope, fds and tasks after
     python -m bench analyze --events 10000000       `rtmsim analyze` wall, RSS, bytes on disk
+    python -m bench simulate --check                virtual-time models vs published results
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
-traceback). These print numbers; nothing here asserts on speed.
+traceback). These print numbers; nothing here asserts on speed. `simulate --check` is a
+check: it exits 1 when a figure misses its bound.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from . import benchmarks
 from .analyze import analyze
 from .procs import FAULT_MODES, ROOT, BenchError
 from .redisbench import redis_fanout
+from .simulate import check_summary, simulate_check
 from .soak import soak
 from .swarm import swarm
 
@@ -142,6 +145,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthesise into DIR and keep it (default: a temporary directory)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p = sub.add_parser("simulate", help="virtual-time models: --check reproduces the "
+                       "published retry results with our own classes")
+    mode = p.add_mutually_exclusive_group(required=True)  # --clients N (scale) joins later
+    mode.add_argument("--check", action="store_true",
+                      help="Brooker's backoff model, the SRE book's amplification, Bronson "
+                      "et al.'s metastability at full size; exit 1 if a figure misses")
+    p.add_argument("--trials", type=_positive(int), default=500,
+                   help="trials per strategy in Brooker's model (default 500)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -150,6 +164,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                                    flush=True))
     if args.command == "analyze":
         return analyze(args.events, candidates=args.candidates, keep=args.keep, log=log)
+    if args.command == "simulate":
+        if args.trials < 2:
+            raise BenchError(f"--trials {args.trials}: a mean and its error need >= 2")
+        return simulate_check(args.trials, args.seed, log)
     if not (args.ours_root / "sim" / "cli.py").is_file():
         raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
                          "give the root of an rtmsim checkout")
@@ -200,6 +218,8 @@ def summary(result: dict[str, Any]) -> str:
                 f"tasks {result['tasks']}; server cpu {result['server_cpu']} core; "
                 + ("unexpected: " + "; ".join(result["unexpected"]) if result["unexpected"]
                    else "nothing unexpected"))
+    if result.get("benchmark") == "simulate":
+        return check_summary(result)
     if result.get("benchmark") == "analyze":
         if "candidates" in result:
             return "analyze candidates: " + "; ".join(
@@ -240,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     print(json.dumps(result) if args.json else summary(result))
-    return 0
+    return 0 if result.get("passed", True) else 1
 
 
 if __name__ == "__main__":
