@@ -6,9 +6,11 @@ a run can show what the article shows: plain exponential backoff keeps failed cl
 lockstep and the server sees synchronised waves, while jitter spreads them out.
 
 `attempt` is 1-based everywhere in this package: it is the number of attempts of the
-operation already made, so `delay(1)` is the wait before the first retry. The article's
-exponent counts retries from 0, hence `base * 2 ** (attempt - 1)`: the first retry waits
-`base`, the second `2 * base`, and so on up to `cap`.
+operation already made, so `delay(1)` is the wait before the first retry, and
+`base * 2 ** (attempt - 1)`: the first retry waits `base`, the second `2 * base`, and
+so on up to `cap`. The article's simulator counts one step further (its counter is 1
+after the first failure and it waits `base * 2 ** n`, so its first retry waits
+`2 * base`): `sim.virtual.occ` reproduces its figures with `delay(n + 1)`.
 
 Every random draw uses the `random.Random` passed in, so a seeded run (and a test) gets
 the same delays every time.

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from .eventlog import COLUMNS, DICTIONARY, SCHEMA, SUFFIX
 
 Rows = Literal["all", "no deliveries", "deliveries"]
-# What the delivery accounting and the delivery latency read of a delivery row.
-DELIVERY_COLUMNS = ("t", "user", "op", "outcome", "latency_ms", "channel", "msg_id", "peer")
+# What the delivery accounting reads of a delivery row (`split_deliveries` keeps these).
+DELIVERY_COLUMNS = ("t", "user", "outcome", "channel", "msg_id", "peer")
 
 
 def client_event_files(run_dir: str | Path) -> tuple[list[Path], list[Path]]:
@@ -132,8 +132,8 @@ def split_deliveries(run_dir: str | Path, into: Path, parts: int) -> list[Path]:
     writers: dict[int, pq.ParquetWriter] = {}
     schema = pa.schema([_READ_SCHEMA.field(c) for c in DELIVERY_COLUMNS])
     try:
-        for table in _batches(run_dir, DELIVERY_COLUMNS):
-            table = table.filter(_is_delivery(table.column("op")))
+        for table in _batches(run_dir, (*DELIVERY_COLUMNS, "op")):
+            table = table.filter(_is_delivery(table.column("op"))).select(DELIVERY_COLUMNS)
             if not table.num_rows:
                 continue
             part = _partition_of(table.column("user"), parts)

@@ -86,16 +86,21 @@ def delivery_latency(run: Run) -> pd.Series:
     intended send under the open model) to the receiver's read: both clocks are the
     same machine's.
     """
-    if run.deliveries_on_disk:
-        c = load_client_events(run.dir, rows="deliveries", columns=("t", "latency_ms"))
-        ts = c.t.to_numpy(dtype=float) - run.origin
-        d = c.latency_ms.notna().to_numpy()
-    else:
-        c = run.client
-        ts = c.ts.to_numpy(dtype=float)
-        d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
-    return pd.Series(c.latency_ms.to_numpy(dtype=float)[d],
-                     index=pd.Index(ts[d], name="ts"), name="delivery_latency_ms")
+    if run.deliveries_on_disk:  # read from disk once: the summary and a chart both ask
+        if "delivery_latency" not in run._cache:
+            c = load_client_events(run.dir, rows="deliveries", columns=("t", "latency_ms"))
+            run._cache["delivery_latency"] = _latency_series(
+                c.latency_ms, c.t.to_numpy(dtype=float) - run.origin,
+                c.latency_ms.notna().to_numpy())
+        return run._cache["delivery_latency"]
+    c = run.client
+    d = ((c.op == "deliver") & c.latency_ms.notna()).to_numpy()  # two columns, not all
+    return _latency_series(c.latency_ms, c.ts.to_numpy(dtype=float), d)
+
+
+def _latency_series(latency: pd.Series, ts: np.ndarray, rows: np.ndarray) -> pd.Series:
+    return pd.Series(latency.to_numpy(dtype=float)[rows],
+                     index=pd.Index(ts[rows], name="ts"), name="delivery_latency_ms")
 
 
 def delivery(run: Run) -> dict[str, int]:
