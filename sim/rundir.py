@@ -46,6 +46,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 SCENARIO = "scenario.toml"
 RUN = "run.json"
 SWARM = "swarm.json"
@@ -91,14 +93,17 @@ def iter_jsonl(run_dir: Path, name: str) -> Iterator[dict[str, Any]]:
     path = Path(run_dir) / name
     if not path.exists():
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         for line in f:
             line = line.strip()
             if line:
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by an interrupted run: skip it
+                    yield orjson.loads(line)  # a server event log can be millions of lines
+                except orjson.JSONDecodeError:
+                    try:  # what orjson refuses and json takes: NaN, integers past 64 bits
+                        yield json.loads(line)
+                    except ValueError:
+                        continue  # a line cut by an interrupted run: skip it
 
 
 def is_run_dir(path: Path) -> bool:
