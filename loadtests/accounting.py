@@ -241,9 +241,8 @@ class Ledger:
         m = pd.DataFrame({"name": pair_name, "chan": pair_chan}).merge(
             pd.DataFrame({"name": name_code, "sub": np.arange(len(name))}), on="name")
         m = m.sort_values(["chan", "sub"], kind="stable")
-        self.per_chan = np.bincount(m.chan.to_numpy(), minlength=len(channels))
-        self.first_of_chan = np.cumsum(self.per_chan) - self.per_chan
-        self.sub_of_pair = m["sub"].to_numpy()
+        self.n_channels = len(channels)
+        self.chan_of_pair, self.sub_of_pair = m.chan.to_numpy(), m["sub"].to_numpy()
 
     def tally(self, got: dict[str, Codes], recipients: np.ndarray | None = None
               ) -> DeliveryReport:
@@ -272,20 +271,26 @@ class Ledger:
         time; a pair owed through one subscription and ambiguous through another is
         owed."""
         sub_user, pub_user, chan_code = self.sub_user, self.pub_user, self.chan_code
-        counted = np.ones(len(sub_user), bool) if recipients is None \
-            else recipients[np.maximum(sub_user, 0)] & (sub_user >= 0)
+        sub_of_pair, chan_of_pair = self.sub_of_pair, self.chan_of_pair
+        if recipients is not None:  # only their subscriptions: pairs cost what they owe
+            counted = recipients[np.maximum(sub_user, 0)] & (sub_user >= 0)
+            keep = counted[sub_of_pair]
+            sub_of_pair, chan_of_pair = sub_of_pair[keep], chan_of_pair[keep]
+        # Per channel, a run of `sub_of_pair`: the subscriptions that receive it.
+        per_chan = np.bincount(chan_of_pair, minlength=self.n_channels)
+        first_of_chan = np.cumsum(per_chan) - per_chan
         owed_parts, excluded_parts = [], []
         # Subscriptions each publish is matched against (none for a null channel).
-        n_subs = np.where(chan_code >= 0, self.per_chan[np.maximum(chan_code, 0)], 0) \
-            if len(self.per_chan) else np.zeros(len(chan_code), np.int64)
+        n_subs = np.where(chan_code >= 0, per_chan[np.maximum(chan_code, 0)], 0) \
+            if len(per_chan) else np.zeros(len(chan_code), np.int64)
         bounds = [*np.searchsorted(np.cumsum(n_subs), np.arange(0, n_subs.sum(),
                                                                 _PAIRS_PER_BLOCK), side="right")]
         for lo, hi in zip(bounds, [*bounds[1:], len(n_subs)][:len(bounds)], strict=True):
             count = n_subs[lo:hi]
             p = np.repeat(np.arange(lo, hi), count)
             within = np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)
-            s = self.sub_of_pair[self.first_of_chan[chan_code[p]] + within]
-            others = (sub_user[s] != pub_user[p]) & counted[s]
+            s = sub_of_pair[first_of_chan[chan_code[p]] + within]
+            others = sub_user[s] != pub_user[p]
             sent, late = self.sent[p], self.late[p]
             full = others & (self.starts[s] <= sent) & (self.ends[s] >= late)
             partial = others & ~full & (self.requested[s] <= late) & (self.ends[s] >= sent)

@@ -137,10 +137,14 @@ def split_deliveries(run_dir: str | Path, into: Path, parts: int) -> list[Path]:
             if not table.num_rows:
                 continue
             part = _partition_of(table.column("user"), parts)
-            for k in np.unique(part):
+            order = np.argsort(part, kind="stable")  # by partition, log order within
+            table, part = table.take(order), part[order]
+            cuts = np.flatnonzero(np.diff(part)) + 1
+            for lo, hi in zip([0, *cuts], [*cuts, len(part)], strict=True):
+                k = int(part[lo])
                 if k not in writers:
                     writers[k] = pq.ParquetWriter(paths[k], schema, compression="lz4")
-                writers[k].write_table(table.filter(part == k))
+                writers[k].write_table(table.slice(lo, hi - lo))
     finally:
         for writer in writers.values():
             writer.close()
