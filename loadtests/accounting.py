@@ -29,8 +29,10 @@ from .eventload import (
 )
 
 GRACE_S = 1.0
-# Rows of the log per partition of the out-of-core accounting (`delivery_report_of_run`).
-ROWS_PER_PART = 8_000_000
+# Rows of the log per partition of the out-of-core accounting (`delivery_report_of_run`):
+# a partition's deliveries name nearly every message, so each costs a pass over the
+# message ids, and fewer, larger partitions are faster (two in flight take about 4 GB).
+ROWS_PER_PART = 25_000_000
 
 
 @dataclass(frozen=True)
@@ -219,7 +221,8 @@ class Ledger:
         subs = subscription_intervals(df)
         self.published = len(pubs)
         self.users = df.user.cat.categories.to_numpy()
-        self.msgs = df.msg_id.cat.categories.to_numpy()
+        # Hash indexes of the values, built once: every partition's codes are mapped.
+        self.user_index, self.msg_index = pd.Index(self.users), pd.Index(df.msg_id.cat.categories)
         (self.pub_user, self.sub_user), _ = _shared_codes(pubs.user, subs.user)
         (self.pub_msg,), _ = _shared_codes(pubs.msg_id)
         t_ack = pubs.t.to_numpy(dtype=float)
@@ -249,7 +252,8 @@ class Ledger:
         """The report for deliveries `got` (codes of `_DELIVERY_KEYS`), counting only
         the pairs of `recipients` (a mask over `users`; None: everyone) as owed."""
         n_users = len(self.users) + len(got["user"][1]) + 1  # room for users not in ours
-        got_msg, got_user = _recode(got["msg_id"], self.msgs), _recode(got["user"], self.users)
+        got_msg = _recode(got["msg_id"], self.msg_index)
+        got_user = _recode(got["user"], self.user_index)
         keep = (got_msg >= 0) & (got_user >= 0)  # as groupby drops null keys
         got_key = got_msg[keep] * n_users + got_user[keep]
         del keep, got_msg, got_user
@@ -302,11 +306,11 @@ class Ledger:
         return owed, excluded[~_is_in(excluded, owed)]
 
 
-def _recode(codes: Codes, space: np.ndarray) -> np.ndarray:
+def _recode(codes: Codes, space: pd.Index) -> np.ndarray:
     """Codes of one categorical as int64 codes into the values `space` (another
     categorical's categories); a value not in `space` gets a code past its end."""
     code, values = codes
-    at = pd.Index(space).get_indexer(values) if len(values) else np.zeros(0, np.int64)
+    at = space.get_indexer(values) if len(values) else np.zeros(0, np.int64)
     missing = at < 0
     at[missing] = len(space) + np.arange(int(missing.sum()))
     return np.where(code >= 0, np.append(at, -1)[code], -1).astype(np.int64)
