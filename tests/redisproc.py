@@ -6,6 +6,7 @@ killed at the end. `stop`/`start` on the same port simulate a real outage.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,27 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_ports(count: int, avoid: tuple[int, ...] = ()) -> int:
+    """The first of `count` consecutive free ports (for `serve --instances N`, which
+    binds port, port + 1, ...), none of them in `avoid`. Each is bound while the next
+    is tried: on a busy machine the port after a free one is often some client's."""
+    for _ in range(200):
+        with contextlib.ExitStack() as held:
+            first = held.enter_context(socket.socket())
+            first.bind(("127.0.0.1", 0))
+            start = first.getsockname()[1]
+            ports = range(start, start + count)
+            if any(p in avoid or p > 65535 for p in ports):
+                continue
+            try:
+                for p in ports[1:]:
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p))
+            except OSError:
+                continue
+            return start
+    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 class RedisProcess:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 
-from redisproc import free_port
+from redisproc import free_ports
 from serverproc import ROOT
 from wsclient import client_pool
 
@@ -23,9 +23,8 @@ def test_instances_need_the_redis_backend():
 
 
 def test_instances_share_redis_and_stop_together(redis_server):
-    port, admin = free_port(), free_port()
-    while admin in (port, port + 1, port - 1):
-        admin = free_port()
+    port = free_ports(2)
+    admin = free_ports(2, avoid=(port, port + 1))
     cmd = [sys.executable, "-m", "sim.cli", "serve", "--instances", "2", "--backend", "redis",
            "--redis-url", redis_server.url, "--port", str(port), "--admin-port", str(admin)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
