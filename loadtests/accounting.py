@@ -168,12 +168,8 @@ def delivery_report(df: pd.DataFrame, grace_s: float = GRACE_S) -> DeliveryRepor
     excluded and received sets are sorted int arrays, not Python tuples.
     """
     df = _categorical_keys(df)
-    is_got = ((df.op == "deliver") & (df.outcome == "message") & (df.msg_id != "")).to_numpy()
-    ledger = Ledger(df, grace_s)
-    # The deliveries as the columns' own codes (the narrowest dtype each), not a frame:
-    # they are most of the rows, and the peak memory of a large run is theirs.
-    return ledger.tally({c: (df[c].cat.codes.to_numpy()[is_got],
-                             df[c].cat.categories.to_numpy()) for c in _DELIVERY_KEYS})
+    is_got = (df.op == "deliver").to_numpy() & _carries_a_message(df)
+    return Ledger(df, grace_s).tally(_delivery_codes(df, is_got))
 
 
 def delivery_report_of_run(run_dir: str | Path, requests: pd.DataFrame,
@@ -198,10 +194,8 @@ def delivery_report_of_run(run_dir: str | Path, requests: pd.DataFrame,
             # A partition no delivery fell in still owes its recipients' pairs.
             got = load_client_events(files=[files[k]] if k in files else [],
                                      columns=(*_DELIVERY_KEYS, "outcome"))
-            got = got[((got.outcome == "message") & (got.msg_id != "")).to_numpy()]
-            return ledger.tally({c: (got[c].cat.codes.to_numpy(),
-                                     got[c].cat.categories.to_numpy())
-                                 for c in _DELIVERY_KEYS}, recipients=user_part == k)
+            return ledger.tally(_delivery_codes(got, _carries_a_message(got)),
+                                recipients=user_part == k)
 
         # Two at a time: numpy's sorts and Arrow's reads release the GIL.
         with ThreadPoolExecutor(max_workers=min(2, os.cpu_count() or 1)) as pool:
@@ -330,14 +324,27 @@ def count_reordered(delivered: pd.DataFrame) -> int:
     """
     if not len(delivered):
         return 0
-    delivered = _categorical_keys(delivered)
-    return _reordered(*((delivered[c].cat.codes.to_numpy(),
-                         delivered[c].cat.categories.to_numpy()) for c in _DELIVERY_KEYS))
+    codes = _delivery_codes(_categorical_keys(delivered))
+    return _reordered(*(codes[c] for c in _DELIVERY_KEYS))
 
 
 # What a delivery row is keyed by, in the order `_reordered` takes them.
 _DELIVERY_KEYS = ("msg_id", "user", "peer", "channel")
 Codes = tuple[np.ndarray, np.ndarray]  # a column's integer codes (null: -1), their values
+
+
+def _carries_a_message(df: pd.DataFrame) -> np.ndarray:
+    """Rows that are a received message with an id (what the accounting counts)."""
+    return ((df.outcome == "message") & (df.msg_id != "")).to_numpy()
+
+
+def _delivery_codes(df: pd.DataFrame, rows: np.ndarray | None = None) -> dict[str, Codes]:
+    """The key columns of delivery rows as their own codes (the narrowest dtype each)
+    and categories, not a frame: deliveries are most of the rows, and the peak memory
+    of a large run is theirs."""
+    pick = slice(None) if rows is None else rows
+    return {c: (df[c].cat.codes.to_numpy()[pick], df[c].cat.categories.to_numpy())
+            for c in _DELIVERY_KEYS}
 
 
 def _categorical_keys(df: pd.DataFrame) -> pd.DataFrame:
