@@ -20,7 +20,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlencode
 
 import orjson
@@ -29,6 +29,7 @@ from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 from server import jsonenc
 
 from .deadlines import DEADLINES
+from .intents import Result
 from .reporting import Reporter
 from .wsconn import Closed, Connection
 
@@ -38,28 +39,6 @@ DEFAULT_TIMEOUT_S = 10.0
 # grew a soak's load generator by 120 MB a minute. The analysis counts duplicates
 # exactly from the event log; this count is the live view.
 SEEN_IDS = 4096
-
-
-class Result(NamedTuple):
-    """How one request ended: "ok", an error code, "close NNNN", "timeout".
-
-    A named tuple: one is made per request, and it costs a third of a frozen dataclass.
-    """
-
-    op: str
-    outcome: str
-    latency_ms: float
-    sent_at: float  # unix seconds (the intended time under the open model)
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
-
-    @property
-    def close_code(self) -> int | None:
-        if self.outcome.startswith("close "):
-            return int(self.outcome[6:])
-        return None
 
 
 class _Pending:
