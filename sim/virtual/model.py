@@ -1,0 +1,158 @@
+"""The performance model the virtual engine runs the server core inside: what each
+operation costs a server core, how long the network takes, what Redis adds.
+
+The protocol's rules come from the core itself; only time comes from here. A model is a
+TOML file (`rtmsim calibrate` writes one from measurements on this machine; a scenario
+names it under `[model] file = ...` or overrides single figures in `[model]`):
+
+    [model]
+    name = "loopback, 2 vCPU (rtmsim calibrate, 2026-12-02)"
+    cores = 1                 # cores per instance (one event loop uses one)
+    backlog = 2048            # the listen backlog: upgrades past it wait for a SYN retry
+    [model.costs_us]          # server CPU per operation, microseconds of one core
+    connect_key = 180.0
+    ...
+    [model.network]           # one way, client <-> server
+    median_ms = 0.05
+    sigma = 0.5
+    [model.redis]             # only with more than one instance
+    hop_us = 25.0
+    latency_ms = 0.15
+
+`DEFAULT_MODEL` (`default_model.toml` beside this file) is the calibration shipped
+with the project; a scenario without `[model]` runs on it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from server.schema import ConfigError, Table
+
+DEFAULT_MODEL = Path(__file__).with_name("default_model.toml")
+
+# Every operation the server model charges, and what it covers.
+OPERATIONS = {
+    "connect_key": "an upgrade with an API key, through `welcome`",
+    "connect_jwt": "an upgrade with a JWT, through `welcome`",
+    "subscribe": "a subscribe and its ack (presence snapshot included)",
+    "unsubscribe": "an unsubscribe and its ack",
+    "publish": "a publish and its ack, without its deliveries",
+    "send": "a direct send and its ack, without its delivery",
+    "delivery": "each frame fanned out (message, direct, presence delta)",
+    "frame": "any other frame answered at once (ping, bad input's error)",
+    "close": "a close the server sends (going_away, kick, 4011)",
+    "disconnect": "forgetting a gone connection (subscriptions, presence, slot)",
+    "rest_publish": "a REST publish, through its JSON reply",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """One-way latency between a client and an instance: lognormal (loopback is
+    a floor with a right tail), capped so a draw cannot stall the run."""
+
+    median_ms: float = 0.05
+    sigma: float = 0.5
+    cap_ms: float = 1000.0
+
+    def sample_s(self, rng: random.Random) -> float:
+        if self.sigma == 0:
+            return self.median_ms / 1000.0
+        ms = rng.lognormvariate(math.log(self.median_ms), self.sigma)
+        return min(ms, self.cap_ms) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RedisModel:
+    """What a message that crosses instances adds: CPU on each side, one-way latency."""
+
+    hop_us: float = 25.0
+    latency_ms: float = 0.15
+
+
+@dataclass(frozen=True, slots=True)
+class Model:
+    name: str = "built-in"
+    cores: int = 1
+    backlog: int = 2048
+    syn_retry_s: float = 1.0  # Linux's first SYN retransmission
+    costs_us: dict[str, float] = field(default_factory=dict)
+    network: Network = field(default_factory=Network)
+    redis: RedisModel = field(default_factory=RedisModel)
+
+    def cost_s(self, op: str) -> float:
+        """Seconds of one core for `op` (KeyError names an operation the model lacks)."""
+        return self.costs_us[op] / 1e6
+
+    def with_table(self, table: dict[str, Any], where: str) -> Model:
+        """This model with a scenario's `[model]` overrides laid over it."""
+        return _read(table, where, self)
+
+
+def load_model(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None,
+               where: str = "model") -> Model:
+    """The model at `path` (default: the shipped calibration), with `overrides`.
+
+    ConfigError (one line naming the file or key) for a missing file, bad TOML, an
+    unknown key or an operation without a cost.
+    """
+    path = Path(path) if path is not None else DEFAULT_MODEL
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the model: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    if "model" not in data:
+        raise ConfigError(f"{path}: needs a [model] table")
+    model = _read(data["model"], f"{path}: model", Model())
+    missing = [op for op in OPERATIONS if op not in model.costs_us]
+    if missing:
+        raise ConfigError(f"{path}: model.costs_us.{missing[0]}: is required "
+                          f"({OPERATIONS[missing[0]]})")
+    if overrides:
+        model = model.with_table(overrides, where)
+    return model
+
+
+def _read(data: object, where: str, base: Model) -> Model:
+    t = Table(data, where)
+    changes: dict[str, Any] = {}
+    if "name" in t.data:
+        changes["name"] = t.string("name", base.name)
+    for key in ("cores", "backlog"):
+        if key in t.data:
+            changes[key] = t.number(key, None, minimum=1, integer=True)
+    if "syn_retry_s" in t.data:
+        changes["syn_retry_s"] = float(t.number("syn_retry_s", None, minimum=0,
+                                                exclusive=True))
+    t.get("source")  # free text: who made the figures
+    t.get("file")  # a scenario's pointer to the model file, read by the caller
+    t.get("measured")  # calibrate's raw figures, kept for the record
+    if "costs_us" in t.data:
+        c = t.table("costs_us")
+        costs = dict(base.costs_us)
+        for key in c.data:
+            if key not in OPERATIONS:
+                raise c.fail(key, f"unknown operation (one of {', '.join(OPERATIONS)})")
+            costs[key] = float(c.number(key, None, minimum=0))
+        c.done()
+        changes["costs_us"] = costs
+    for key, kind in (("network", Network), ("redis", RedisModel)):
+        if key in t.data:
+            sub = t.table(key)
+            current = getattr(base, key)
+            values = {f.name: float(sub.number(f.name, getattr(current, f.name), minimum=0))
+                      for f in fields(kind) if f.name in sub.data}
+            sub.done()
+            changes[key] = replace(current, **values)
+    t.done()
+    if "network" in changes and changes["network"].median_ms <= 0:
+        raise ConfigError(f"{where}.network.median_ms: must be > 0")
+    return replace(base, **changes)
