@@ -277,8 +277,8 @@ class Connection:
               retry_after_ms: int | None = None) -> list[Action]:
         """Decide to close this connection (once); counted and logged here.
 
-        `retry_after_ms` is the going_away hint sent before a 1001, logged so a client's
-        reconnect can be graded against it.
+        With `retry_after_ms` (a deploy, a shutdown) a `going_away` frame carrying the
+        hint goes first; it is logged so a client's reconnect can be graded against it.
         """
         if self.close_code is not None:
             return []
@@ -289,7 +289,10 @@ class Connection:
             extra = {} if retry_after_ms is None else {"retryAfterMs": retry_after_ms}
             events.emit(now, "close", conn=self.id, peer=self.peer_id, app=self.app_id,
                         code=code, reason=reason, **extra)
-        return [Close(code, reason)]
+        if retry_after_ms is None:
+            return [Close(code, reason)]
+        hint = b'{"type":"going_away","retryAfterMs":' + dumps(retry_after_ms) + b"}"
+        return [Send(hint, "going_away"), Close(code, reason)]
 
 
 _HANDLERS = {

@@ -19,7 +19,6 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-import orjson
 import websockets.http11
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -36,7 +35,6 @@ from .events import EventSink
 from .faults import ConnectionStrike, FaultEngine
 from .ledgers import Ledgers, MemoryLedgers
 from .memory import MemoryBackend
-from .patterns import match_channel
 from .routing import (
     Origin,
     call_backend,
@@ -260,15 +258,18 @@ class Node:
     def close_connection(self, conn: Connection, code: int, reason: str,
                          going_away_ms: int | None = None) -> bool:
         """Close from outside the frame loop (kick, deploy, expiry); False if closing."""
-        if not conn.close(code, reason, self.clock(), retry_after_ms=going_away_ms):
+        actions = conn.close(code, reason, self.clock(), retry_after_ms=going_away_ms)
+        if not actions:
             return False
         ws: ServerConnection = conn.transport
-        if going_away_ms is not None and ws.protocol.state is OPEN:
-            payload = orjson.dumps({"type": "going_away", "retryAfterMs": going_away_ms})
-            ws.protocol.send_text(payload)
-            ws.send_data()
-            conn.counters.frames_out["going_away"] += 1
-        self._background(close_ws(ws, code, reason))
+        for action in actions:
+            if action.__class__ is Send:
+                if ws.protocol.state is OPEN:
+                    ws.protocol.send_text(action.payload)
+                    ws.send_data()
+                    conn.counters.frames_out[action.kind] += 1
+            else:
+                self._background(close_ws(ws, action.code, action.reason))
         return True
 
     def _outbound_full(self, conn: Connection) -> None:
@@ -387,11 +388,7 @@ class Node:
 
     def strike(self, strike: ConnectionStrike) -> int:
         """Drop, deploy or close a seeded fraction of the targeted connections."""
-        conns = [c for c in sorted(self.service.connections.values(), key=lambda c: c.id)
-                 if (strike.apps is None or c.app_id in strike.apps)
-                 and (strike.channels is None
-                      or any(match_channel(strike.channels, s) for s in c.subscriptions))]
-        chosen = self.faults.pick(strike, conns)
+        conns, chosen = self.service.strike_targets(strike, self.faults)
         reason = f"fault {strike.fault_id}"
         if strike.action == "drop":
             n = sum(self.drop_connection(c, f"dropped ({reason})") for c in chosen)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .actions import Action, Close, CloseAt, Send
 from .auth import EXPIRY_LEAD_S, AuthFailure, Credential, authenticate
@@ -20,8 +20,12 @@ from .connection import Connection, ConnectionSettings
 from .events import EventSink
 from .hub import Hub
 from .jsonenc import dumps
+from .patterns import match_channel
 from .routing import RestPublisher
 from .stats import UNAUTHENTICATED, Stats
+
+if TYPE_CHECKING:
+    from .faults import ConnectionStrike, FaultEngine
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,16 @@ class Service:
     def rest_publisher(self, app_id: str) -> RestPublisher:
         """The origin of a REST publish for `app_id` (counted with the app's sockets)."""
         return RestPublisher(app_id, self.stats.app(app_id))
+
+    def strike_targets(self, strike: ConnectionStrike, faults: FaultEngine
+                       ) -> tuple[list[Connection], list[Connection]]:
+        """The connections a one-shot fault may hit (its apps, its channels' subscribers,
+        in connection order), and the seeded choice of them it hits."""
+        conns = [c for c in sorted(self.connections.values(), key=lambda c: c.id)
+                 if (strike.apps is None or c.app_id in strike.apps)
+                 and (strike.channels is None
+                      or any(match_channel(strike.channels, s) for s in c.subscriptions))]
+        return conns, faults.pick(strike, conns)
 
     def pick_fraction(self, conns: list[Connection], fraction: float) -> list[Connection]:
         """A seeded random `fraction` of `conns` (all when fraction >= 1)."""
