@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -26,10 +25,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from server.faults import FaultEngine
-
 from . import rundir
-from .scenario import Scenario
+from .scenario import Scenario, run_meta
 from .thresholds import live_failures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -290,20 +287,7 @@ class Runner:
         self.meta["origin"] = next((o for o in origins if o), self.meta.get("started"))
 
     def write_meta(self, status: str) -> None:
-        sc = self.scenario
-        self.meta.update({
-            "name": sc.name, "description": sc.description, "status": status,
-            "duration_s": sc.swarm.duration_s, "users": sc.swarm.users,
-            "spawn_rate": sc.swarm.spawn_rate, "workers": sc.swarm.workers,
-            "model": sc.swarm.model, "shape": sc.swarm.shape,
-            "seed": sc.config.server.seed, "backend": sc.config.server.backend,
-            "instances": sc.config.server.instances,
-            "faults": _fault_windows(sc),
-            "thresholds": {t.metric: t.to_spec() for t in sc.thresholds},
-            "classes": sc.swarm.classes,
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                        "platform": platform.platform()},
-        })
+        self.meta.update(run_meta(self.scenario), status=status)
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,
                                                       default=str))
 
@@ -371,18 +355,6 @@ class Runner:
         locust = next((c for c in self.children if c.name == "locust"), None)
         if locust is not None:
             self._stop(locust)
-
-def _fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
-    """The scenario's faults with the ids and windows the server gives them."""
-    engine = FaultEngine(scenario.config.server.seed, 0.0)
-    engine.load(scenario.config.faults)
-    out = []
-    for fault in engine.faults.values():
-        spec = {k: v for k, v in fault.describe().items() if k != "hits"}
-        spec["start_s"], spec["end_s"] = fault.start_s, fault.end_s
-        out.append(spec)
-    return out
-
 
 def sample_stats(admin_urls: list[str], timeline: TextIO, now: float) -> dict[str, Any]:
     """Every instance's /sim/v1/stats, appended to the timeline; {instance: stats}."""

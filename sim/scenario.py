@@ -8,6 +8,8 @@ rest, with errors that name the key (`swarm.classes.Publisher.rate: must be > 0`
 from __future__ import annotations
 
 import dataclasses
+import os
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +17,7 @@ from typing import Any
 
 from loadtests.catalog import MODELS, parse_params
 from server.config import Config, parse_config, read_toml
+from server.faults import FaultEngine
 from server.faults.base import next_fault_id
 from server.schema import ConfigError, Table
 
@@ -154,3 +157,33 @@ def _parse_class(name: str, params: object) -> dict[str, Any]:
     assert isinstance(params, dict)  # parse_params refuses anything else
     return dict(params)
 
+
+
+def run_meta(scenario: Scenario) -> dict[str, Any]:
+    """What `run.json` says of the scenario and the machine (real and virtual runs)."""
+    sc = scenario
+    return {
+        "name": sc.name, "description": sc.description,
+        "duration_s": sc.swarm.duration_s, "users": sc.swarm.users,
+        "spawn_rate": sc.swarm.spawn_rate, "workers": sc.swarm.workers,
+        "model": sc.swarm.model, "shape": sc.swarm.shape,
+        "seed": sc.config.server.seed, "backend": sc.config.server.backend,
+        "instances": sc.config.server.instances,
+        "faults": fault_windows(sc),
+        "thresholds": {t.metric: t.to_spec() for t in sc.thresholds},
+        "classes": sc.swarm.classes,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "platform": platform.platform()},
+    }
+
+
+def fault_windows(scenario: Scenario) -> list[dict[str, Any]]:
+    """The scenario's faults with the ids and windows the server gives them."""
+    engine = FaultEngine(scenario.config.server.seed, 0.0)
+    engine.load(scenario.config.faults)
+    out = []
+    for fault in engine.faults.values():
+        spec = {k: v for k, v in fault.describe().items() if k != "hits"}
+        spec["start_s"], spec["end_s"] = fault.start_s, fault.end_s
+        out.append(spec)
+    return out

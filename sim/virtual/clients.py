@@ -1,0 +1,448 @@
+"""The virtual-time driver of a client behaviour: it performs the behaviour's intents
+(`loadtests.intents`) against an `Instance`, through the network model.
+
+The behaviour is the very generator a Locust user drives (`loadtests.behaviours`);
+this class is the other adapter. What a real client would log (`RealtimeClient`'s
+rows: requests with their outcome and latency, closes, give-ups) goes to the same
+event log with the same fields, at virtual times. Deliveries are logged in bulk by
+the engine, not here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from loadtests.intents import (
+    Connect,
+    Disconnect,
+    Fire,
+    FreshToken,
+    GiveUp,
+    Idle,
+    Renew,
+    Request,
+    Result,
+    SendRaw,
+    Sleep,
+)
+from server.codes import CloseCode
+from server.jsonenc import loads
+
+from .instance import ceil_tick
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+
+    from .engine import Engine
+    from .instance import Instance
+
+ABNORMAL = CloseCode.ABNORMAL_CLOSURE
+SYN_RETRIES = 6  # Linux's tcp_syn_retries: 1 + 2 + 4 + ... s before the connect fails
+
+
+class View:
+    """What the behaviour reads of its connection (`intents.ClientView`)."""
+
+    __slots__ = ("close_code", "going_away_ms", "open", "peers", "subscriptions", "token")
+
+    def __init__(self, token: str | None = None) -> None:
+        self.open = False
+        self.close_code: int | None = None
+        self.going_away_ms: int | None = None
+        self.token = token
+        self.subscriptions: dict[str, float] = {}
+        self.peers: dict[str, set[str]] = collections.defaultdict(set)
+
+    @property
+    def is_open(self) -> bool:
+        return self.open and self.close_code is None
+
+    def on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame.get("type")
+        if kind == "presence":
+            peers = self.peers[frame.get("channel", "")]
+            peers.update(p["peerId"] for p in frame.get("joined", ()))
+            peers.difference_update(p["peerId"] for p in frame.get("left", ()))
+        elif kind == "going_away":
+            self.going_away_ms = frame.get("retryAfterMs")
+
+
+class _Pending:
+    __slots__ = ("deadline", "done", "fired", "nbytes", "request", "rid", "started")
+
+    def __init__(self, request: Any, started: float, deadline: float, nbytes: int,
+                 fired: bool, rid: str | None = None) -> None:
+        self.request = request
+        self.rid = rid
+        self.started = started
+        self.deadline = deadline
+        self.nbytes = nbytes
+        self.fired = fired
+        self.done = False
+
+
+class VirtualClient:
+    """One user: its behaviour's generator, its current connection, its requests."""
+
+    def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
+                 instance: Instance, credential: tuple[str, str]) -> None:
+        self.engine = engine
+        self.user = user
+        self.user_class = user_class
+        self.behaviour = behaviour
+        self.policy = behaviour.policy.name
+        self.instance = instance
+        self.credential = credential  # ("key", value) or ("token", value)
+        self.view = View(credential[1] if credential[0] == "token" else None)
+        self.conn: Connection | None = None
+        self.gen = self._lifetime()
+        self.rids = 0
+        self.pending: dict[str, _Pending] = {}
+        self.uncorrelated: collections.deque[_Pending] = collections.deque()
+        self.connecting: _Pending | None = None
+        self.syn_tries = 0
+        self.idle: tuple[float, float] | None = None
+        self.stopped = False
+        self.disconnecting = False
+
+    def _lifetime(self) -> Generator[Any, Any, None]:
+        yield from self.behaviour.on_start()
+        while True:
+            yield from self.behaviour.task()
+
+    # -- driving the behaviour ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.resume(None)
+
+    def resume(self, value: Any) -> None:
+        """Send `value` to the behaviour; perform intents until one has to wait."""
+        engine = self.engine
+        while not self.stopped:
+            try:
+                intent = self.gen.send(value)
+            except StopIteration:
+                self.stopped = True
+                return
+            cls = intent.__class__
+            if cls is Request:
+                self._request(intent, fired=False)
+                return
+            if cls is Sleep:
+                if intent.seconds >= 1e-6:
+                    engine.after(intent.seconds, self._wake)
+                    return
+                value = None
+            elif cls is Idle:
+                if self.view.is_open:
+                    self.idle = (intent.first_at, intent.tick_s)
+                    return
+                engine.at_unix(max(intent.first_at, engine.now()), self._wake)
+                return
+            elif cls is Connect:
+                self._connect(intent.attempt)
+                return
+            elif cls is Fire:
+                value = self._request(intent, fired=True)
+            elif cls is SendRaw:
+                self._send_raw(intent)
+                return
+            elif cls is Disconnect:
+                if self._disconnect():
+                    return
+                value = None
+            elif cls is Renew:
+                token = intent.token if intent.token is not None else self.view.token
+                self.view = View(token)
+                self.conn = None
+                value = None
+            elif cls is FreshToken:
+                value = engine.fresh_token(self.user)
+            elif cls is GiveUp:
+                self.note("give_up", intent.reason)
+                self.stopped = True
+                return
+            else:
+                raise TypeError(f"unknown intent {intent!r}")
+
+    def _wake(self) -> None:
+        self.resume(None)
+
+    def note(self, op: str, outcome: str, t: float | None = None, **fields: str) -> None:
+        self.engine.log.row(self.engine.now() if t is None else t, self.user,
+                            self.user_class, op, outcome, channel=fields.get("channel", ""),
+                            peer=fields.get("peer", ""), policy=self.policy)
+
+    def _report(self, p: _Pending, outcome: str, t: float, peer: str = "") -> Result:
+        """Log how a request ended, as `RealtimeClient._finish` does; its Result."""
+        r = p.request
+        op = "connect" if r.__class__ is Connect else r.op
+        latency = (t - p.started) * 1000.0
+        self.engine.log.row(t, self.user, self.user_class, op, outcome, latency,
+                            getattr(r, "attempt", 1), p.nbytes, getattr(r, "channel", ""),
+                            getattr(r, "msg_id", ""), getattr(r, "peer", "") or peer,
+                            getattr(r, "intended_t", None), self.policy)
+        return Result(op, outcome, latency, p.started)
+
+    # -- connecting ------------------------------------------------------------------------
+
+    def _connect(self, attempt: int) -> None:
+        engine = self.engine
+        now = engine.now()
+        self.view.close_code = None
+        self.view.going_away_ms = None
+        self.view.open = False
+        self.view.subscriptions.clear()
+        p = _Pending(Connect(attempt), now, now + engine.timeout_s, 0, False)
+        self.connecting = p
+        self.syn_tries = 0
+        engine.timeouts.add(p, self._connect_timed_out)
+        self._syn()
+
+    def _syn(self) -> None:
+        kind, value = self.credential
+        if kind == "key" or self.view.token is None:
+            params, jwt = {"key": [value if kind == "key" else ""]}, False
+        else:
+            params, jwt = {"token": [self.view.token]}, True
+        instance = self.instance
+        self.engine.to_server(lambda: instance.upgrade(self, params, jwt))
+
+    def syn_dropped(self, instance: Instance) -> None:
+        """The listen backlog was full: the kernel retries the SYN, doubling its wait."""
+        p = self.connecting
+        if p is None or p.done:
+            return
+        wait = instance.model.syn_retry_s * (2 ** self.syn_tries)
+        self.syn_tries += 1
+        if self.syn_tries > SYN_RETRIES:
+            return  # the client's own timeout ends it
+        self.engine.after(wait, self._syn)
+
+    def abandoned_connect(self) -> bool:
+        """The client timed out before its upgrade was served (the server's work is
+        still done up to here: a reset costs the accept)."""
+        p = self.connecting
+        return p is None or p.done
+
+    def welcomed(self, conn: Connection, instance: Instance) -> None:
+        """The core welcomed the upgrade (its `welcome` Send follows, in `perform`)."""
+        self.conn = conn
+
+    def rejected(self, code: int, t: float) -> None:
+        """The upgrade ended in a close before `welcome`."""
+        self.engine.to_client(t, lambda: self._connect_done(f"close {code}", code))
+
+    def _connect_done(self, outcome: str, code: int | None = None) -> None:
+        p = self.connecting
+        if p is None or p.done:
+            return
+        p.done = True
+        self.connecting = None
+        now = self.engine.now()
+        peer = ""
+        if code is not None:
+            self.view.close_code = code
+        elif outcome == "ok":
+            self.view.open = True
+            peer = self.conn.peer_id if self.conn is not None else ""
+        result = self._report(p, outcome, now, peer)
+        self.resume(result)
+
+    def _connect_timed_out(self, p: _Pending) -> None:
+        if p is self.connecting and not p.done:
+            self.conn = None
+            self._connect_done("timeout")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _request(self, r: Request | Fire, *, fired: bool) -> bool:
+        engine = self.engine
+        now = engine.now()
+        intended = getattr(r, "intended_t", None)
+        started = intended if intended is not None else now
+        conn = self.conn
+        if conn is None or not self.view.is_open:
+            if fired:
+                return False
+            code = self.view.close_code or ABNORMAL
+            p = _Pending(r, started, now, 0, False)
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            return False
+        self.rids += 1
+        rid = f"{self.user}-{self.rids}"
+        frame = dict(r.frame)
+        frame["requestId"] = rid
+        text = orjson.dumps(frame).decode()
+        p = _Pending(r, started, now + engine.timeout_s, len(text), fired, rid)
+        self.pending[rid] = p
+        if not fired:
+            engine.timeouts.add(p, self._timed_out)
+        op = "frame" if r.op not in ("subscribe", "unsubscribe", "publish", "send") else r.op
+        instance = self.instance
+        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, text, op)))
+        return True
+
+    def _send_raw(self, r: SendRaw) -> None:
+        engine = self.engine
+        now = engine.now()
+        conn = self.conn
+        if conn is None or not self.view.is_open:
+            code = self.view.close_code or ABNORMAL
+            p = _Pending(r, now, now, 0, False)
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            return
+        data = r.data
+        p = _Pending(r, now, now + engine.timeout_s, len(data), False)
+        self.uncorrelated.append(p)
+        engine.timeouts.add(p, self._timed_out)
+        instance = self.instance
+        if len(data) > instance.service.config.limits.max_frame_bytes:
+            # websockets closes 1009 on a frame past max_size, before the core sees it.
+            engine.to_server(lambda: instance.submit(lambda: self._too_big(instance, conn)))
+            return
+        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, data, "frame")))
+
+    def _too_big(self, instance: Instance, conn: Connection) -> None:
+        instance.spend("frame")
+        if conn.close(CloseCode.MESSAGE_TOO_BIG, "message too big", instance.clock()):
+            self.closed_by_server(CloseCode.MESSAGE_TOO_BIG, instance.cursor)
+
+    def _timed_out(self, p: _Pending) -> None:
+        if p.done:
+            return
+        p.done = True
+        if p.rid is None:
+            with contextlib.suppress(ValueError):
+                self.uncorrelated.remove(p)
+        else:
+            self.pending.pop(p.rid, None)
+        self.resume(self._report(p, "timeout", self.engine.now()))
+
+    def _reply(self, p: _Pending, outcome: str) -> None:
+        p.done = True
+        now = self.engine.now()
+        result = self._report(p, outcome, now)
+        if p.fired:
+            return
+        r = p.request
+        if outcome == "ok" and r.op == "subscribe":
+            self.view.subscriptions[r.channel or r.frame.get("channel", "")] = now
+        elif outcome == "ok" and r.op == "unsubscribe":
+            self.view.subscriptions.pop(r.frame.get("channel", ""), None)
+        self.resume(result)
+
+    # -- frames from the server ------------------------------------------------------------
+
+    def frame_from_server(self, payload: bytes, kind: str, t: float) -> None:
+        """The core sent `payload` to this client at `t`: it arrives a network draw later."""
+        self.engine.to_client(t, lambda: self._arrived(payload, kind))
+
+    def _arrived(self, payload: bytes, kind: str) -> None:
+        if kind == "welcome":
+            self._connect_done("ok")
+            return
+        if kind == "ack" or kind == "error":
+            frame = loads(payload)
+            rid = frame.get("requestId")
+            p = self.pending.pop(rid, None) if rid is not None else None
+            if p is None and kind == "error" and rid is None and self.uncorrelated:
+                p = self.uncorrelated.popleft()
+            if p is not None and not p.done:
+                self._reply(p, "ok" if kind == "ack" else str(frame.get("code")))
+            return
+        self.view.on_frame(loads(payload))
+
+    def presence(self, frame: dict[str, Any]) -> None:
+        self.view.on_frame(frame)
+
+    def closed_by_server(self, code: int, t: float, *, clean: bool = True) -> None:
+        """The core closed this connection at `t`: the client learns it a draw later;
+        the server forgets the socket once the handshake is over (or at once, cut)."""
+        conn = self.conn
+        instance = self.instance
+        engine = self.engine
+        if conn is not None:
+            if clean:
+                engine.to_client(t, lambda: self._closed(code, conn))
+            else:
+                engine.at(t, lambda: self._closed(code, conn))
+                engine.at(t, lambda: instance.submit(lambda: instance.disconnected(conn, None)))
+
+    def _closed(self, code: int, conn: Connection) -> None:
+        if self.conn is not conn:
+            return
+        if self.disconnecting:
+            return
+        if self.view.close_code is None:
+            self.view.close_code = code
+            self.note("close", f"close {code}")
+        instance = self.instance
+        if code != ABNORMAL:  # echo the close: the server's socket is done
+            self.engine.to_server(lambda: instance.submit(
+                lambda: instance.disconnected(conn, None)))
+        outcome = f"close {self.view.close_code}"
+        waiting = list(self.pending.values()) + list(self.uncorrelated)
+        self.pending.clear()
+        self.uncorrelated.clear()
+        resume: _Pending | None = None
+        for p in waiting:
+            if p.done:
+                continue
+            p.done = True
+            self._report(p, outcome, self.engine.now())
+            if not p.fired:
+                resume = p
+        self.conn = None
+        if resume is not None:
+            r = resume.request
+            self.resume(Result(r.op, outcome, (self.engine.now() - resume.started) * 1e3,
+                               resume.started))
+            return
+        if self.idle is not None:
+            first_at, tick = self.idle
+            self.idle = None
+            self.engine.at_unix(ceil_tick(first_at, tick, self.engine.now()), self._wake)
+
+    # -- closing from our side -------------------------------------------------------------
+
+    def _disconnect(self) -> bool:
+        """Close from our side; True if the behaviour waits for the handshake."""
+        conn = self.conn
+        if conn is None or self.view.close_code is not None:
+            self.conn = None
+            return False
+        self.view.close_code = 1000
+        self.disconnecting = True
+        instance = self.instance
+        engine = self.engine
+
+        def server_side() -> None:
+            instance.disconnected(conn, 1000)
+            engine.to_client(instance.cursor, self._disconnected)
+
+        engine.to_server(lambda: instance.submit(server_side))
+        return True
+
+    def _disconnected(self) -> None:
+        self.disconnecting = False
+        self.note("disconnect", "client")
+        waiting = list(self.pending.values()) + list(self.uncorrelated)
+        self.pending.clear()
+        self.uncorrelated.clear()
+        for p in waiting:
+            if not p.done:
+                p.done = True
+                self._report(p, "close 1000", self.engine.now())
+        self.conn = None
+        self.resume(None)
+
+    def stop(self) -> None:
+        """The run is over: nothing more is performed for this user."""
+        self.stopped = True
+

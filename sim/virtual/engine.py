@@ -1,0 +1,193 @@
+"""The virtual-time engine: a scenario's server instances and users on one SimPy clock.
+
+SimPy's `Environment` is the event queue (its `Timeout` events, with callbacks, not
+processes: a process per user would add a generator and two events per intent). The
+server is the real core (`instance.Instance`), the users the real behaviours driven by
+`clients.VirtualClient`; the model (`model.Model`) gives only time: CPU per operation,
+network draws, the listen backlog.
+
+Virtual unix time is `epoch + env.now`: the run directory reads like a real run's.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import simpy
+
+from loadtests.eventlog import EventLog
+from server.actions import Deliver
+from server.jsonenc import loads
+
+from .instance import COUNTED, Instance
+from .model import Model
+
+
+class Timer:
+    """A scheduled callback that can be cancelled (token expiry, a wake)."""
+
+    __slots__ = ("cancelled", "fn")
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self.fn = fn
+        self.cancelled = False
+
+    def __call__(self, _event: Any) -> None:
+        if not self.cancelled:
+            self.fn()
+
+
+class Timeouts:
+    """Every request's deadline, in one FIFO: all requests wait the same timeout, so
+    deadlines come in the order requests were sent, and one pending event (the head's
+    deadline) replaces one heap entry per request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.queue: collections.deque[tuple[float, Any, Callable[[Any], None]]] = \
+            collections.deque()
+        self.armed = False
+
+    def add(self, pending: Any, on_timeout: Callable[[Any], None]) -> None:
+        self.queue.append((pending.deadline - self.engine.epoch, pending, on_timeout))
+        if not self.armed:
+            self._arm()
+
+    def _arm(self) -> None:
+        env = self.engine.env
+        while self.queue and self.queue[0][1].done:
+            self.queue.popleft()
+        if not self.queue:
+            self.armed = False
+            return
+        self.armed = True
+        env.timeout(max(0.0, self.queue[0][0] - env.now)).callbacks.append(self._fire)
+
+    def _fire(self, _event: Any) -> None:
+        now = self.engine.env.now
+        queue = self.queue
+        while queue and queue[0][0] <= now + 1e-9:
+            _, pending, on_timeout = queue.popleft()
+            if not pending.done:
+                on_timeout(pending)
+        self._arm()
+
+
+class Engine:
+    """The clock, the network, the event log and the instances of one virtual run."""
+
+    def __init__(self, model: Model, *, epoch: float, origin: float, seed: int,
+                 log: EventLog, timeout_s: float, log_deliveries: bool = True) -> None:
+        self.env = simpy.Environment()
+        self.model = model
+        self.epoch = epoch
+        self.origin = origin
+        self.log = log
+        self.timeout_s = timeout_s
+        self.log_deliveries = log_deliveries
+        self.rng = random.Random(f"network:{seed}")
+        self.np_rng = np.random.default_rng(seed)
+        net = model.network
+        self._mu = math.log(net.median_ms / 1000.0)
+        self._sigma = net.sigma
+        self._cap = net.cap_ms / 1000.0
+        self.timeouts = Timeouts(self)
+        self.instances: list[Instance] = []
+        self.deliveries = 0  # delivered frames (message and direct)
+        self.scheduled = 0  # events put on SimPy's queue (progress: events/s)
+        self.latency_hist = np.zeros(len(LATENCY_BOUNDS_MS) + 1, dtype=np.int64)
+
+    # -- time -------------------------------------------------------------------------------
+
+    def clock(self) -> float:
+        """Virtual unix seconds (the core's clock)."""
+        return self.epoch + self.env.now
+
+    now = clock
+
+    def at(self, t: float, fn: Callable[[], None]) -> Timer:
+        """Call `fn` at virtual time `t` (seconds since the epoch, not unix)."""
+        timer = Timer(fn)
+        self.scheduled += 1
+        self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(timer)
+        return timer
+
+    def at_unix(self, t: float, fn: Callable[[], None]) -> Timer:
+        return self.at(t - self.epoch, fn)
+
+    def after(self, seconds: float, fn: Callable[[], None]) -> Timer:
+        return self.at(self.env.now + seconds, fn)
+
+    def soon(self, fn: Callable[[], None]) -> Timer:
+        return self.at(self.env.now, fn)
+
+    # -- the network --------------------------------------------------------------------------
+
+    def one_way(self) -> float:
+        """One network draw, seconds."""
+        if self._sigma == 0:
+            return math.exp(self._mu)
+        return min(math.exp(self.rng.gauss(self._mu, self._sigma)), self._cap)
+
+    def to_server(self, fn: Callable[[], None]) -> None:
+        """A client frame leaves now and reaches its instance a draw later."""
+        self.at(self.env.now + self.one_way(), fn)
+
+    def to_client(self, t: float, fn: Callable[[], None]) -> None:
+        """A server frame written at virtual time `t` reaches its client a draw later."""
+        self.at(t + self.one_way(), fn)
+
+    # -- bulk deliveries ----------------------------------------------------------------------
+
+    def delivered(self, d: Deliver, targets: tuple[Any, ...], copies: list[int] | None,
+                  start: float, per: float) -> None:
+        """One fan-out: counted, and its frames' arrival times drawn in one vector."""
+        if d.kind not in COUNTED:
+            frame = loads(d.payload)
+            end = start + per * len(targets)
+            self.to_client(end, lambda: [c.transport.presence(frame) for c in targets
+                                         if c.close_code is None])
+            return
+        if copies is not None:
+            targets = tuple(t for t, k in zip(targets, copies, strict=True) for _ in range(k))
+        n = len(targets)
+        self.deliveries += n
+        written = start + per * np.arange(1, n + 1)
+        if self._sigma == 0:
+            arrive = written + math.exp(self._mu)
+        else:
+            draws = np.exp(self.np_rng.normal(self._mu, self._sigma, n))
+            arrive = written + np.minimum(draws, self._cap)
+        t_unix = arrive + self.epoch
+        frame = loads(d.payload)
+        data = frame.get("data")
+        env_ok = isinstance(data, dict) and "id" in data
+        msg_id = data["id"] if env_ok else ""
+        sender = data.get("pub", "") if env_ok else frame.get("from", "")
+        ts = data.get("ts") if env_ok else None
+        latency = (t_unix - ts) * 1000.0 if isinstance(ts, int | float) else None
+        if latency is not None:
+            self.latency_hist += np.bincount(np.searchsorted(LATENCY_BOUNDS_MS, latency),
+                                             minlength=len(self.latency_hist))
+        if not self.log_deliveries:
+            return
+        channel = frame.get("channel", "")
+        nbytes = len(d.payload)
+        kind = d.kind
+        row = self.log.row
+        times = t_unix.tolist()
+        lats = latency.tolist() if latency is not None else [None] * n
+        for conn, t, lat in zip(targets, times, lats, strict=True):
+            c = conn.transport
+            row(t, c.user, c.user_class, "deliver", kind, lat, 1, nbytes, channel, msg_id,
+                sender, None, c.policy)
+
+
+# Delivery latency histogram bounds (ms), log-spaced: what a run too big for rows keeps.
+LATENCY_BOUNDS_MS = np.round(np.logspace(-2, 5, 141), 6)
+

@@ -1,0 +1,243 @@
+"""`rtmsim simulate`: a scenario in virtual time, written as a run directory.
+
+The same scenario file as `rtmsim run`, the same server configuration, fault
+schedule and seed, the same user classes and parameters; the run directory has the
+same files (`sim.rundir`), with `run.json` marked `"virtual": true` and the model
+named, so `rtmsim analyze`, `report`, `compare` and the notebooks read it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from loadtests.catalog import parse_params
+from loadtests.client import DEFAULT_TIMEOUT_S
+from loadtests.eventlog import EventLog, log_dir
+from loadtests.schedules import target
+from loadtests.swarmconfig import DEFAULT_KEY
+from server.events import JsonlEventLog
+from server.ledgers import MemoryLedgers
+
+from .. import rundir
+from ..scenario import Scenario, run_meta
+from .clients import VirtualClient
+from .engine import Engine
+from .instance import Instance
+from .model import Model
+from .spawn import class_order
+
+LOG_TAG = "virtual"  # client-events-virtual/
+SAMPLE_S = 1.0  # the server timeline's period, as `rtmsim run` samples it
+LOAD_DELAY_S = 1.0  # server start (scenario time 0) to the first user, as in a real run
+DRAIN_S = 2.0  # after the users stop: closes and in-flight replies land
+
+
+class VirtualRun:
+    """One scenario in virtual time; `run()` returns "complete" or "interrupted"."""
+
+    def __init__(self, scenario: Scenario, run_dir: Path, model: Model, *,
+                 out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
+                 log_deliveries: bool = True,
+                 behaviours: dict[str, Any] | None = None) -> None:
+        self.scenario = scenario
+        self.dir = run_dir
+        self.model = model
+        self.out = out
+        self.progress = progress
+        self.epoch = time.time() if epoch is None else epoch
+        self.log_deliveries = log_deliveries
+        self._behaviours = behaviours
+        self.clients: list[VirtualClient] = []
+        self.meta: dict[str, Any] = {}
+        self.wall_s = 0.0
+
+    # -- building --------------------------------------------------------------------------
+
+    def _build(self) -> None:
+        sc = self.scenario
+        config = sc.config
+        self.log = EventLog(log_dir(self.dir, LOG_TAG))
+        self.engine = engine = Engine(self.model, epoch=self.epoch, origin=self.epoch,
+                                      seed=config.server.seed, log=self.log,
+                                      timeout_s=DEFAULT_TIMEOUT_S,
+                                      log_deliveries=self.log_deliveries)
+        self.events = JsonlEventLog(self.dir / rundir.SERVER_EVENTS)
+        ledgers = MemoryLedgers(config, self.epoch)  # shared by instances, as Redis's are
+        n = config.server.instances
+        engine.instances = [Instance(engine, config, self.model, i, ledgers, self.events,
+                                     instance_id=f"i{i}" if n > 1 else None)
+                            for i in range(n)]
+        if self._behaviours is None:
+            from loadtests.behaviours import BEHAVIOURS  # noqa: PLC0415  (not built yet)
+            self._behaviours = BEHAVIOURS
+        self.params = {}
+        self.bases = {}
+        for name, table in sc.swarm.classes.items():
+            self.params[name] = parse_params(name, table)
+            self.bases[name] = table.get("class", name)
+        self.order = class_order({n: (p.weight, p.fixed_count)
+                                  for n, p in self.params.items()})
+
+    def _spawn(self) -> None:
+        engine = self.engine
+        index = len(self.clients) + 1
+        name = next(self.order)
+        params = self.params[name]
+        user = f"{name}-virtual-{index}"
+        instances = engine.instances
+        instance = instances[index % len(instances)]
+        holder: list[VirtualClient] = []
+        behaviour = self._behaviours[self.bases[name]](
+            params, user_id=user, seed=self.scenario.config.server.seed,
+            model=self.scenario.swarm.model, clock=engine.clock,
+            client=lambda: holder[0].view)
+        client = VirtualClient(engine, user, name, behaviour, instance,
+                               ("key", params.key or DEFAULT_KEY))
+        holder.append(client)
+        self.clients.append(client)
+        client.start()
+
+    # -- the schedule ---------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        sc = self.scenario
+        swarm = sc.swarm
+        engine = self.engine
+        self.load_start = LOAD_DELAY_S
+        self.load_end = self.load_start + swarm.duration_s
+        if swarm.shape:
+            engine.at(self.load_start, self._shape_tick)
+        else:
+            rate = swarm.spawn_rate
+            for i in range(swarm.users):
+                engine.at(self.load_start + i / rate, self._spawn)
+        for instance in engine.instances:
+            self._plan_strikes(instance)
+        engine.at(self.load_end, self._stop_users)
+        self._sample_at(0.0)
+
+    def _shape_tick(self) -> None:
+        """Follow the shape as Locust's runner does, once a second."""
+        swarm = self.scenario.swarm
+        t = self.engine.env.now - self.load_start
+        want = target(swarm.shape, t, {"duration_s": swarm.duration_s, **swarm.shape_params})
+        if want is None:
+            return
+        users, rate = want
+        live = [c for c in self.clients if not c.stopped]
+        if users > len(live):
+            for i in range(users - len(live)):
+                self.engine.after(i / rate, self._spawn)
+        elif users < len(live):
+            for client in live[users:]:
+                self._stop_one(client)
+        self.engine.after(1.0, self._shape_tick)
+
+    def _plan_strikes(self, instance: Instance) -> None:
+        at = instance.next_strike_at()
+        if at is None:
+            return
+
+        def strike() -> None:
+            instance.submit(instance.strike_due)
+            self.engine.soon(lambda: self._plan_strikes(instance))
+        self.engine.at(at, strike)
+
+    def _sample_at(self, t: float) -> None:
+        def sample() -> None:
+            now = self.engine.clock()
+            lines = [json.dumps({"t": now, "instance": name, "stats": inst.stats()})
+                     for name, inst in self._named()]
+            self.timeline.write("\n".join(lines) + "\n")
+            if self.engine.env.now + SAMPLE_S <= self.load_end + DRAIN_S:
+                self._sample_at(self.engine.env.now + SAMPLE_S)
+        self.engine.at(t, sample)
+
+    def _named(self) -> list[tuple[str, Instance]]:
+        return [(inst.service.instance_id or f"i{k}", inst)
+                for k, inst in enumerate(self.engine.instances)]
+
+    def _stop_users(self) -> None:
+        for client in self.clients:
+            self._stop_one(client)
+
+    def _stop_one(self, client: VirtualClient) -> None:
+        """Locust's stop: the user's greenlet is killed and `on_stop` closes it."""
+        client.stop()
+        conn = client.conn
+        if conn is None or client.view.close_code is not None:
+            return
+        client.view.close_code = 1000
+        instance = client.instance
+
+        def server_side() -> None:
+            instance.disconnected(conn, 1000)
+        self.engine.to_server(lambda: instance.submit(server_side))
+        client.note("disconnect", "client")
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
+        self.meta.update(started=self.epoch, origin=self.epoch, virtual=True)
+        self._write_meta("running")
+        self._build()
+        status = "complete"
+        self.timeline = open(self.dir / rundir.SERVER_TIMELINE, "w", encoding="utf-8")  # noqa: SIM115
+        wall = time.monotonic()
+        try:
+            self._schedule()
+            self._drive(self.load_end + DRAIN_S)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            print("\nrtmsim: interrupted: keeping the partial virtual run", file=self.out,
+                  flush=True)
+        finally:
+            self.wall_s = time.monotonic() - wall
+            self.timeline.close()
+            self.log.close()
+            self.events.close()
+            stats = {name: inst.stats() for name, inst in self._named()}
+            (self.dir / rundir.SERVER_STATS).write_text(json.dumps(stats, indent=2,
+                                                                   sort_keys=True))
+            self.meta["ended"] = self.engine.clock()
+            self._write_meta(status)
+        return status
+
+    def _drive(self, until: float, step: Callable[[], None] | None = None) -> None:
+        env = self.engine.env
+        shown = time.monotonic()
+        events = 0
+        started = time.monotonic()
+        t = 0.0
+        while t < until:
+            t = min(until, t + 1.0)
+            env.run(until=t)
+            events = self.engine.scheduled
+            mono = time.monotonic()
+            if self.progress and (mono - shown >= 2 or t >= until):
+                shown = mono
+                wall = mono - started
+                conns = sum(len(i.service.connections) for i in self.engine.instances)
+                self.out.write(f"  virtual {t - LOAD_DELAY_S:7.1f}/"
+                               f"{self.scenario.swarm.duration_s:g} s  wall {wall:6.1f} s  "
+                               f"events/s {events / max(wall, 1e-9):9.0f}  "
+                               f"connections {conns:7d}\n")
+                self.out.flush()
+        self.events_run = events
+
+    def _write_meta(self, status: str) -> None:
+        self.meta.update(run_meta(self.scenario), status=status)
+        self.meta["engine"] = {
+            "kind": "virtual", "model": self.model.name, "wall_s": round(self.wall_s, 3),
+            "events": getattr(self, "events_run", 0), "load_delay_s": LOAD_DELAY_S,
+            "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
+            "deliveries_logged": self.log_deliveries}
+        (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,
+                                                      default=str))
