@@ -21,7 +21,8 @@ MONTH_SECONDS = 30 * 24 * 3600
 
 # Top-level sections owned by other parts of the harness (faults, swarm, scenario).
 # The server accepts and ignores them so one file can describe a whole run.
-EXTENSION_SECTIONS = frozenset({"swarm", "scenario", "analysis", "clients", "thresholds"})
+EXTENSION_SECTIONS = frozenset({"swarm", "scenario", "analysis", "clients", "thresholds",
+                                "model"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default RUN_DIR/junit.xml)")
     run.add_argument("--metrics-port", type=_port, default=0, help="the swarm's Prometheus "
                      "/metrics port on 127.0.0.1 (default: a free one, printed)")
+    simulate = sub.add_parser("simulate", help="run a scenario in virtual time (the server "
+                              "core in a performance model; any number of users)")
+    simulate.add_argument("scenario", help="scenario TOML file (see scenarios/)")
+    simulate.add_argument("--out", help="run directory "
+                          "(default results/<name>-virtual-<timestamp>)")
+    simulate.add_argument("--users", type=_int, help="override swarm.users")
+    simulate.add_argument("--duration", type=_float, help="override swarm.duration_s (seconds)")
+    simulate.add_argument("--instances", type=_int, help="override server.instances")
+    simulate.add_argument("--model", metavar="FILE", help="performance model (default: the "
+                          "scenario's [model], else the shipped calibration)")
+    simulate.add_argument("--seed", type=_int, help="override server.seed")
+    simulate.add_argument("--no-deliveries", action="store_true", help="count deliveries and "
+                          "keep their latency histogram, without a log row each")
+    simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
+    simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")
     analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
                              "charts and report.html")
     analyze.add_argument("run_dir", metavar="RUN_DIR",
@@ -166,6 +181,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
     status = Runner(scenario, run_dir, progress=not args.no_progress,
                     abort_on_fail=args.abort_on_fail, metrics_port=args.metrics_port).run()
+    return finish_run(run_dir, status, args.junit)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """`rtmsim simulate`: the scenario in virtual time, then the same analysis."""
+    from .virtual.model import scenario_model  # noqa: PLC0415 (start-up time)
+    from .virtual.run import VirtualRun  # noqa: PLC0415
+
+    for name in ("users", "instances"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CliError(f"--{name} must be >= 1, got {value}")
+    if args.duration is not None and args.duration <= 0:
+        raise CliError(f"--duration must be > 0, got {args.duration:g}")
+    scenario = load_scenario(args.scenario).with_overrides(
+        users=args.users, duration_s=args.duration, seed=args.seed,
+        instances=args.instances)
+    model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
+    run_dir = Path(args.out) if args.out else default_run_dir(scenario, virtual=True)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
+    status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
+                        log_deliveries=not args.no_deliveries).run()
     return finish_run(run_dir, status, args.junit)
 
 
@@ -261,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_serve(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "simulate":
+            return cmd_simulate(args)
         if args.command == "analyze":
             from .report.compare import cmd_analyze  # noqa: PLC0415 (start-up time)
 

@@ -54,8 +54,9 @@ class Instances:
     admin_urls: list[str]
 
 
-def default_run_dir(scenario: Scenario, results: Path = ROOT / "results") -> Path:
-    return timestamped_dir(results, scenario.name)
+def default_run_dir(scenario: Scenario, results: Path = ROOT / "results", *,
+                    virtual: bool = False) -> Path:
+    return timestamped_dir(results, f"{scenario.name}-virtual" if virtual else scenario.name)
 
 
 def timestamped_dir(parent: Path, name: str) -> Path:

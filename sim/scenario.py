@@ -50,14 +50,16 @@ class Scenario:
     thresholds: tuple[Threshold, ...] = ()
 
     def with_overrides(self, *, users: int | None = None, duration_s: float | None = None,
-                       workers: int | None = None, seed: int | None = None) -> Scenario:
+                       workers: int | None = None, seed: int | None = None,
+                       instances: int | None = None) -> Scenario:
         swarm = dataclasses.replace(self.swarm, **{k: v for k, v in (
             ("users", users), ("duration_s", duration_s), ("workers", workers))
             if v is not None})
         config = self.config
-        if seed is not None:
+        server = {k: v for k, v in (("seed", seed), ("instances", instances)) if v is not None}
+        if server:
             config = dataclasses.replace(config, server=dataclasses.replace(config.server,
-                                                                            seed=seed))
+                                                                            **server))
         return dataclasses.replace(self, swarm=swarm, config=config)
 
 

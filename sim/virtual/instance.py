@@ -60,7 +60,8 @@ class Instance:
 
     def __init__(self, engine: Engine, config: Config, model: Model, index: int,
                  ledgers: MemoryLedgers, events: EventSink | None, *,
-                 instance_id: str | None) -> None:
+                 instance_id: str | None,
+                 backend: Callable[[Any, Instance], Any] = MemoryBackend) -> None:
         self.engine = engine
         self.env = engine.env
         self.model = model
@@ -70,7 +71,7 @@ class Instance:
         self.service = Service(config, now, events=events, instance_id=instance_id,
                                cross_instance_send=config.server.cross_instance_send)
         self.ledgers = ledgers
-        self.backend = MemoryBackend(self.service.hub, self)
+        self.backend = backend(self.service.hub, self)
         self.faults = FaultEngine(config.server.seed, now)
         self.faults.load(config.faults)
         self.faults.set_origin(engine.origin)
@@ -109,6 +110,10 @@ class Instance:
         """Charge `op`'s cost to the running job; the virtual time after it."""
         self.cursor += self.costs[op]
         return self.cursor
+
+    def spend_s(self, seconds: float) -> None:
+        """Charge CPU not named by an operation (a Redis hop)."""
+        self.cursor += seconds
 
     # -- jobs ----------------------------------------------------------------------------
 

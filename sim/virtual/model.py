@@ -95,6 +95,25 @@ class Model:
         return _read(table, where, self)
 
 
+def scenario_model(table: dict[str, Any] | None, scenario_path: Path | None,
+                   override: str | Path | None = None) -> Model:
+    """A scenario's model: `override` (the command line's --model), else the file its
+    `[model] file` names (relative to the scenario), else the shipped one; the
+    table's other keys laid over it."""
+    table = dict(table or {})
+    named = table.pop("file", None)
+    if named is not None and not isinstance(named, str):
+        raise ConfigError("model.file: must be a path (a string)")
+    path: Path | None = None
+    if override is not None:
+        path = Path(override)
+    elif named is not None:
+        path = Path(named)
+        if not path.is_absolute() and scenario_path is not None:
+            path = scenario_path.parent / path
+    return load_model(path, overrides=table or None)
+
+
 def load_model(path: str | Path | None = None, *, overrides: dict[str, Any] | None = None,
                where: str = "model") -> Model:
     """The model at `path` (default: the shipped calibration), with `overrides`.

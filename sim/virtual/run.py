@@ -8,6 +8,7 @@ named, so `rtmsim analyze`, `report`, `compare` and the notebooks read it unchan
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -22,10 +23,12 @@ from loadtests.schedules import target
 from loadtests.swarmconfig import DEFAULT_KEY
 from server.events import JsonlEventLog
 from server.ledgers import MemoryLedgers
+from server.memory import MemoryBackend
 
 from .. import rundir
 from ..scenario import Scenario, run_meta
 from .clients import VirtualClient
+from .cluster import ClusterBackend, SharedLedgers, VirtualRedis
 from .engine import Engine
 from .instance import Instance
 from .model import Model
@@ -67,11 +70,20 @@ class VirtualRun:
                                       timeout_s=DEFAULT_TIMEOUT_S,
                                       log_deliveries=self.log_deliveries)
         self.events = JsonlEventLog(self.dir / rundir.SERVER_EVENTS)
-        ledgers = MemoryLedgers(config, self.epoch)  # shared by instances, as Redis's are
         n = config.server.instances
+        if config.server.backend == "redis" or n > 1:
+            redis = VirtualRedis(engine)
+            ledgers: MemoryLedgers = SharedLedgers(config, self.epoch, redis)
+            backend = functools.partial(ClusterBackend, redis=redis)
+            for at_s, down_s in sc.redis_blips:
+                redis.blip(at_s, down_s)
+        else:
+            ledgers, backend = MemoryLedgers(config, self.epoch), MemoryBackend
         engine.instances = [Instance(engine, config, self.model, i, ledgers, self.events,
-                                     instance_id=f"i{i}" if n > 1 else None)
+                                     instance_id=f"i{i}" if n > 1 else None, backend=backend)
                             for i in range(n)]
+        if config.server.backend == "redis" or n > 1:
+            redis.instances = engine.instances
         if self._behaviours is None:
             from loadtests.behaviours import BEHAVIOURS  # noqa: PLC0415  (not built yet)
             self._behaviours = BEHAVIOURS

@@ -1,0 +1,202 @@
+"""Several instances behind one Redis, in virtual time.
+
+`ClusterBackend` does what `server.redis_backend.RedisBackend` does, with the same
+visible rules, on a `VirtualRedis` that is a dict and a clock instead of a server:
+
+- a publish is delivered through the local hub at once and, a Redis hop later, by
+  every other instance through its own hub (each costs `redis.hop_us` of its core);
+- `send` reaches the peer's connections on every instance, and counts them;
+- presence is global: `joined`/`left` go out once per peer across instances, and a
+  subscribe's snapshot lists peers on every instance;
+- while Redis is down (a scenario's `redis_blips`), subscribe, unsubscribe, publish
+  and send fail with `backend_error`, as do quota charges; connection admission fails
+  open, as `RedisLedgers.admit_connection` does. The link is back a reconnect after
+  Redis is (RedisLink retries every 50-400 ms).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from server.actions import Direct, Message
+from server.backend import BackendError
+from server.hub import Hub, PresenceChange, presence_entry
+from server.ledgers import MemoryLedgers
+from server.patterns import subscription_key
+
+if TYPE_CHECKING:
+    from server.connection import Connection
+
+    from .engine import Engine
+    from .instance import Instance
+
+DOWN = "backend unavailable (redis down)"
+RECONNECT_S = 0.25  # RedisLink's backoff (0.05 s doubling to 0.4 s), on average
+
+
+class VirtualRedis:
+    """The shared state: which instance holds which peer, global presence, up or down."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.up = True
+        self.instances: list[Instance] = []
+        self.peers: dict[tuple[str, str], dict[int, int]] = {}  # (app, peer) -> inst -> n
+        # (app, wildcard, key) -> peer -> {instance: metadata}
+        self.presence: dict[tuple[str, bool, str], dict[str, dict[int, Any]]] = {}
+
+    def blip(self, at: float, down_s: float) -> None:
+        """Redis is down from `at` (virtual s) for `down_s`."""
+        self.engine.at(at, lambda: setattr(self, "up", False))
+        self.engine.at(at + down_s + RECONNECT_S, lambda: setattr(self, "up", True))
+
+    def hop(self, source: Instance, job: Any) -> None:
+        """`job(instance)` on every other instance, a Redis round later, after its hop."""
+        engine = self.engine
+        delay = 2 * engine.model.redis.latency_ms / 1000.0
+        for other in self.instances:
+            if other is not source:
+                engine.at(source.cursor + delay,
+                          lambda other=other: other.submit(lambda: _hopped(other, job)))
+
+
+def _hopped(instance: Instance, job: Any) -> None:
+    instance.spend_s(instance.model.redis.hop_us / 1e6)
+    job(instance)
+
+
+class SharedLedgers(MemoryLedgers):
+    """The apps' ledgers as Redis holds them: shared, and unreachable while it is down."""
+
+    def __init__(self, config: Any, now: float, redis: VirtualRedis) -> None:
+        super().__init__(config, now)
+        self.redis = redis
+
+    async def admit_connection(self, app_id: str, now: float) -> bool:
+        return self.ledgers[app_id].admit_connection(now)  # fails open while down
+
+    async def charge_message(self, app_id: str, now: float) -> bool:
+        if not self.redis.up:
+            raise BackendError(DOWN)
+        return self.ledgers[app_id].charge_message(now)
+
+
+class ClusterBackend:
+    """One instance's backend in a `VirtualRedis` cluster."""
+
+    def __init__(self, hub: Hub, node: Instance, redis: VirtualRedis) -> None:
+        self.hub = hub
+        self.node = node
+        self.redis = redis
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    def _check(self) -> None:
+        if not self.redis.up:
+            raise BackendError(DOWN)
+
+    async def connect(self, conn: Connection) -> None:
+        self.hub.add(conn)
+        counts = self.redis.peers.setdefault((conn.app_id, conn.peer_id), {})
+        counts[self.node.index] = counts.get(self.node.index, 0) + 1
+
+    async def disconnect(self, conn: Connection) -> None:
+        for change in self.hub.remove(conn):
+            self._presence(change)
+        key = (conn.app_id, conn.peer_id)
+        counts = self.redis.peers.get(key)
+        if counts is not None:
+            n = counts.get(self.node.index, 0) - 1
+            if n > 0:
+                counts[self.node.index] = n
+            else:
+                counts.pop(self.node.index, None)
+                if not counts:
+                    del self.redis.peers[key]
+
+    async def subscribe(self, conn: Connection, name: str, with_meta: bool
+                        ) -> list[dict[str, Any]]:
+        self._check()
+        change = self.hub.subscribe(conn, name, with_meta, is_new=name not in conn.subscriptions)
+        if change is not None:
+            self._presence(change)
+        if not conn.has_presence:
+            return []
+        key, wild = subscription_key(name)
+        return self._snapshot(conn.app_id, key, wild, conn.peer_id)
+
+    async def unsubscribe(self, conn: Connection, name: str) -> None:
+        self._check()
+        change = self.hub.unsubscribe(conn, name)
+        if change is not None:
+            self._presence(change)
+
+    def _presence(self, change: PresenceChange) -> None:
+        table = self.redis.presence.setdefault((change.app_id, change.wildcard, change.key), {})
+        held = table.setdefault(change.peer_id, {})
+        me = self.node.index
+        if change.joined:
+            first = not held
+            held[me] = change.metadata
+        else:
+            held.pop(me, None)
+            first = not held
+            if not held:
+                del table[change.peer_id]
+        if not first:
+            return
+        self.node.deliver(self.hub.presence_deliveries(change))
+        self.redis.hop(self.node, lambda other: other.deliver(
+            other.backend.hub.presence_deliveries(change)))
+
+    def _snapshot(self, app_id: str, key: str, wildcard: bool, exclude: str | None
+                  ) -> list[dict[str, Any]]:
+        table = self.redis.presence.get((app_id, wildcard, key), {})
+        return [presence_entry(peer, next(iter(held.values())))
+                for peer, held in table.items() if peer != exclude]
+
+    async def publish(self, msg: Message) -> int:
+        self._check()
+        node = self.node
+        node.spend_s(node.model.redis.hop_us / 1e6)
+        remote = Message(msg.app_id, msg.channel, msg.sender, msg.data, msg.sender_metadata,
+                         None)
+        self.redis.hop(node, lambda other: other.deliver(
+            other.backend.hub.deliver_message(remote)))
+        deliveries = self.hub.deliver_message(msg)
+        node.deliver(deliveries)
+        return sum(len(d.targets) for d in deliveries)
+
+    async def send(self, msg: Direct) -> int:
+        self._check()
+        local = self.hub.deliver_direct(msg)
+        n_local = len(local[0].targets) if local else 0
+        remote = 0
+        if self.node.service.cross_instance_send:
+            counts = self.redis.peers.get((msg.app_id, msg.to), {})
+            remote = sum(n for i, n in counts.items() if i != self.node.index)
+            if remote:
+                self.node.spend_s(self.node.model.redis.hop_us / 1e6)
+                self.redis.hop(self.node, lambda other: other.deliver(
+                    other.backend.hub.deliver_direct(msg)))
+        self.node.deliver(local)
+        return n_local + remote
+
+    async def channel_peers(self, app_id: str, channel: str) -> list[dict[str, Any]]:
+        return self._snapshot(app_id, channel, False, None)
+
+    async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
+        remote = sum(n for i, n in self.redis.peers.get((app_id, peer_id), {}).items()
+                     if i != self.node.index)
+        self.redis.hop(self.node, lambda other: other.close_peer(app_id, peer_id, code, reason))
+        return self.node.close_peer(app_id, peer_id, code, reason) + remote
+
+    def state(self) -> dict[str, Any]:
+        return {"kind": "redis", "instance": self.node.service.instance_id,
+                "liveInstances": sorted(i.service.instance_id or "" for i in
+                                        self.redis.instances), "up": self.redis.up,
+                "virtual": True}
