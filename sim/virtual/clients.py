@@ -73,6 +73,9 @@ class View:
 
 
 class _Pending:
+    """A request in flight; `started` and `deadline` in virtual seconds (exact: unix
+    seconds near 2e9 carry only a quarter of a microsecond)."""
+
     __slots__ = ("deadline", "done", "fired", "nbytes", "request", "rid", "started")
 
     def __init__(self, request: Any, started: float, deadline: float, nbytes: int,
@@ -178,22 +181,24 @@ class VirtualClient:
                             self.user_class, op, outcome, channel=fields.get("channel", ""),
                             peer=fields.get("peer", ""), policy=self.policy)
 
-    def _report(self, p: _Pending, outcome: str, t: float, peer: str = "") -> Result:
-        """Log how a request ended, as `RealtimeClient._finish` does; its Result."""
+    def _report(self, p: _Pending, outcome: str, peer: str = "") -> Result:
+        """Log how a request ended (now), as `RealtimeClient._finish` does; its Result."""
         r = p.request
         op = "connect" if r.__class__ is Connect else r.op
-        latency = (t - p.started) * 1000.0
-        self.engine.log.row(t, self.user, self.user_class, op, outcome, latency,
+        engine = self.engine
+        now = engine.env.now
+        latency = (now - p.started) * 1000.0
+        engine.log.row(engine.epoch + now, self.user, self.user_class, op, outcome, latency,
                             getattr(r, "attempt", 1), p.nbytes, getattr(r, "channel", ""),
                             getattr(r, "msg_id", ""), getattr(r, "peer", "") or peer,
                             getattr(r, "intended_t", None), self.policy)
-        return Result(op, outcome, latency, p.started)
+        return Result(op, outcome, latency, engine.epoch + p.started)
 
     # -- connecting ------------------------------------------------------------------------
 
     def _connect(self, attempt: int) -> None:
         engine = self.engine
-        now = engine.now()
+        now = engine.env.now
         self.view.close_code = None
         self.view.going_away_ms = None
         self.view.open = False
@@ -244,14 +249,13 @@ class VirtualClient:
             return
         p.done = True
         self.connecting = None
-        now = self.engine.now()
         peer = ""
         if code is not None:
             self.view.close_code = code
         elif outcome == "ok":
             self.view.open = True
             peer = self.conn.peer_id if self.conn is not None else ""
-        result = self._report(p, outcome, now, peer)
+        result = self._report(p, outcome, peer)
         self.resume(result)
 
     def _connect_timed_out(self, p: _Pending) -> None:
@@ -263,16 +267,16 @@ class VirtualClient:
 
     def _request(self, r: Request | Fire, *, fired: bool) -> bool:
         engine = self.engine
-        now = engine.now()
+        now = engine.env.now
         intended = getattr(r, "intended_t", None)
-        started = intended if intended is not None else now
+        started = intended - engine.epoch if intended is not None else now
         conn = self.conn
         if conn is None or not self.view.is_open:
             if fired:
                 return False
             code = self.view.close_code or ABNORMAL
             p = _Pending(r, started, now, 0, False)
-            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}")))
             return False
         self.rids += 1
         rid = f"{self.user}-{self.rids}"
@@ -290,12 +294,12 @@ class VirtualClient:
 
     def _send_raw(self, r: SendRaw) -> None:
         engine = self.engine
-        now = engine.now()
+        now = engine.env.now
         conn = self.conn
         if conn is None or not self.view.is_open:
             code = self.view.close_code or ABNORMAL
             p = _Pending(r, now, now, 0, False)
-            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}")))
             return
         data = r.data
         p = _Pending(r, now, now + engine.timeout_s, len(data), False)
@@ -322,17 +326,18 @@ class VirtualClient:
                 self.uncorrelated.remove(p)
         else:
             self.pending.pop(p.rid, None)
-        self.resume(self._report(p, "timeout", self.engine.now()))
+        self.resume(self._report(p, "timeout"))
 
     def _reply(self, p: _Pending, outcome: str) -> None:
         p.done = True
-        now = self.engine.now()
-        result = self._report(p, outcome, now)
+        now = self.engine.env.now
+        result = self._report(p, outcome)
         if p.fired:
             return
         r = p.request
         if outcome == "ok" and r.op == "subscribe":
-            self.view.subscriptions[r.channel or r.frame.get("channel", "")] = now
+            self.view.subscriptions[r.channel or r.frame.get("channel", "")] = \
+                self.engine.epoch + now
         elif outcome == "ok" and r.op == "unsubscribe":
             self.view.subscriptions.pop(r.frame.get("channel", ""), None)
         self.resume(result)
@@ -395,14 +400,14 @@ class VirtualClient:
             if p.done:
                 continue
             p.done = True
-            self._report(p, outcome, self.engine.now())
+            self._report(p, outcome)
             if not p.fired:
                 resume = p
         self.conn = None
         if resume is not None:
             r = resume.request
-            self.resume(Result(r.op, outcome, (self.engine.now() - resume.started) * 1e3,
-                               resume.started))
+            self.resume(Result(r.op, outcome, (self.engine.env.now - resume.started) * 1e3,
+                               self.engine.epoch + resume.started))
             return
         if self.idle is not None:
             first_at, tick = self.idle
@@ -438,7 +443,7 @@ class VirtualClient:
         for p in waiting:
             if not p.done:
                 p.done = True
-                self._report(p, "close 1000", self.engine.now())
+                self._report(p, "close 1000")
         self.conn = None
         self.resume(None)
 

@@ -12,6 +12,8 @@ Virtual unix time is `epoch + env.now`: the run directory reads like a real run'
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -37,9 +39,52 @@ class Timer:
         self.fn = fn
         self.cancelled = False
 
-    def __call__(self, _event: Any) -> None:
+    def __call__(self, _event: Any = None) -> None:
         if not self.cancelled:
             self.fn()
+
+
+class HeapQueue:
+    """A plain event heap with SimPy's `Environment` surface that the engine uses
+    (`now`, `run(until)`): (time, sequence, callback) tuples, nothing per event but the
+    tuple. `Engine(queue="simpy")` runs the same engine on SimPy's queue instead."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def call_at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn))
+
+    def run(self, until: float) -> None:
+        heap = self._heap
+        pop = heapq.heappop
+        while heap and heap[0][0] <= until:
+            t, _, fn = pop(heap)
+            self.now = t
+            fn()
+        self.now = until
+
+
+class SimPyQueue:
+    """SimPy's `Environment` as the event queue: a `Timeout` with a callback per event."""
+
+    def __init__(self) -> None:
+        self.env = simpy.Environment()
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def call_at(self, t: float, fn: Callable[[], None]) -> None:
+        self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(lambda _e: fn())
+
+    def run(self, until: float) -> None:
+        self.env.run(until=until)
+
+
+QUEUES = {"heap": HeapQueue, "simpy": SimPyQueue}
 
 
 class Timeouts:
@@ -54,21 +99,20 @@ class Timeouts:
         self.armed = False
 
     def add(self, pending: Any, on_timeout: Callable[[Any], None]) -> None:
-        self.queue.append((pending.deadline - self.engine.epoch, pending, on_timeout))
+        self.queue.append((pending.deadline, pending, on_timeout))
         if not self.armed:
             self._arm()
 
     def _arm(self) -> None:
-        env = self.engine.env
         while self.queue and self.queue[0][1].done:
             self.queue.popleft()
         if not self.queue:
             self.armed = False
             return
         self.armed = True
-        env.timeout(max(0.0, self.queue[0][0] - env.now)).callbacks.append(self._fire)
+        self.engine.env.call_at(self.queue[0][0], self._fire)
 
-    def _fire(self, _event: Any) -> None:
+    def _fire(self) -> None:
         now = self.engine.env.now
         queue = self.queue
         while queue and queue[0][0] <= now + 1e-9:
@@ -82,8 +126,9 @@ class Engine:
     """The clock, the network, the event log and the instances of one virtual run."""
 
     def __init__(self, model: Model, *, epoch: float, origin: float, seed: int,
-                 log: EventLog, timeout_s: float, log_deliveries: bool = True) -> None:
-        self.env = simpy.Environment()
+                 log: EventLog, timeout_s: float, log_deliveries: bool = True,
+                 queue: str = "heap") -> None:
+        self.env: HeapQueue | SimPyQueue = QUEUES[queue]()
         self.model = model
         self.epoch = epoch
         self.origin = origin
@@ -110,21 +155,25 @@ class Engine:
 
     now = clock
 
-    def at(self, t: float, fn: Callable[[], None]) -> Timer:
+    def at(self, t: float, fn: Callable[[], None]) -> None:
         """Call `fn` at virtual time `t` (seconds since the epoch, not unix)."""
-        timer = Timer(fn)
         self.scheduled += 1
-        self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(timer)
+        self.env.call_at(t, fn)
+
+    def timer(self, t: float, fn: Callable[[], None]) -> Timer:
+        """`at`, cancellable."""
+        timer = Timer(fn)
+        self.at(t, timer)
         return timer
 
-    def at_unix(self, t: float, fn: Callable[[], None]) -> Timer:
-        return self.at(t - self.epoch, fn)
+    def at_unix(self, t: float, fn: Callable[[], None]) -> None:
+        self.at(t - self.epoch, fn)
 
-    def after(self, seconds: float, fn: Callable[[], None]) -> Timer:
-        return self.at(self.env.now + seconds, fn)
+    def after(self, seconds: float, fn: Callable[[], None]) -> None:
+        self.at(self.env.now + seconds, fn)
 
-    def soon(self, fn: Callable[[], None]) -> Timer:
-        return self.at(self.env.now, fn)
+    def soon(self, fn: Callable[[], None]) -> None:
+        self.at(self.env.now, fn)
 
     # -- the network --------------------------------------------------------------------------
 
