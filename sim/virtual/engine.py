@@ -15,7 +15,6 @@ import collections
 import heapq
 import itertools
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -57,14 +56,18 @@ class HeapQueue:
     def call_at(self, t: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._heap, (t, next(self._seq), fn))
 
-    def run(self, until: float) -> None:
+    def run(self, until: float) -> int:
+        """Run every event up to `until`; how many ran."""
         heap = self._heap
         pop = heapq.heappop
+        n = 0
         while heap and heap[0][0] <= until:
             t, _, fn = pop(heap)
             self.now = t
             fn()
+            n += 1
         self.now = until
+        return n
 
 
 class SimPyQueue:
@@ -80,8 +83,10 @@ class SimPyQueue:
     def call_at(self, t: float, fn: Callable[[], None]) -> None:
         self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(lambda _e: fn())
 
-    def run(self, until: float) -> None:
+    def run(self, until: float) -> int:
+        before = len(self.env._queue)
         self.env.run(until=until)
+        return max(0, before - len(self.env._queue))  # an estimate: SimPy keeps no count
 
 
 QUEUES = {"heap": HeapQueue, "simpy": SimPyQueue}
@@ -135,16 +140,18 @@ class Engine:
         self.log = log
         self.timeout_s = timeout_s
         self.log_deliveries = log_deliveries
-        self.rng = random.Random(f"network:{seed}")
         self.np_rng = np.random.default_rng(seed)
         net = model.network
         self._mu = math.log(net.median_ms / 1000.0)
         self._sigma = net.sigma
         self._cap = net.cap_ms / 1000.0
         self.timeouts = Timeouts(self)
+        self._draws: list[float] = []
+        self._draw_i = 0
+        self.delivery_rng = np.random.default_rng([seed, 1])
         self.instances: list[Instance] = []
         self.deliveries = 0  # delivered frames (message and direct)
-        self.scheduled = 0  # events put on SimPy's queue (progress: events/s)
+        self.events_run = 0  # events the queue has run (progress: events/s)
         self.latency_hist = np.zeros(len(LATENCY_BOUNDS_MS) + 1, dtype=np.int64)
 
     # -- time -------------------------------------------------------------------------------
@@ -157,7 +164,6 @@ class Engine:
 
     def at(self, t: float, fn: Callable[[], None]) -> None:
         """Call `fn` at virtual time `t` (seconds since the epoch, not unix)."""
-        self.scheduled += 1
         self.env.call_at(t, fn)
 
     def timer(self, t: float, fn: Callable[[], None]) -> Timer:
@@ -178,18 +184,29 @@ class Engine:
     # -- the network --------------------------------------------------------------------------
 
     def one_way(self) -> float:
-        """One network draw, seconds."""
+        """One network draw, seconds (from a block drawn by numpy, refilled as used)."""
+        i = self._draw_i
+        if i >= len(self._draws):
+            self._refill()
+            i = 0
+        self._draw_i = i + 1
+        return self._draws[i]
+
+    def _refill(self) -> None:
         if self._sigma == 0:
-            return math.exp(self._mu)
-        return min(math.exp(self.rng.gauss(self._mu, self._sigma)), self._cap)
+            self._draws = [math.exp(self._mu)] * DRAW_BLOCK
+        else:
+            block = np.exp(self.np_rng.normal(self._mu, self._sigma, DRAW_BLOCK))
+            self._draws = np.minimum(block, self._cap).tolist()
+        self._draw_i = 0
 
     def to_server(self, fn: Callable[[], None]) -> None:
         """A client frame leaves now and reaches its instance a draw later."""
-        self.at(self.env.now + self.one_way(), fn)
+        self.env.call_at(self.env.now + self.one_way(), fn)
 
     def to_client(self, t: float, fn: Callable[[], None]) -> None:
         """A server frame written at virtual time `t` reaches its client a draw later."""
-        self.at(t + self.one_way(), fn)
+        self.env.call_at(t + self.one_way(), fn)
 
     # -- bulk deliveries ----------------------------------------------------------------------
 
@@ -210,7 +227,7 @@ class Engine:
         if self._sigma == 0:
             arrive = written + math.exp(self._mu)
         else:
-            draws = np.exp(self.np_rng.normal(self._mu, self._sigma, n))
+            draws = np.exp(self.delivery_rng.normal(self._mu, self._sigma, n))
             arrive = written + np.minimum(draws, self._cap)
         t_unix = arrive + self.epoch
         frame = loads(d.payload)
@@ -237,6 +254,7 @@ class Engine:
                 sender, None, c.policy)
 
 
+DRAW_BLOCK = 65536  # network draws made at a time
 # Delivery latency histogram bounds (ms), log-spaced: what a run too big for rows keeps.
 LATENCY_BOUNDS_MS = np.round(np.logspace(-2, 5, 141), 6)
 
