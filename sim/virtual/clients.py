@@ -92,6 +92,10 @@ class _Pending:
 class VirtualClient:
     """One user: its behaviour's generator, its current connection, its requests."""
 
+    __slots__ = ("behaviour", "conn", "connecting", "credential", "disconnecting", "engine",
+                 "gen", "idle", "instance", "pending", "policy", "rids", "stopped",
+                 "syn_tries", "uncorrelated", "user", "user_class", "view")
+
     def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
                  instance: Instance, credential: tuple[str, str]) -> None:
         self.engine = engine
@@ -106,7 +110,7 @@ class VirtualClient:
         self.gen = self._lifetime()
         self.rids = 0
         self.pending: dict[str, _Pending] = {}
-        self.uncorrelated: collections.deque[_Pending] = collections.deque()
+        self.uncorrelated: list[_Pending] = []  # bad input, answered in order
         self.connecting: _Pending | None = None
         self.syn_tries = 0
         self.idle: tuple[float, float] | None = None
@@ -357,7 +361,7 @@ class VirtualClient:
             rid = frame.get("requestId")
             p = self.pending.pop(rid, None) if rid is not None else None
             if p is None and kind == "error" and rid is None and self.uncorrelated:
-                p = self.uncorrelated.popleft()
+                p = self.uncorrelated.pop(0)
             if p is not None and not p.done:
                 self._reply(p, "ok" if kind == "ack" else str(frame.get("code")))
             return

@@ -181,6 +181,10 @@ class Engine:
     def soon(self, fn: Callable[[], None]) -> None:
         self.at(self.env.now, fn)
 
+    def fresh_token(self, user: str) -> str | None:
+        """`FreshToken`: as under `rtmsim run`, whose swarm has no token endpoint."""
+        return None
+
     # -- the network --------------------------------------------------------------------------
 
     def one_way(self) -> float:
