@@ -184,9 +184,9 @@ class VirtualRun:
         """Locust's stop: the user's greenlet is killed and `on_stop` closes it."""
         client.stop()
         conn = client.conn
-        if conn is None or client.view.close_code is not None:
+        if conn is None or not client.view.is_open:
             return
-        client.view.close_code = 1000
+        client.view.closed(1000)
         instance = client.instance
 
         def server_side() -> None:
