@@ -79,14 +79,16 @@ class Behaviour:
     params_type: ClassVar[type[UserParams]] = UserParams
 
     def __init__(self, params: UserParams, *, user_id: str, seed: object, model: str | None,
-                 clock: Callable[[], float], client: Callable[[], ClientView]) -> None:
+                 clock: Callable[[], float], client: Callable[[], ClientView],
+                 rng: random.Random | None = None) -> None:
         self.params = params
         self.user_id = user_id
         self.clock = clock  # unix seconds, real or virtual
         self.client = client  # the current connection's view (a Renew replaces it)
         # The seed of every draw this user makes, its policy's included: a run with the
-        # same scenario seed makes the same decisions.
-        self.rng = random.Random(f"{seed}:{user_id}")
+        # same scenario seed makes the same decisions. A driver may pass its own source
+        # seeded from the same string (the virtual engine's is 56 bytes, not 2.9 KB).
+        self.rng = rng if rng is not None else random.Random(f"{seed}:{user_id}")
         self.policy: RetryPolicy = make_policy(params.policy, rng=self.rng)
         self.sequence = itertools.count(1)  # message ids, unique across reconnects
         self.model = params.model or model

@@ -31,7 +31,7 @@ class Scripted:
     """A behaviour whose steps the test class defines; no retries."""
 
     def __init__(self, params: Any, *, user_id: str, seed: int, model: str, clock: Any,
-                 client: Any) -> None:
+                 client: Any, rng: Any = None) -> None:
         self.params = params
         self.user = user_id
         self.clock = clock

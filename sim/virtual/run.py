@@ -32,6 +32,7 @@ from .cluster import ClusterBackend, SharedLedgers, VirtualRedis
 from .engine import Engine
 from .instance import Instance
 from .model import Model
+from .rng import SmallRandom
 from .spawn import class_order
 
 LOG_TAG = "virtual"  # client-events-virtual/
@@ -106,10 +107,11 @@ class VirtualRun:
         instances = engine.instances
         instance = instances[index % len(instances)]
         holder: list[VirtualClient] = []
+        seed = self.scenario.config.server.seed
         behaviour = self._behaviours[self.bases[name]](
-            params, user_id=user, seed=self.scenario.config.server.seed,
-            model=self.scenario.swarm.model, clock=engine.clock,
-            client=lambda: holder[0].view)
+            params, user_id=user, seed=seed, model=self.scenario.swarm.model,
+            clock=engine.clock, client=lambda: holder[0].view,
+            rng=SmallRandom(f"{seed}:{user}"))
         client = VirtualClient(engine, user, name, behaviour, instance,
                                ("key", params.key or DEFAULT_KEY))
         holder.append(client)
