@@ -22,10 +22,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from sim.scenario import load_scenario
 
 from .model import load_model
-from .run import VirtualRun
+from .run import LOAD_DELAY_S, VirtualRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "deploy-million.toml"
@@ -50,24 +52,64 @@ def scale_run(clients: int, duration_s: float, queue: str, out_dir: Path) -> dic
         closes.update(s["totals"]["closes"])
         connects += s["totals"]["connections"]["total"]
     events = run.engine.events_run
+    storm = deploy_report(out_dir, run.epoch + LOAD_DELAY_S, clients)
     return {"clients": clients, "instances": instances, "virtual_s": duration_s,
             "queue": queue, "status": status, "wall_s": round(wall, 1),
             "events": events, "events_per_s": round(events / wall),
             "peak_rss_mb": round(peak_kb / 1024), "connects": connects,
-            "closes": dict(sorted(closes.items())), "deliveries": run.engine.deliveries}
+            "closes": dict(sorted(closes.items())), "deliveries": run.engine.deliveries,
+            **storm}
+
+
+def deploy_report(run_dir: Path, load_start: float, clients: int) -> dict[str, Any]:
+    """What a rolling deploy did: the reconnect peak per second, the 4010s, and how
+    long after the last wave every client was connected again (server timeline)."""
+    per_second: collections.Counter[int] = collections.Counter()
+    over_cap = 0
+    for path in sorted(run_dir.glob("client-events-*/*.parquet")):
+        table = pq.read_table(path, columns=["t", "op", "outcome"]).to_pydict()
+        for t, op, outcome in zip(table["t"], table["op"], table["outcome"], strict=True):
+            if op == "connect":
+                if outcome == "close 4010":
+                    over_cap += 1
+                if t - load_start > 60:  # past the initial ramp: reconnects
+                    per_second[int(t - load_start)] += 1
+    waves = [f["start_s"] for f in json.loads((run_dir / "run.json").read_text())["faults"]
+             if f.get("kind") == "deploy"]
+    recovered = None
+    connected: dict[float, int] = {}
+    if waves:
+        last = max(waves)
+        for line in (run_dir / "server-timeline.jsonl").read_text().splitlines():
+            sample = json.loads(line)
+            if sample["t"] - (load_start - LOAD_DELAY_S) <= last + 0.5:
+                continue
+            now = sample["stats"]["totals"]["connections"]["now"]
+            connected[sample["t"]] = connected.get(sample["t"], 0) + now
+        full = [t for t, n in sorted(connected.items()) if n >= clients]
+        if full:
+            recovered = round(full[0] - (load_start - LOAD_DELAY_S) - last, 1)
+    peak_s, peak = per_second.most_common(1)[0] if per_second else (None, 0)
+    return {"reconnect_peak_per_s": peak, "reconnect_peak_at_s": peak_s,
+            "connects_over_cap_4010": over_cap, "last_wave_s": max(waves, default=None),
+            "recovered_s_after_last_wave": recovered}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sim.virtual.scale")
     parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--keep", type=Path, help="keep the run directory here")
     parser.add_argument("--duration", type=float, default=600.0)
     parser.add_argument("--queue", choices=("heap", "simpy"), default="heap")
     args = parser.parse_args(argv)
     if args.clients < 1 or args.duration <= 0:
         print("--clients must be >= 1 and --duration > 0", file=sys.stderr)
         return 2
-    with tempfile.TemporaryDirectory(prefix="rtmsim-scale-") as tmp:
-        result = scale_run(args.clients, args.duration, args.queue, Path(tmp) / "run")
+    if args.keep is not None:
+        result = scale_run(args.clients, args.duration, args.queue, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="rtmsim-scale-") as tmp:
+            result = scale_run(args.clients, args.duration, args.queue, Path(tmp) / "run")
     json.dump(result, sys.stdout)
     print()
     return 0
