@@ -29,7 +29,7 @@ from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, sat
 from sim.calibrate.steps import NUISANCE
 from sim.calibrate.tomlwrite import toml_text
 from sim.cli import main
-from sim.virtual.model import OPERATIONS, load_model
+from sim.virtual.model import DEFAULT_MODEL, OPERATIONS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 UNKNOWNS = [*OPERATIONS, *NUISANCE]
@@ -168,6 +168,16 @@ def test_check_says_when_the_server_was_not_saturated() -> None:
     assert c["explanations"] == [
         "the server's core was 60% busy: the server was not saturated, the load was the "
         "limit (its client used 0.5 core; other processes 0.4 core of the machine)"]
+
+
+def test_the_shipped_model_is_a_calibration_of_this_project_machine() -> None:
+    model = load_model()
+    raw = tomllib.loads(DEFAULT_MODEL.read_text())["model"]
+    assert raw["source"].startswith("rtmsim calibrate")
+    assert raw["measured"]["steps"]
+    for op, cost in model.costs_us.items():
+        assert math.isfinite(cost) and cost > 0, op
+    assert DEFAULT_MODEL.read_text().startswith("# The model a scenario without [model]")
 
 
 # -- the command ------------------------------------------------------------------------

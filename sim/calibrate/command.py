@@ -325,12 +325,13 @@ def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[fl
 
 def header(model: dict[str, Any], scale: Scale) -> str:
     m = model["measured"]
-    return (f"Measured by `rtmsim calibrate --seconds {scale.seconds:g}` on {m['date']}: "
+    return (f"Measured by `rtmsim calibrate --seconds {scale.seconds:g}` on {m['date']}:\n"
             f"{m['host']}, {m['cpus']} vCPU {m['arch']} ({m['cpu_model']}), Python "
-            f"{m['python']}, kernel {m['kernel']}.\nThe server (rtmsim serve, memory "
-            "backend, the benchmarks' config) pinned to one CPU, the load on the "
-            "other;\nCPU per operation fitted by least squares over every step "
-            "([model.measured.steps]).")
+            f"{m['python']}, kernel {m['kernel']}.\n"
+            "The server (rtmsim serve, memory backend, the benchmarks' config) pinned to "
+            "one CPU,\nthe load on the other; CPU per operation fitted by least squares "
+            "over every step\n([model.measured.steps]); other processes took "
+            f"{m['server_core_used_by_others']:.0%} of the server's core meanwhile.")
 
 
 def table(model: dict[str, Any]) -> str:

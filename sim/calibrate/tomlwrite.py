@@ -10,6 +10,9 @@ import re
 from typing import Any
 
 BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+# Small tables are inlined from this depth: [model.network] keeps its header, as the
+# format's documentation shows it, while `ops = {publish = 3}` in a step does not.
+INLINE_FROM = 2
 
 
 def toml_text(data: dict[str, Any], comment: str = "") -> str:
@@ -22,7 +25,7 @@ def toml_text(data: dict[str, Any], comment: str = "") -> str:
 def _table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
     subtables = []
     for key, value in data.items():
-        if _is_table(value):
+        if _is_table(value, inline=len(path) >= INLINE_FROM):
             subtables.append((key, value))
         else:
             lines.append(f"{_key(key)} = {_value(value)}")
@@ -37,10 +40,11 @@ def _table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
                 _table(item, [*path, key], lines)
 
 
-def _is_table(value: Any) -> bool:
-    """Written under a [header]: a dict too big to inline, or a list of dicts."""
+def _is_table(value: Any, inline: bool) -> bool:
+    """Written under a [header]: a dict (too big to inline, or not deep enough), or a
+    list of dicts."""
     if isinstance(value, dict):
-        return not _is_small(value)
+        return not (inline and _is_small(value))
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
