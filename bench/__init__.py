@@ -10,4 +10,6 @@ Not tests: they print numbers and assert nothing (`python -m bench --help`).
   that the server, not the client, is the bottleneck on a 2-core machine (it lives in
   `loadtests` so that `rtmsim calibrate`, in `sim`, drives the server with it too).
 - `bare_server`: the baseline server (`python -m bench.bare_server`).
+- `calibratecheck`: `rtmsim calibrate`'s costs against `fanout` and `reqack` at
+  saturation (`python -m bench calibrate-check`).
 """

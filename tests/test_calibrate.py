@@ -141,10 +141,12 @@ def test_calibration_server_config_is_the_benchmarks() -> None:
 
 
 def test_without_redis_the_file_says_the_defaults_were_kept() -> None:
-    table, record, source = command._redis(None, dict(KNOWN_US), [0.001])
+    table, record, source = command._redis(None, dict(KNOWN_US), [0.001],
+                                           "no redis-server on PATH")
     assert table == {"hop_us": 25.0, "latency_ms": 0.15}
     assert record == {"measured": False}
-    assert "left at the defaults" in source
+    assert source == ("rtmsim calibrate; [model.redis] left at the defaults: no "
+                      "redis-server on PATH")
 
 
 def bench_result(busy: float, share: float, us: float) -> dict:

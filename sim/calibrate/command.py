@@ -97,9 +97,16 @@ async def measure(scale: Scale, server_cpus: set[int] | None,
         finally:
             await session.close()
         await procs.stop(server)
-        out["redis"] = None
+        out["redis"], out["redis_missing"] = None, "--no-redis"
         if redis:
-            out["redis"] = await redis_hop(procs, scale, log)
+            try:
+                out["redis"] = await redis_hop(procs, scale, log)
+            except CalibrationError as exc:  # the costs stand without it
+                log(f"redis: {exc}; [model.redis] keeps the defaults")
+                out["redis_missing"] = str(exc)
+            else:
+                if out["redis"] is None:
+                    out["redis_missing"] = "no redis-server on PATH"
     out["placement"] = {"server_cpu": core, "load_cpus": sorted(client_cpus or [])}
     return out
 
@@ -236,7 +243,8 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     # is the round trips' own (the part the server takes varies with them).
     median_ms = max(MIN_LATENCY_MS, (rtt_median_s - costs["frame"] / 1e6) / 2 * 1e3)
     redis_table, redis_record, source = _redis(measured.get("redis"), costs,
-                                               measured["local_delivery"])
+                                               measured["local_delivery"],
+                                               measured.get("redis_missing", ""))
     date = when.strftime("%Y-%m-%d")
     name = (f"{machine['host']}, {machine['cpus']} vCPU {machine['arch']} "
             f"{machine['cpu_model']} (rtmsim calibrate, {date})")
@@ -291,14 +299,13 @@ def _step_records(rows: list[Row], fit: Fit) -> list[dict[str, Any]]:
             for r in rows]
 
 
-def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[float]
-           ) -> tuple[dict[str, float], dict[str, Any], str]:
+def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[float],
+           missing: str = "") -> tuple[dict[str, float], dict[str, Any], str]:
     defaults = RedisModel()
     if redis is None:
         return ({"hop_us": defaults.hop_us, "latency_ms": defaults.latency_ms},
                 {"measured": False},
-                "rtmsim calibrate; [model.redis] left at the defaults: no redis-server on "
-                "PATH (or --no-redis)")
+                f"rtmsim calibrate; [model.redis] left at the defaults: {missing}")
     n = redis["publishes"]
     sender_us = redis["cpu_s"]["i0"] / n * 1e6 - costs["publish"]
     receiver_us = redis["cpu_s"]["i1"] / n * 1e6
