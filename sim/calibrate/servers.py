@@ -241,10 +241,7 @@ class Processes:
                 return
 
     async def _spawn(self, name: str, cmd: list[str]) -> Child:
-        # Buffered output on purpose: the servers flush each announcement in one write,
-        # so the two instances sharing a pipe never interleave within a line (unbuffered,
-        # `print` writes a line and its newline apart).
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd, cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -305,7 +302,7 @@ class Processes:
             line = await child.line(deadline)
             if m := INSTANCE_PIDS.search(line):
                 pids = [int(p) for p in m.group(1).split(",")]
-            elif (m := READY.search(line)) and m.group(3):
+            if (m := READY.search(line)) and m.group(3):
                 found[m.group(3)] = (m.group(1), m.group(2))
         child.keep_draining()
         served = []
