@@ -7,11 +7,12 @@
     python -m bench analyze --events 10000000       `rtmsim analyze` wall, RSS, bytes on disk
     python -m bench simulate --check                virtual-time models vs published results
     python -m bench simulate --clients 100000       the virtual engine at scale: wall, RSS
+    python -m bench calibrate-check --json          calibrated costs vs fanout/reqack saturation
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
-traceback). These print numbers; nothing here asserts on speed. `simulate --check` is a
-check: it exits 1 when a figure misses its bound.
+traceback). These print numbers; nothing here asserts on speed. `simulate --check` and
+`calibrate-check` are checks: they exit 1 when a figure misses its bound.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Any
 
 from . import benchmarks
 from .analyze import analyze
+from .calibratecheck import calibrate_check
+from .calibratecheck import check_summary as calibrate_summary
 from .procs import FAULT_MODES, ROOT, BenchError
 from .redisbench import redis_fanout
 from .simulate import check_summary, scale_summary, simulate_check, simulate_scale
@@ -164,6 +167,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    text = ("rtmsim calibrate, then fanout and reqack at saturation: do the calibrated "
+            "costs predict them within 15%%? (exit 1 if not)")
+    p = sub.add_parser("calibrate-check", help=text, description=text)
+    p.add_argument("--seconds", type=_positive(float), default=5.0,
+                   help="measured window per server and benchmark (default 5)")
+    p.add_argument("--warmup", type=_positive(float), default=1.0)
+    p.add_argument("--calibrate-seconds", type=_positive(float), default=3.0,
+                   help="rtmsim calibrate --seconds (default 3: about a minute)")
+    p.add_argument("--no-pin", action="store_true",
+                   help="do not pin the server to CPU 0 and the clients to the others")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -178,6 +193,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.trials < 2:
             raise BenchError(f"--trials {args.trials}: a mean and its error need >= 2")
         return simulate_check(args.trials, args.seed, log)
+    if args.command == "calibrate-check":
+        return calibrate_check(seconds=args.seconds, warmup=args.warmup,
+                               calibrate_seconds=args.calibrate_seconds,
+                               placement=benchmarks.Placement.choose(pinned=not args.no_pin),
+                               log=log)
     if not (args.ours_root / "sim" / "cli.py").is_file():
         raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
                          "give the root of an rtmsim checkout")
@@ -230,6 +250,8 @@ def summary(result: dict[str, Any]) -> str:
                    else "nothing unexpected"))
     if result.get("benchmark") == "simulate":
         return scale_summary(result) if result["mode"] == "scale" else check_summary(result)
+    if result.get("benchmark") == "calibrate-check":
+        return calibrate_summary(result)
     if result.get("benchmark") == "analyze":
         if "candidates" in result:
             return "analyze candidates: " + "; ".join(

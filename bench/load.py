@@ -2,7 +2,7 @@
 
 The orchestrator (`bench.benchmarks`) starts these next to the server processes and
 reads their JSON lines on stdout. Each client is a set of `RawClient` sockets driven
-from `data_received` callbacks (see `rawws` for why), on uvloop like the servers.
+from `data_received` callbacks (see `loadtests.rawws` for why), on uvloop like the servers.
 
 - `fanout`: per server, N subscribers on one channel count delivered frames without
   reading them; P publishers publish in a closed loop (next publish on the ack).
@@ -42,9 +42,10 @@ try:
 except ImportError:  # the servers fall back the same way
     uvloop = None
 
+from loadtests.rawws import RawClient
+
 from .childio import LoadError, address, emit, read_command
 from .procs import cpu_seconds, machine_cpu_seconds, raise_nofile
-from .rawws import RawClient
 from .soakload import add_arguments, run_soak
 
 FANOUT_CHANNEL = "bench/fanout"

@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from loadtests.rawws import RawClient
+
 from .load import Publisher, Subscriber
 from .procs import READY, ROOT, BenchError, machine, raise_nofile
-from .rawws import RawClient
 
 CONFIG = """
 [server]

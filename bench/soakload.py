@@ -42,8 +42,9 @@ from typing import Any
 
 import orjson
 
+from loadtests.rawws import RawClient
+
 from .childio import LoadError, address, emit, read_command
-from .rawws import RawClient
 
 CHANNELS = 50
 PUBLISHER_FRACTION = 0.01  # of the connections; at least one

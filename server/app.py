@@ -100,23 +100,30 @@ async def _flush_events(events: JsonlEventLog) -> None:
 def _announce(config: Config, host: str, ws_port: int, admin_port: int,
               instance_id: str | None) -> None:
     # The first line is stable and machine-readable: tests and the harness parse it.
+    # Whole lines in single writes: the instances of `serve --instances N` share their
+    # parent's stdout, and with PYTHONUNBUFFERED `print` writes a line and its newline
+    # apart, so two banners could interleave within a line (1 start in ~12 on a busy
+    # machine). A pipe keeps a write of up to 4 KB whole: the first line goes alone.
     tag = f" instance={instance_id}" if instance_id else ""
-    print(f"rtmsim listening ws=ws://{host}:{ws_port}/v1 admin=http://{host}:{admin_port}"
-          f"{tag}", flush=True)
+    lines = [f"rtmsim listening ws=ws://{host}:{ws_port}/v1 admin=http://{host}:{admin_port}"
+             f"{tag}"]
     if config.server.backend == "redis":
-        print(f"  backend    redis {config.server.redis_url} (prefix "
-              f"{config.server.redis_prefix!r})")
-    print(f"  WebSocket  ws://{host}:{ws_port}/v1?key=<publishable key> or ?token=<JWT>")
-    print(f"  REST       http://{host}:{admin_port}/v1/...   sim controls "
-          f"http://{host}:{admin_port}/sim/v1/stats")
+        lines.append(f"  backend    redis {config.server.redis_url} (prefix "
+                     f"{config.server.redis_prefix!r})")
+    lines.append(f"  WebSocket  ws://{host}:{ws_port}/v1?key=<publishable key> or ?token=<JWT>")
+    lines.append(f"  REST       http://{host}:{admin_port}/v1/...   sim controls "
+                 f"http://{host}:{admin_port}/sim/v1/stats")
     for app in config.apps:
-        print(f"  app {app.id}{' (suspended)' if app.suspended else ''}:")
+        lines.append(f"  app {app.id}{' (suspended)' if app.suspended else ''}:")
         for key in app.keys:
             cred = f"{key.id}:{key.secret}" if key.secret else key.id
             kind = "secret     " if key.secret else "publishable"
-            print(f"    {kind} {cred}  channels {list(key.channel_patterns)} "
-                  f"actions {list(key.actions)}")
-    print("  Ctrl-C stops: going_away + 1001 to every connection, then exit 0", flush=True)
+            lines.append(f"    {kind} {cred}  channels {list(key.channel_patterns)} "
+                         f"actions {list(key.actions)}")
+    lines.append("  Ctrl-C stops: going_away + 1001 to every connection, then exit 0")
+    sys.stdout.write(lines[0] + "\n")
+    sys.stdout.write("\n".join(lines[1:]) + "\n")
+    sys.stdout.flush()
 
 
 def run(config: Config, options: ServeOptions) -> int:

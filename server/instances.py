@@ -49,8 +49,9 @@ def run_instances(args: argparse.Namespace, config: Config) -> int:
         for i in range(args.instances):
             children.append(subprocess.Popen(child_command(args, config, i),
                                              start_new_session=True))
-        print(f"rtmsim: {args.instances} instances started (pids "
-              f"{', '.join(str(c.pid) for c in children)}); Ctrl-C stops all", flush=True)
+        sys.stdout.write(f"rtmsim: {args.instances} instances started (pids "  # one write
+                         f"{', '.join(str(c.pid) for c in children)}); Ctrl-C stops all\n")
+        sys.stdout.flush()
         while not stopping:
             failed = [c for c in children if c.poll() is not None]
             if failed:

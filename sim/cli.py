@@ -71,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--instances", type=_int, default=1,
                        help="run N instances on consecutive ports (needs --backend redis)")
     serve.add_argument("--instance-id", help="this instance's id (welcome.metadata, events)")
+    cal = sub.add_parser("calibrate", help="measure the server's CPU per operation on this "
+                         "machine and write a performance model (sim/virtual/model.py)")
+    cal.add_argument("--out", help="model file (default results/model-<hostname>.toml)")
+    cal.add_argument("--seconds", type=_float, default=3.0,
+                     help="per step, of about 15 (default 3: about a minute)")
+    cal.add_argument("--no-redis", action="store_true",
+                     help="leave [model.redis] at the defaults (no redis-server started)")
+    cal.add_argument("--json", action="store_true", help="print one JSON object")
     run = sub.add_parser("run", help="run a scenario end to end (server + swarm + analysis)")
     run.add_argument("scenario", help="scenario TOML file (see scenarios/)")
     run.add_argument("--out", help="run directory (default results/<name>-<timestamp>)")
@@ -297,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return cmd_serve(args)
+        if args.command == "calibrate":
+            from .calibrate.command import cmd_calibrate  # noqa: PLC0415 (start-up time)
+
+            return cmd_calibrate(args)
         if args.command == "run":
             return cmd_run(args)
         if args.command == "simulate":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
@@ -12,6 +13,34 @@ import threading
 from redisproc import free_ports
 from serverproc import ROOT
 from wsclient import client_pool
+
+from server import app
+from server.config import default_config
+
+
+def test_the_banner_reaches_a_shared_pipe_in_whole_lines(monkeypatch):
+    """Instances share one stdout: the line a harness parses is one write of its own,
+    and the rest another (with PYTHONUNBUFFERED, `print` wrote each line and its
+    newline apart, and two instances' banners interleaved within a line)."""
+    writes: list[str] = []
+
+    class Out:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stdout", Out())
+    config = default_config()
+    config = dataclasses.replace(config, server=dataclasses.replace(config.server,
+                                                                    backend="redis"))
+    app._announce(config, "127.0.0.1", 1001, 1002, "i0")
+    assert writes[0] == ("rtmsim listening ws=ws://127.0.0.1:1001/v1 "
+                         "admin=http://127.0.0.1:1002 instance=i0\n")
+    assert len(writes) == 2 and writes[1].endswith("then exit 0\n")
+    assert writes[1].startswith("  backend    redis ")
 
 
 def test_instances_need_the_redis_backend():

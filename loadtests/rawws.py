@@ -17,6 +17,10 @@ a coroutine per message; here:
 
 Both servers under test see exactly the same bytes, so the client's shortcuts cannot
 favour one of them.
+
+Used by the benchmarks (`bench.load`) and by `rtmsim calibrate` (`sim.calibrate`),
+which measures the server's CPU per operation with it; it lives here, below both, as
+the layers require.
 """
 
 from __future__ import annotations

@@ -1,0 +1,247 @@
+"""`rtmsim calibrate`: the fit on synthetic steps, the model file it writes, bad input.
+
+The fit is checked where the answer is known (costs put into synthetic steps of the
+same shape as the real ones come back out); the real command once, at a tiny scale,
+for what can be asserted of any machine: the file loads, every cost is positive and
+finite, a connect costs more than a publish. Never a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import procs as bench_procs
+from bench.calibratecheck import compare
+from server.config import parse_config
+from sim.calibrate import command, servers
+from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, saturation
+from sim.calibrate.steps import NUISANCE
+from sim.calibrate.tomlwrite import toml_text
+from sim.cli import main
+from sim.virtual.model import DEFAULT_MODEL, OPERATIONS, load_model
+
+ROOT = Path(__file__).resolve().parent.parent
+UNKNOWNS = [*OPERATIONS, *NUISANCE]
+KNOWN_US = {"connect_key": 250.0, "connect_jwt": 320.0, "subscribe": 25.0,
+            "unsubscribe": 20.0, "publish": 18.0, "send": 19.0, "delivery": 5.5,
+            "frame": 12.0, "close": 40.0, "disconnect": 60.0, "rest_publish": 250.0,
+            "rest_get": 200.0, "rest_kick": 300.0}
+
+
+def steps_like_calibrate(costs: dict[str, float], noise: float, seed: int = 1) -> list[Row]:
+    """Rows shaped as the command's steps are, their CPU from `costs` (+- noise)."""
+    rng = random.Random(seed)
+    shapes = {
+        "rest_get": {"rest_get": 300},
+        "connect_key": {"connect_key": 1200},
+        "disconnect_after_key": {"disconnect": 1200, "rest_get": 14},
+        "connect_jwt": {"connect_jwt": 900},
+        "disconnect_after_jwt": {"disconnect": 900, "rest_get": 11},
+        "subscribe": {"subscribe": 8000}, "unsubscribe": {"unsubscribe": 8000},
+        "publish_to_0": {"publish": 60000, "delivery": 0},
+        "publish_to_10": {"publish": 20000, "delivery": 200000},
+        "publish_to_50": {"publish": 5000, "delivery": 250000},
+        "send": {"send": 50000, "delivery": 50000},
+        "ping": {"frame": 40000}, "bad_frame": {"frame": 38000},
+        "connect_jwt_kicked": {"connect_jwt": 720},
+        "kick_4": {"rest_kick": 20, "close": 80, "disconnect": 80, "rest_get": 22},
+        "kick_32": {"rest_kick": 20, "close": 640, "disconnect": 640, "rest_get": 25},
+        "rest_publish": {"rest_publish": 6000},
+    }
+    rows = []
+    for step, ops in shapes.items():
+        cpu = sum(n * costs[op] for op, n in ops.items()) / 1e6
+        rows.append(Row(step, ops, cpu * (1 + rng.uniform(-noise, noise))))
+    return rows
+
+
+def test_fit_recovers_the_costs_put_into_exact_steps() -> None:
+    fit = fit_costs(steps_like_calibrate(KNOWN_US, noise=0.0), UNKNOWNS)
+    for op, cost in KNOWN_US.items():
+        assert fit.costs_us[op] == pytest.approx(cost, rel=1e-9), op
+    assert max(abs(r) for r in fit.residuals) < 1e-9
+    assert fit.clamped == []
+
+
+def test_fit_recovers_the_costs_within_the_noise_of_the_steps() -> None:
+    """1% noise per step: directly measured costs within 1%, the differences (send less
+    its delivery, a kick's close less the disconnect) within a few."""
+    fit = fit_costs(steps_like_calibrate(KNOWN_US, noise=0.01), UNKNOWNS)
+    for op in ("connect_key", "subscribe", "unsubscribe", "publish", "delivery",
+               "frame", "disconnect", "rest_publish"):
+        assert fit.costs_us[op] == pytest.approx(KNOWN_US[op], rel=0.015), op
+    for op in ("send", "close"):
+        assert fit.costs_us[op] == pytest.approx(KNOWN_US[op], rel=0.1), op
+    assert max(abs(r) for r in fit.residuals) <= 0.02
+
+
+def test_fit_floors_a_cost_that_noise_puts_below_zero() -> None:
+    costs = {**KNOWN_US, "close": 0.5}
+    rows = steps_like_calibrate(costs, noise=0.0)
+    rows = [Row(r.step, r.ops, r.cpu_s * 0.97) if r.step == "kick_32" else r for r in rows]
+    fit = fit_costs(rows, UNKNOWNS)
+    assert fit.raw_us["close"] < 0
+    assert fit.clamped == ["close"]
+    assert fit.costs_us["close"] == FLOOR_US
+
+
+def test_fit_names_an_operation_no_step_measured() -> None:
+    rows = [r for r in steps_like_calibrate(KNOWN_US, 0.0) if "rest_publish" not in r.ops]
+    with pytest.raises(FitError, match="no measured step does rest_publish"):
+        fit_costs(rows, UNKNOWNS)
+
+
+def test_fit_refuses_operations_that_always_come_together() -> None:
+    rows = [Row("a", {"close": 10, "disconnect": 10}, 0.001),
+            Row("b", {"close": 20, "disconnect": 20}, 0.002)]
+    with pytest.raises(FitError, match="determine only 1 of 2"):
+        fit_costs(rows, ["close", "disconnect"])
+
+
+def test_lognormal_recovers_median_and_sigma() -> None:
+    samples = np.random.default_rng(7).lognormal(math.log(0.05), 0.4, 20000)
+    median, sigma = lognormal(list(samples))
+    assert median == pytest.approx(0.05, rel=0.02)
+    assert sigma == pytest.approx(0.4, rel=0.05)
+
+
+def test_saturation_from_costs_alone() -> None:
+    got = saturation({"publish": 20.0, "delivery": 5.0}, subscribers=50)
+    assert got["fanout_delivered_per_s"] == pytest.approx(50 * 1e6 / 270.0)
+    assert got["reqack_round_trips_per_s"] == pytest.approx(50_000.0)
+
+
+def test_toml_text_round_trips_through_tomllib() -> None:
+    data = {"model": {"name": 'a "quoted" name', "cores": 1, "costs_us": {"publish": 18.5},
+                      "network": {"median_ms": 0.05, "sigma": 0.5},
+                      "measured": {"clamped": [], "flags": [True, False],
+                                   "steps": [{"step": "x", "ops": {"publish": 3}},
+                                             {"step": "y", "ops": {"frame": 1}}],
+                                   "deep": {"a": 1, "b": 2.5, "c": "s", "d": [1, 2],
+                                            "e": {"f": 1}}}}}
+    assert tomllib.loads(toml_text(data, "a comment\nsecond line")) == data
+
+
+def test_calibration_server_config_is_the_benchmarks() -> None:
+    ours = parse_config(tomllib.loads(servers.CONFIG))
+    bench = parse_config(tomllib.loads(bench_procs.OURS_CONFIG))
+    assert ours.limits == bench.limits
+    assert ours.apps == bench.apps
+
+
+def test_without_redis_the_file_says_the_defaults_were_kept() -> None:
+    table, record, source = command._redis(None, dict(KNOWN_US), [0.001],
+                                           "no redis-server on PATH")
+    assert table == {"hop_us": 25.0, "latency_ms": 0.15}
+    assert record == {"measured": False}
+    assert source == ("rtmsim calibrate; [model.redis] left at the defaults: no "
+                      "redis-server on PATH")
+
+
+def bench_result(busy: float, share: float, us: float) -> dict:
+    return {"ours": 30_000.0, "bare": 31_000.0, "unit": "round trips/s",
+            "other_cpu": 0.4, "client_cpu": 0.5, "busy_by_cpu": {"0": busy, "1": 0.9},
+            "servers": {"ours": {"server_cpu": share, "server_cpu_us_per_ack": us}}}
+
+
+def test_check_explains_a_miss_by_the_core_others_took_and_by_batching() -> None:
+    c = compare("reqack", 50_000.0, 25.0, bench_result(1.0, 0.7, 20.0), server_core=0)
+    assert c["error"] == pytest.approx(50_000 / 30_000 - 1, abs=1e-4)
+    assert c["within"] is False
+    assert c["predicted_at_that_share"] == 35_000.0
+    assert [e.split(":")[0] for e in c["explanations"]] == [
+        "the server got 70% of its core", "batching"]
+
+
+def test_check_says_when_the_server_was_not_saturated() -> None:
+    c = compare("reqack", 31_000.0, 25.0, bench_result(0.6, 0.55, 25.0), server_core=0)
+    assert c["within"] is True
+    assert c["explanations"] == [
+        "the server's core was 60% busy: the server was not saturated, the load was the "
+        "limit (its client used 0.5 core; other processes 0.4 core of the machine)"]
+
+
+def test_the_shipped_model_is_a_calibration_of_this_project_machine() -> None:
+    model = load_model()
+    raw = tomllib.loads(DEFAULT_MODEL.read_text())["model"]
+    assert raw["source"].startswith("rtmsim calibrate")
+    assert raw["measured"]["steps"]
+    for op, cost in model.costs_us.items():
+        assert math.isfinite(cost) and cost > 0, op
+    assert DEFAULT_MODEL.read_text().startswith("# The model a scenario without [model]")
+
+
+# -- the command ------------------------------------------------------------------------
+
+
+def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
+    """A tiny calibration end to end (with the Redis hop when redis-server is here)."""
+    out = tmp_path / "sub" / "model.toml"
+    has_redis = shutil.which("redis-server") is not None
+    cmd = [sys.executable, "-m", "sim.cli", "calibrate", "--seconds", "0.15", "--out",
+           str(out), "--json", *([] if has_redis else ["--no-redis"])]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout)
+    assert printed["out"] == str(out)
+    model = load_model(out)
+    assert set(model.costs_us) == set(OPERATIONS)
+    for op, cost in model.costs_us.items():
+        assert math.isfinite(cost) and cost > 0, op
+    assert model.costs_us["connect_key"] > model.costs_us["publish"]
+    assert model.costs_us["connect_jwt"] > model.costs_us["publish"]
+    assert model.network.median_ms > 0 and model.network.sigma >= 0
+    raw = tomllib.loads(out.read_text())["model"]
+    assert raw["source"] == ("rtmsim calibrate" if has_redis else raw["source"])
+    assert raw["measured"]["redis"]["measured"] is has_redis
+    steps = {s["step"] for s in raw["measured"]["steps"]}
+    assert {"connect_key", "publish_to_50", "kick_32", "rest_publish"} <= steps
+    assert out.read_text().startswith("# Measured by `rtmsim calibrate")
+
+
+@pytest.mark.parametrize("where", ["dir", "under_a_file"])
+def test_a_bad_out_path_is_one_line(tmp_path: Path, where: str) -> None:
+    (tmp_path / "f").write_text("")
+    out = tmp_path if where == "dir" else tmp_path / "f" / "model.toml"
+    done = subprocess.run([sys.executable, "-m", "sim.cli", "calibrate", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"rtmsim: calibrate: --out {out}: ")
+    assert ("is a directory" if where == "dir" else "cannot create") in lines[0]
+
+
+def test_bad_seconds_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["calibrate", "--seconds", "0"]) == 2
+    assert capsys.readouterr().err == "rtmsim: calibrate: --seconds must be > 0, got 0\n"
+
+
+def test_a_server_that_fails_to_start_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(servers, "SERVE_COMMAND", (
+        sys.executable, "-c", "import sys; print('rtmsim: cannot listen on 127.0.0.1'); "
+        "sys.exit(2)"))
+    affinity = os.sched_getaffinity(0)  # the command pins its own process to the load CPU
+    try:
+        code = main(["calibrate", "--seconds", "0.1", "--out", str(tmp_path / "m.toml")])
+    finally:
+        os.sched_setaffinity(0, affinity)
+    assert code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == ("rtmsim: calibrate: the server (rtmsim serve) did not start (exit "
+                       "code 2): rtmsim: cannot listen on 127.0.0.1")
+    assert not any("Traceback" in line for line in err)
+    assert not (tmp_path / "m.toml").exists()
