@@ -30,37 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from loadtests.benchconfig import BENCH_CONFIG
+
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening ws=(ws://\S+)(?: admin=(http://\S+))?")
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-# Limits high enough that the token bucket and the message quota never trip, while
-# their code still runs on every frame. The demo app's keys, as in the default config.
-OURS_CONFIG = """\
-# rtmsim config for `python -m bench`: every check runs, none trips.
-[limits]
-rate_per_second = 1000000000.0
-burst = 1000000000.0
-
-[[apps]]
-id = "app_demo"
-
-[apps.plan]
-name = "bench"
-max_concurrent_connections = 1000000
-max_messages_per_period = 1000000000000000
-
-[[apps.keys]]
-id = "pk_live_demo"
-channel_patterns = ["**"]
-actions = ["subscribe", "publish", "presence", "send"]
-
-[[apps.keys]]
-id = "sk_id_demo"
-secret = "sk_secret_demo"
-"""
+OURS_CONFIG = BENCH_CONFIG  # the config every throughput measurement runs
 # `--faults armed`: one fault of each per-operation family, active for the whole run
 # and never firing, so every fault hook runs its full decision (window, target, a
 # seeded draw) on every publish and every delivery. Without it no fault is configured

@@ -175,18 +175,28 @@ def _float(text: str) -> float:
     return value
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    for name in ("users", "workers"):
+def _check_overrides(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
+    """The command line's counts are >= 1 and --duration > 0 (one line otherwise)."""
+    for name in counts:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CliError(f"--{name} must be >= 1, got {value}")
     if args.duration is not None and args.duration <= 0:
         raise CliError(f"--duration must be > 0, got {args.duration:g}")
-    scenario = load_scenario(args.scenario).with_overrides(
-        users=args.users, duration_s=args.duration, workers=args.workers, seed=args.seed)
-    run_dir = Path(args.out) if args.out else default_run_dir(scenario)
+
+
+def _empty_run_dir(args: argparse.Namespace, default: Path) -> Path:
+    run_dir = Path(args.out) if args.out else default
     if run_dir.exists() and any(run_dir.iterdir()):
         raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
+    return run_dir
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    _check_overrides(args, ("users", "workers"))
+    scenario = load_scenario(args.scenario).with_overrides(
+        users=args.users, duration_s=args.duration, workers=args.workers, seed=args.seed)
+    run_dir = _empty_run_dir(args, default_run_dir(scenario))
     status = Runner(scenario, run_dir, progress=not args.no_progress,
                     abort_on_fail=args.abort_on_fail, metrics_port=args.metrics_port).run()
     return finish_run(run_dir, status, args.junit)
@@ -197,19 +207,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .virtual.model import scenario_model  # noqa: PLC0415 (start-up time)
     from .virtual.run import VirtualRun  # noqa: PLC0415
 
-    for name in ("users", "instances"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CliError(f"--{name} must be >= 1, got {value}")
-    if args.duration is not None and args.duration <= 0:
-        raise CliError(f"--duration must be > 0, got {args.duration:g}")
+    _check_overrides(args, ("users", "instances"))
     scenario = load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
-    run_dir = Path(args.out) if args.out else default_run_dir(scenario, virtual=True)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise CliError(f"{run_dir}: exists and is not empty; choose another --out")
+    run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
                         log_deliveries=not args.no_deliveries).run()
     return finish_run(run_dir, status, args.junit)

@@ -21,9 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import procs as bench_procs
 from bench.calibratecheck import compare
-from server.config import parse_config
 from sim.calibrate import command, servers
 from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, saturation
 from sim.calibrate.steps import NUISANCE
@@ -131,13 +129,6 @@ def test_toml_text_round_trips_through_tomllib() -> None:
                                    "deep": {"a": 1, "b": 2.5, "c": "s", "d": [1, 2],
                                             "e": {"f": 1}}}}}
     assert tomllib.loads(toml_text(data, "a comment\nsecond line")) == data
-
-
-def test_calibration_server_config_is_the_benchmarks() -> None:
-    ours = parse_config(tomllib.loads(servers.CONFIG))
-    bench = parse_config(tomllib.loads(bench_procs.OURS_CONFIG))
-    assert ours.limits == bench.limits
-    assert ours.apps == bench.apps
 
 
 def test_without_redis_the_file_says_the_defaults_were_kept() -> None:

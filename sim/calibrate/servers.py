@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loadtests.benchconfig import BENCH_CONFIG
+
 ROOT = Path(__file__).resolve().parents[2]
 # `rtmsim serve` as a child process; a test puts a failing command here.
 SERVE_COMMAND = (sys.executable, "-m", "sim.cli", "serve")
@@ -36,34 +38,7 @@ START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
-PUBLISHABLE_KEY = "pk_live_demo"
-SECRET_KEY_ID = "sk_id_demo"
-SECRET = "sk_secret_demo"
-# The benchmarks' server config (bench/procs.py OURS_CONFIG; a test keeps the two equal):
-# auth, quotas and the token bucket run on every frame, with limits no load reaches.
-CONFIG = f"""\
-# rtmsim config for `rtmsim calibrate`: every check runs, none trips.
-[limits]
-rate_per_second = 1000000000.0
-burst = 1000000000.0
-
-[[apps]]
-id = "app_demo"
-
-[apps.plan]
-name = "bench"
-max_concurrent_connections = 1000000
-max_messages_per_period = 1000000000000000
-
-[[apps.keys]]
-id = "{PUBLISHABLE_KEY}"
-channel_patterns = ["**"]
-actions = ["subscribe", "publish", "presence", "send"]
-
-[[apps.keys]]
-id = "{SECRET_KEY_ID}"
-secret = "{SECRET}"
-"""
+CONFIG = BENCH_CONFIG  # the benchmarks' own, so costs and benchmarks agree
 REDIS_CONFIG = """
 [server]
 backend = "redis"

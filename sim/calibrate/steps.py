@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from loadtests.benchconfig import PUBLISHABLE_KEY, SECRET, SECRET_KEY_ID
 from server.auth import mint_token
 from server.config import Key
 
@@ -37,14 +38,7 @@ from .clients import (
     run_for,
 )
 from .fit import Row
-from .servers import (
-    PUBLISHABLE_KEY,
-    SECRET,
-    SECRET_KEY_ID,
-    CalibrationError,
-    Served,
-    core_seconds,
-)
+from .servers import CalibrationError, Served, core_seconds
 
 SETTLE_POLLS = 14  # 1 ms, 2 ms, ... 8 s in all
 PAYLOAD = orjson.dumps({"text": "x" * 53})  # the benchmarks' 64-byte `data`
