@@ -80,6 +80,8 @@ class VirtualRun:
             backend = functools.partial(ClusterBackend, redis=redis)
             for at_s, down_s in sc.redis_blips:
                 redis.blip(at_s, down_s)
+                self.meta.setdefault("redis_blips", []).append({"at_s": at_s,
+                                                                "down_s": down_s})
         else:
             ledgers, backend = MemoryLedgers(config, self.epoch), MemoryBackend
         engine.instances = [Instance(engine, config, self.model, i, ledgers, self.events,
