@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +61,13 @@ RECOVERY_FRACTION = 0.20
 RECOVERY_FLOOR_S = 1.0
 STORM_FRACTION = 0.20
 STORM_HORIZON_S = 10.0  # connect attempts counted from a fault's start to its end + this
+BURST_GAP_S = 1.0  # a pause this long ends a blip's burst of backend_error answers
 QUOTA_FRACTION = 0.05
 QUOTA_GAP_S = 3.0  # a pause this long without over_message_quota: the quota came back
 LATENCY_FRACTION = 0.20
 LATENCY_PERCENTILES = ("p50", "p99")
+# Client rows that are not requests (sim.analysis.run.NOTE_OPS; bench may not import it).
+NOTE_OPS = frozenset({"deliver", "close", "disconnect", "give_up", "burst"})
 # Faults that add latency by design: a scenario with one is not at light load.
 LATENCY_FAULT_KINDS = frozenset({"latency", "slow_consumer"})
 # Shapes that drive the server into its knee on purpose.
@@ -168,7 +172,7 @@ def recovery_checks(real: dict[str, Any], virtual: dict[str, Any]) -> list[Check
 
 
 def storm_checks(real: dict[str, Any], virtual: dict[str, Any],
-                 real_dir: Path | None, virtual_dir: Path | None) -> list[Check]:
+                 runs: tuple[RunFiles, RunFiles] | None) -> list[Check]:
     """Per fault that set off a reconnect storm in either run: the peak of connect
     attempts per second (client event log) and the peak of reconnects per second of the
     storm's closed clients, per close code (`reconnect_storms`)."""
@@ -178,10 +182,10 @@ def storm_checks(real: dict[str, Any], virtual: dict[str, Any],
                for f in real.get("faults") or [] if f.get("end_s") is not None}
     out = []
     for fid in sorted({fid for fid, _ in storms}, key=_fault_order):
-        if fid in windows and real_dir is not None and virtual_dir is not None:
+        if fid in windows and runs is not None:
             start, end = windows[fid]
-            a, b = (connect_attempt_peak(client_rows(d), start, end + STORM_HORIZON_S)
-                    for d in (real_dir, virtual_dir))
+            a, b = (connect_attempt_peak(run.rows, start, end + STORM_HORIZON_S)
+                    for run in runs)
             out.append(relative_check(f"reconnect_peak.{fid}", a, b, STORM_FRACTION))
         for code in sorted({c for f, c in storms if f == fid}):
             a, b = (_storm_peak(summary, fid, code) for summary in (real, virtual))
@@ -190,22 +194,53 @@ def storm_checks(real: dict[str, Any], virtual: dict[str, Any],
     return out
 
 
-def quota_checks(real_dir: Path | None, virtual_dir: Path | None) -> list[Check]:
+def quota_checks(runs: tuple[RunFiles, RunFiles] | None) -> list[Check]:
     """When the message quota ran out, in two senses: the plan's messages were used up
     (overage begins; the server timeline), and clients were refused with
     `over_message_quota` (overage not allowed, or its balance gone; the client log).
     One check per such moment in either run, in order (one per billing period)."""
-    if real_dir is None or virtual_dir is None:
+    if runs is None:
         return []
     out = []
-    for name, figure in (("quota_used_up_at_s", quota_used_up_at),
-                         ("quota_exhausted_at_s",
-                          lambda d: quota_exhausted_at(client_rows(d)))):
-        a, b = figure(real_dir), figure(virtual_dir)
+    for name, figure in (("quota_used_up_at_s", lambda run: quota_used_up_at(run.dir)),
+                         ("quota_exhausted_at_s", lambda run: quota_exhausted_at(run.rows))):
+        a, b = (figure(run) for run in runs)
         for i in range(max(len(a), len(b))):
             out.append(relative_check(name + (f".{i + 1}" if i else ""),
                                       a[i] if i < len(a) else None,
                                       b[i] if i < len(b) else None, QUOTA_FRACTION))
+    return out
+
+
+def class_amplification_checks(real: dict[str, Any],
+                               runs: tuple[RunFiles, RunFiles] | None) -> list[Check]:
+    """Attempts per operation per user class, for the classes that share a policy name
+    with others (retry-bakeoff's eight backoffs are all policy "default", so the
+    summary's per-policy figure averages them) and retried in either run."""
+    if runs is None:
+        return []
+    shared = {cls for entry in (real.get("retry_amplification") or {}).values()
+              if len(entry.get("user_classes") or []) > 1 for cls in entry["user_classes"]}
+    a, b = (amplification_by_class(run.rows) for run in runs)
+    return [relative_check(f"retry_amplification.class.{cls}", a.get(cls), b.get(cls),
+                           AMPLIFICATION_FRACTION)
+            for cls in sorted(shared & (set(a) | set(b)))
+            if max(a.get(cls) or 1.0, b.get(cls) or 1.0) > 1.0]
+
+
+def blip_checks(runs: tuple[RunFiles, RunFiles] | None) -> list[Check]:
+    """Per Redis blip (run.json `redis_blips`, which summary.json's recovery does not
+    cover: a blip is no fault window): seconds from Redis being back to the last
+    backend_error of the burst the blip caused."""
+    if runs is None:
+        return []
+    blips = [run.meta.get("redis_blips") or [] for run in runs]
+    out = []
+    for i in range(max(len(b) for b in blips)):
+        a, b = (error_tail_s(run.rows, *_blip(found, i)) if i < len(found) else None
+                for run, found in zip(runs, blips, strict=True))
+        out.append(relative_check(f"recovery.blip{i + 1}", a, b, RECOVERY_FRACTION,
+                                  RECOVERY_FLOOR_S, " s"))
     return out
 
 
@@ -251,31 +286,83 @@ def compare(real_summary: dict[str, Any], virtual_summary: dict[str, Any],
     """Every check of one scenario's real run against its virtual run.
 
     The summaries are the two runs' summary.json; the run directories are read for the
-    figures summary.json lacks (storm attempt peaks, quota onsets), which are left out
-    when a directory is not given.
+    figures summary.json lacks (storm attempt peaks, quota onsets, per-class
+    amplification, Redis blip recovery), which are left out when they are not given.
     """
-    rd = None if real_run_dir is None else Path(real_run_dir)
-    vd = None if virtual_run_dir is None else Path(virtual_run_dir)
+    runs = None
+    if real_run_dir is not None and virtual_run_dir is not None:
+        runs = (RunFiles(Path(real_run_dir)), RunFiles(Path(virtual_run_dir)))
     return [*code_checks(real_summary, virtual_summary, "errors"),
             *code_checks(real_summary, virtual_summary, "closes"),
             *amplification_checks(real_summary, virtual_summary),
+            *class_amplification_checks(real_summary, runs),
             *recovery_checks(real_summary, virtual_summary),
-            *storm_checks(real_summary, virtual_summary, rd, vd),
-            *quota_checks(rd, vd),
+            *blip_checks(runs),
+            *storm_checks(real_summary, virtual_summary, runs),
+            *quota_checks(runs),
             *latency_checks(real_summary, virtual_summary)]
 
 
 # -- figures from the run directory -------------------------------------------------------
 
 
-def client_rows(run_dir: Path) -> pd.DataFrame:
+@dataclass
+class RunFiles:
+    """A run directory, and what the checks read of it, read once."""
+
+    dir: Path
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        return json.loads((self.dir / RUN).read_text())
+
+    @cached_property
+    def rows(self) -> pd.DataFrame:
+        return client_rows(self.dir, self.meta)
+
+
+def client_rows(run_dir: Path, meta: dict[str, Any] | None = None) -> pd.DataFrame:
     """The client log's request and note rows (no deliveries): ts (scenario s), op,
-    outcome. Scenario time 0 is run.json's origin, the fault schedule's."""
-    meta = json.loads((run_dir / RUN).read_text())
-    origin = float(meta.get("origin") or meta.get("started") or 0.0)
-    rows = load_client_events(run_dir, rows="no deliveries", columns=("t", "op", "outcome"))
-    return pd.DataFrame({"ts": rows.t.to_numpy(dtype=float) - origin,
-                         "op": rows.op.astype(str), "outcome": rows.outcome.astype(str)})
+    outcome, user_class, attempt. Scenario time 0 is run.json's origin, the fault
+    schedule's."""
+    meta = json.loads((run_dir / RUN).read_text()) if meta is None else meta
+    rows = load_client_events(run_dir, rows="no deliveries",
+                              columns=("t", "op", "outcome", "user_class", "attempt"))
+    return pd.DataFrame({"ts": rows.t.to_numpy(dtype=float) - _origin(meta),
+                         "op": rows.op.astype(str), "outcome": rows.outcome.astype(str),
+                         "user_class": rows.user_class.astype(str),
+                         "attempt": rows.attempt.to_numpy()})
+
+
+def _origin(meta: dict[str, Any]) -> float:
+    return float(meta.get("origin") or meta.get("started") or 0.0)
+
+
+def amplification_by_class(rows: pd.DataFrame) -> dict[str, float]:
+    """Attempts / operations per user class, over request rows (an operation is a first
+    attempt), as sim.analysis.latency.retry_amplification counts them per policy."""
+    requests = rows[~rows.op.isin(NOTE_OPS)]
+    g = requests.groupby("user_class", sort=True).attempt
+    firsts = g.agg(lambda a: int((a == 1).sum()))
+    return {str(cls): float(n / firsts[cls]) for cls, n in g.size().items() if firsts[cls]}
+
+
+def error_tail_s(rows: pd.DataFrame, at_s: float, down_s: float,
+                 code: str = "backend_error", gap_s: float = BURST_GAP_S) -> float | None:
+    """Seconds from an outage's end (at_s + down_s) to the last `code` answer of the
+    burst it caused: the answers from at_s on, until a pause of more than `gap_s`.
+    None when there was none. A later, separate burst is not the outage's tail (the
+    code's count covers it)."""
+    end = at_s + down_s
+    ts = np.sort(rows.ts[(rows.outcome == code) & (rows.ts >= at_s)].to_numpy(dtype=float))
+    if not len(ts):
+        return None
+    gaps = np.flatnonzero(np.diff(ts) > gap_s)
+    return float(ts[gaps[0]] if len(gaps) else ts[-1]) - end
+
+
+def _blip(blips: list[dict[str, Any]], i: int) -> tuple[float, float]:
+    return float(blips[i]["at_s"]), float(blips[i]["down_s"])
 
 
 def connect_attempt_peak(rows: pd.DataFrame, start_s: float, end_s: float) -> int:
@@ -304,8 +391,7 @@ def quota_used_up_at(run_dir: Path) -> list[float]:
     `maxMessagesPerPeriod`, once per billing period at most, from the server timeline's
     per-second usage, interpolated linearly between samples (a period's first sample is
     measured from the period's start at 0 used). Every app's, in time order."""
-    meta = json.loads((run_dir / RUN).read_text())
-    origin = float(meta.get("origin") or meta.get("started") or 0.0)
+    origin = _origin(json.loads((run_dir / RUN).read_text()))
     samples: dict[str, list[tuple[float, float, float, float]]] = {}
     path = run_dir / TIMELINE
     for line in path.read_text().splitlines() if path.is_file() else []:
@@ -463,9 +549,13 @@ def bounds() -> dict[str, str]:
         "counts": f"|virtual - real| <= max({COUNT_SDS:g} sqrt(max(real, 1)), "
                   f"{100 * COUNT_FRACTION:g}% of real): 3 sd below {LARGE_COUNT:,.0f}, "
                   "5% from there",
-        "retry_amplification": f"{100 * AMPLIFICATION_FRACTION:g}% of real",
+        "retry_amplification": f"{100 * AMPLIFICATION_FRACTION:g}% of real, per policy; per "
+                               "user class (client log) where classes share a policy",
         "recovery": f"{100 * RECOVERY_FRACTION:g}% of real, at least "
                     f"{RECOVERY_FLOOR_S:g} s (recovery is judged per 1 s bin)",
+        "recovery.blip": f"{100 * RECOVERY_FRACTION:g}% of real, at least "
+                         f"{RECOVERY_FLOOR_S:g} s: from Redis back to the last backend_error "
+                         f"of the blip's burst (ended by a {BURST_GAP_S:g} s pause)",
         "reconnect_peak": f"{100 * STORM_FRACTION:g}% of real: connect attempts in any 1 s "
                           f"from the fault's start to its end + {STORM_HORIZON_S:g} s",
         "reconnected_peak": f"{100 * STORM_FRACTION:g}% of real: summary.json "

@@ -13,9 +13,11 @@ from bench.__main__ import main
 from bench.validate import (
     LARGE_COUNT,
     Check,
+    amplification_by_class,
     client_rows,
     compare,
     connect_attempt_peak,
+    error_tail_s,
     quota_exhausted_at,
     quota_used_up_at,
     validate_summary,
@@ -177,15 +179,59 @@ def test_a_latency_neither_run_has_is_no_check_and_one_only_one_has_fails():
 # -- figures from the run directory ------------------------------------------------------
 
 
-def run_dir(path: Path, rows: list[tuple[float, str, str]]) -> Path:
-    """A run directory of run.json and a client log of (scenario s, op, outcome) rows."""
+def run_dir(path: Path, rows: list[tuple[Any, ...]], **meta: Any) -> Path:
+    """A run directory of run.json and a client log of (scenario s, op, outcome[, class,
+    attempt]) rows."""
     path.mkdir()
-    (path / "run.json").write_text(json.dumps({"origin": ORIGIN}))
+    (path / "run.json").write_text(json.dumps({"origin": ORIGIN, **meta}))
     log = EventLog(log_dir(path, "test"))
-    for ts, op, outcome in rows:
-        log.row(ORIGIN + ts, "u", "Subscriber", op, outcome)
+    for ts, op, outcome, *more in rows:
+        user_class, attempt = more or ("Subscriber", 1)
+        log.row(ORIGIN + ts, "u", user_class, op, outcome, attempt=attempt)
     log.close()
     return path
+
+
+def publishes(user_class: str, attempts: list[int], outcome: str = "ok"
+              ) -> list[tuple[Any, ...]]:
+    return [(1.0 + i, "publish", outcome, user_class, a) for i, a in enumerate(attempts)]
+
+
+def test_amplification_by_class_counts_request_rows_per_first_attempt(tmp_path: Path):
+    rows = (publishes("NoBackoff", [1, 2, 3, 1]) + publishes("Budget10", [1, 1, 1, 2])
+            + [(9.0, "close", "close 1001", "NoBackoff", 1),  # notes are no operations
+               (9.5, "connect", "ok", "NoBackoff", 1)])
+    amp = amplification_by_class(client_rows(run_dir(tmp_path / "run", rows)))
+    assert amp == {"Budget10": 4 / 3, "NoBackoff": 5 / 3}
+
+
+def test_classes_sharing_a_policy_are_checked_apart_when_they_retried(tmp_path: Path):
+    real = run_dir(tmp_path / "real", publishes("NoBackoff", [1, 2, 1, 2])
+                   + publishes("Constant", [1, 1, 1, 1]) + publishes("Naive", [1, 2]))
+    virtual = run_dir(tmp_path / "virtual", publishes("NoBackoff", [1, 2, 1, 1])
+                      + publishes("Constant", [1, 1, 1, 1]) + publishes("Naive", [1, 2]))
+    policies = {"default": {"amplification": 1.25, "user_classes": ["Constant",
+                                                                     "NoBackoff"]},
+                "naive": {"amplification": 2.0, "user_classes": ["Naive"]}}
+    checks = by_name(compare(summary(retry_amplification=policies),
+                             summary(retry_amplification=policies), real, virtual))
+    check = checks["retry_amplification.class.NoBackoff"]
+    assert (check.real, check.virtual, check.ok) == (2.0, pytest.approx(4 / 3), False)
+    assert "retry_amplification.class.Constant" not in checks  # 1.0 in both: no retries
+    assert "retry_amplification.class.Naive" not in checks  # the policy's own figure
+
+
+def test_a_blip_recovers_at_the_end_of_its_burst_of_backend_error(tmp_path: Path):
+    errors = [20.1, 21.0, 21.8, 22.5, 23.3, 24.0, 25.0, 26.0,  # Redis down 20-24 s
+              31.0, 31.2]  # a later burst: not the blip's tail
+    rows = [(t, "publish", "backend_error") for t in errors] + [(19.0, "publish", "ok")]
+    real = run_dir(tmp_path / "real", rows, redis_blips=[{"at_s": 20.0, "down_s": 4}])
+    assert error_tail_s(client_rows(real), 20.0, 4.0) == pytest.approx(2.0, abs=1e-6)
+    virtual = run_dir(tmp_path / "virtual", [(20.5, "publish", "backend_error")],
+                      redis_blips=[{"at_s": 20.0, "down_s": 4}])
+    [check] = compare(summary(), summary(), real, virtual)
+    assert (check.name, check.limit, check.ok) == ("recovery.blip1", 1.0, False)
+    assert check.virtual == pytest.approx(-3.5, abs=1e-6)
 
 
 def test_the_reconnect_peak_counts_connect_attempts_of_any_outcome_in_one_second(
