@@ -5,8 +5,9 @@ The models live in `sim.virtual`; the layers keep `bench` and `sim` independent,
 `python -m sim.virtual.published`, which prints one JSON object. Its progress lines
 come through as ours. A figure outside its bound makes `python -m bench` exit 1.
 
-The scale mode of issue 14 (`--clients N`: a deploy storm of N clients, wall time,
-events/s, peak RSS) is a second mode of this sub-command, not built yet.
+`--clients N` is the scale mode: a deploy storm of N clients in the engine
+(`python -m sim.virtual.scale`, in a child so its peak RSS is its own): wall time,
+events/s, peak RSS, against the goals (1,000,000 clients in 60 s on one core, 4 GB).
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Any
 from .procs import ROOT, BenchError
 
 MODELS = "sim.virtual.published"
+SCALE = "sim.virtual.scale"
+GOAL_WALL_S = {1_000_000: 60.0}
+GOAL_RSS_MB = 4096
 
 
 def simulate_check(trials: int, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
@@ -41,6 +45,32 @@ def simulate_check(trials: int, seed: int, log: Callable[[str], None]) -> dict[s
         result = json.load(out)
     return {"benchmark": "simulate", "mode": "check",
             "wall_s": round(time.perf_counter() - start, 1), **result}
+
+
+def simulate_scale(clients: int, duration_s: float, queue: str,
+                   log: Callable[[str], None]) -> dict[str, Any]:
+    """One scale run in a child; its figures and the goals they are read against."""
+    args = [sys.executable, "-m", SCALE, "--clients", str(clients), "--duration",
+            str(duration_s), "--queue", queue]
+    log(f"simulating a deploy storm of {clients:,} clients ({queue} queue) ...")
+    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise BenchError(f"python -m {SCALE} exited {proc.returncode}: {tail}")
+    result = json.loads(proc.stdout)
+    return {"benchmark": "simulate", "mode": "scale", **result,
+            "goal_wall_s": GOAL_WALL_S.get(clients), "goal_rss_mb": GOAL_RSS_MB}
+
+
+def scale_summary(result: dict[str, Any]) -> str:
+    goal = result["goal_wall_s"]
+    wall = f"{result['wall_s']} s wall" + (f" (goal <= {goal:g} s)" if goal else "")
+    return (f"simulate --clients {result['clients']:,} ({result['instances']} instances, "
+            f"{result['virtual_s']:g} virtual s, {result['queue']} queue): {wall}, "
+            f"{result['events']:,} events ({result['events_per_s']:,}/s), peak RSS "
+            f"{result['peak_rss_mb']:,} MB (goal <= {result['goal_rss_mb']:,}); "
+            f"{result['connects']:,} connects, closes {result['closes']}, "
+            f"{result['deliveries']:,} deliveries")
 
 
 def check_summary(result: dict[str, Any]) -> str:

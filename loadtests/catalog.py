@@ -11,6 +11,7 @@ must be > 0, got -1`) and are `server.schema.ConfigError`, a ValueError.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,7 +71,32 @@ def _model(table: Table, key: str, default: Any) -> str | None:
 
 
 def _names(table: Table, key: str, default: Any) -> tuple[str, ...] | None:
-    return table.strings(key, default, non_empty=True)
+    names = table.strings(key, default, non_empty=True)
+    if names is None or not any("{" in n for n in names):
+        return names
+    out: list[str] = []
+    for name in names:
+        out.extend(_expand(table, key, name))
+    return tuple(dict.fromkeys(out))
+
+
+RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+MAX_EXPANDED = 1_000_000
+
+
+def _expand(table: Table, key: str, name: str) -> list[str]:
+    """`room/{1..10000}`: one name per number, for channel sets too long to list."""
+    m = RANGE.search(name)
+    if m is None:
+        return [name]
+    lo, hi = int(m.group(1)), int(m.group(2))
+    if hi < lo or hi - lo >= MAX_EXPANDED:
+        raise table.fail(key, f"{name!r}: a range {{A..B}} needs A <= B and at most "
+                         f"{MAX_EXPANDED:,} names")
+    head, tail = name[:m.start()], name[m.end():]
+    if RANGE.search(tail):
+        raise table.fail(key, f"{name!r}: one {{A..B}} range per name")
+    return [f"{head}{i}{tail}" for i in range(lo, hi + 1)]
 
 
 def _kinds(table: Table, key: str, default: Any) -> tuple[str, ...] | None:

@@ -7,9 +7,11 @@ connection dispatches server frames: replies complete the pending request with t
 same `requestId`, uncorrelated errors complete the oldest request that could not
 carry one, deliveries are timed publish-to-delivery and handed to the user.
 
-Every `publish`/`send` wraps its payload in an accounting envelope
-`{"id", "ts", "pub", "ch", "v"}` so receivers can time, de-duplicate and order
-deliveries and the analysis can count losses.
+Every `publish`/`send` wraps its payload in the accounting envelope
+(`loadtests.envelope`) so receivers can time, de-duplicate and order deliveries and the
+analysis can count losses. What the client knows of its connection (open, the close
+code, the `going_away` hint, subscriptions, peers) is a `ClientState`, the same one the
+virtual engine keeps: the behaviours read it.
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ from websockets.exceptions import InvalidStatus, InvalidURI, WebSocketException
 
 from server import jsonenc
 
+from .clientstate import ACK_CHANGES_STATE, ClientState
 from .deadlines import DEADLINES
+from .envelope import envelope, sequence_of
 from .intents import Result
 from .reporting import Reporter
 from .wsconn import Closed, Connection
@@ -59,17 +63,13 @@ class RealtimeClient:
                  name: str = "", sequence: Iterator[int] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.key = key
-        self.token = token
+        self.state = ClientState(token)
         self.reporter = reporter or Reporter()
         self.timeout = timeout
         self.on_frame = on_frame
         self.name = name or f"c{id(self):x}"
         self.ws: Connection | None = None
         self.welcome: dict[str, Any] | None = None
-        self.close_code: int | None = None
-        self.going_away_ms: int | None = None
-        self.subscriptions: dict[str, float] = {}  # channel -> when it was acked
-        self.peers: dict[str, set[str]] = collections.defaultdict(set)  # channel -> peers
         self._ids = itertools.count(1)
         # Message ids must stay unique across reconnects: a user hands its own counter
         # to every client it creates.
@@ -84,6 +84,32 @@ class RealtimeClient:
         self.duplicates = 0
         self.reordered = 0
 
+    # -- what the client knows (its ClientState) -------------------------------------------
+
+    @property
+    def token(self) -> str | None:
+        return self.state.token
+
+    @property
+    def is_open(self) -> bool:
+        return self.state.is_open
+
+    @property
+    def close_code(self) -> int | None:
+        return self.state.close_code
+
+    @property
+    def going_away_ms(self) -> int | None:
+        return self.state.going_away_ms
+
+    @property
+    def subscriptions(self) -> dict[str, float]:
+        return self.state.subscriptions
+
+    @property
+    def peers(self) -> dict[str, set[str]]:
+        return self.state.peers
+
     # -- connection ---------------------------------------------------------------------
 
     @property
@@ -97,16 +123,10 @@ class RealtimeClient:
     def peer_id(self) -> str | None:
         return self.welcome["peerId"] if self.welcome else None
 
-    @property
-    def is_open(self) -> bool:
-        return self.ws is not None and self.close_code is None
-
     def connect(self, *, attempt: int = 1) -> Result:
         """Open the socket and wait for `welcome` (a rejection is its close code)."""
         started = time.time()
-        self.close_code = None
-        self.going_away_ms = None
-        self.subscriptions.clear()
+        self.state.connecting()
         try:
             ws = Connection.open(self.url, timeout=self.timeout)
         except InvalidStatus as exc:
@@ -118,13 +138,14 @@ class RealtimeClient:
             welcome = orjson.loads(ws.first_message(self.timeout))
         except Closed as exc:
             ws.abort()
-            self.close_code = exc.code
+            self.state.closed(exc.code)
             return self._finish("connect", f"close {exc.code}", started, attempt)
         except (TimeoutError, orjson.JSONDecodeError) as exc:
             ws.abort()
             return self._finish("connect", _transport_outcome(exc), started, attempt)
         self.ws = ws
         self.welcome = welcome
+        self.state.opened()
         ws.start(self._on_message, self._closed)
         return self._finish("connect", "ok", started, attempt, peer=self.peer_id or "")
 
@@ -154,9 +175,7 @@ class RealtimeClient:
         """Close from our side (not reported as a server close)."""
         ws = self.ws
         if ws is not None:
-            ours = self.close_code is None
-            if ours:
-                self.close_code = 1000
+            ours = self.state.closed(1000)
             ws.close(timeout=2.0)  # deliveries already on the wire are logged first
             if ours:
                 # Logged once the handshake is over: the server delivers until then, so
@@ -185,7 +204,7 @@ class RealtimeClient:
         """
         started = intended_t if intended_t is not None else time.time()
         ws = self.ws
-        if ws is None or self.close_code is not None:
+        if ws is None or self.state.close_code is not None:
             return self._finish(op, f"close {self.close_code or 1006}", started, attempt,
                                 channel=channel, msg_id=msg_id, peer=peer,
                                 intended_t=intended_t)
@@ -209,9 +228,12 @@ class RealtimeClient:
                 intended_t=intended_t, nbytes=len(payload)))
             raise
         self._pending.pop(rid, None)
-        return self._finish(op, pending.outcome, started, attempt, channel=channel,
-                            msg_id=msg_id, peer=peer, intended_t=intended_t,
-                            nbytes=len(payload))
+        result = self._finish(op, pending.outcome, started, attempt, channel=channel,
+                              msg_id=msg_id, peer=peer, intended_t=intended_t,
+                              nbytes=len(payload))
+        if op in ACK_CHANGES_STATE and pending.outcome == "ok":
+            self.state.acked(op, channel, started + result.latency_ms / 1000.0)
+        return result
 
     def fire(self, op: str, frame: dict[str, Any], *, channel: str = "",
              msg_id: str = "") -> bool:
@@ -220,7 +242,7 @@ class RealtimeClient:
         """
         started = time.time()
         ws = self.ws
-        if ws is None or self.close_code is not None:
+        if ws is None or self.state.close_code is not None:
             return False
         rid = f"{self.name}-{next(self._ids)}"
         payload = orjson.dumps({**frame, "requestId": rid})
@@ -242,23 +264,16 @@ class RealtimeClient:
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if include_sender_metadata:
             frame["includeSenderMetadata"] = True
-        result = self.request("subscribe", frame, attempt=attempt, channel=channel)
-        if result.ok:
-            self.subscriptions[channel] = time.time()
-        return result
+        return self.request("subscribe", frame, attempt=attempt, channel=channel)
 
     def unsubscribe(self, channel: str, *, attempt: int = 1) -> Result:
-        result = self.request("unsubscribe", {"type": "unsubscribe", "channel": channel},
-                              attempt=attempt, channel=channel)
-        if result.ok:
-            self.subscriptions.pop(channel, None)
-        return result
+        return self.request("unsubscribe", {"type": "unsubscribe", "channel": channel},
+                            attempt=attempt, channel=channel)
 
     def envelope(self, value: Any, channel: str, sent_at: float) -> tuple[str, dict[str, Any]]:
         """A payload stamped for delivery accounting, and its message id."""
-        msg_id = f"{self.reporter.user or self.name}:{next(self._seq)}"
-        return msg_id, {"id": msg_id, "ts": sent_at, "pub": self.reporter.user or self.name,
-                        "ch": channel, "v": value}
+        return envelope(self.reporter.user or self.name, next(self._seq), value, channel,
+                        sent_at)
 
     def publish(self, channel: str, value: Any = None, *, attempt: int = 1,
                 intended_t: float | None = None, msg_id: str | None = None,
@@ -283,7 +298,7 @@ class RealtimeClient:
         """Send any frame (bad input); wait for the uncorrelated error it provokes."""
         started = time.time()
         ws = self.ws
-        if ws is None or self.close_code is not None:
+        if ws is None or self.state.close_code is not None:
             return self._finish(op, f"close {self.close_code or 1006}", started, attempt)
         pending = _Pending()
         with self._lock:
@@ -330,12 +345,8 @@ class RealtimeClient:
                 return
         elif kind == "message" or kind == "direct":
             self._delivered(kind, frame, len(raw))
-        elif kind == "presence":
-            peers = self.peers[frame.get("channel", "")]
-            peers.update(p["peerId"] for p in frame.get("joined", ()))
-            peers.difference_update(p["peerId"] for p in frame.get("left", ()))
-        elif kind == "going_away":
-            self.going_away_ms = frame.get("retryAfterMs")
+        else:
+            self.state.on_frame(frame)  # presence, going_away
         if self.on_frame is not None:
             self.on_frame(frame)
 
@@ -355,7 +366,7 @@ class RealtimeClient:
             self.duplicates += 1
         else:
             self._remember(msg_id)
-            seq = _seq_of(msg_id)
+            seq = sequence_of(msg_id)
             stream = (publisher, channel)
             if seq is not None:
                 if seq < self._last_seq.get(stream, 0):
@@ -375,8 +386,7 @@ class RealtimeClient:
             self._seen.discard(self._seen_order.popleft())
 
     def _closed(self, code: int) -> None:
-        if self.close_code is None:
-            self.close_code = code
+        if self.state.closed(code):
             self.reporter.note("close", f"close {code}")
         outcome = f"close {self.close_code}"
         with self._lock:
@@ -404,8 +414,4 @@ def _transport_outcome(exc: BaseException) -> str:
         return "timeout"
     return "transport_error"
 
-
-def _seq_of(msg_id: str) -> int | None:
-    _, _, tail = msg_id.rpartition(":")
-    return int(tail) if tail.isdigit() else None
 

@@ -10,14 +10,15 @@ the engine, not here.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from loadtests.clientstate import ACK_CHANGES_STATE, ClientState
 from loadtests.intents import (
+    MIN_WAIT_S,
     Connect,
     Disconnect,
     Fire,
@@ -45,34 +46,10 @@ ABNORMAL = CloseCode.ABNORMAL_CLOSURE
 SYN_RETRIES = 6  # Linux's tcp_syn_retries: 1 + 2 + 4 + ... s before the connect fails
 
 
-class View:
-    """What the behaviour reads of its connection (`intents.ClientView`)."""
-
-    __slots__ = ("close_code", "going_away_ms", "open", "peers", "subscriptions", "token")
-
-    def __init__(self, token: str | None = None) -> None:
-        self.open = False
-        self.close_code: int | None = None
-        self.going_away_ms: int | None = None
-        self.token = token
-        self.subscriptions: dict[str, float] = {}
-        self.peers: dict[str, set[str]] = collections.defaultdict(set)
-
-    @property
-    def is_open(self) -> bool:
-        return self.open and self.close_code is None
-
-    def on_frame(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
-        if kind == "presence":
-            peers = self.peers[frame.get("channel", "")]
-            peers.update(p["peerId"] for p in frame.get("joined", ()))
-            peers.difference_update(p["peerId"] for p in frame.get("left", ()))
-        elif kind == "going_away":
-            self.going_away_ms = frame.get("retryAfterMs")
-
-
 class _Pending:
+    """A request in flight; `started` and `deadline` in virtual seconds (exact: unix
+    seconds near 2e9 carry only a quarter of a microsecond)."""
+
     __slots__ = ("deadline", "done", "fired", "nbytes", "request", "rid", "started")
 
     def __init__(self, request: Any, started: float, deadline: float, nbytes: int,
@@ -89,6 +66,11 @@ class _Pending:
 class VirtualClient:
     """One user: its behaviour's generator, its current connection, its requests."""
 
+    __slots__ = ("behaviour", "conn", "connecting", "credential", "disconnecting", "drain",
+                 "engine",
+                 "gen", "idle", "instance", "pending", "policy", "rids", "stopped",
+                 "syn_tries", "uncorrelated", "user", "user_class", "view")
+
     def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
                  instance: Instance, credential: tuple[str, str]) -> None:
         self.engine = engine
@@ -98,17 +80,18 @@ class VirtualClient:
         self.policy = behaviour.policy.name
         self.instance = instance
         self.credential = credential  # ("key", value) or ("token", value)
-        self.view = View(credential[1] if credential[0] == "token" else None)
+        self.view = ClientState(credential[1] if credential[0] == "token" else None)
         self.conn: Connection | None = None
         self.gen = self._lifetime()
         self.rids = 0
         self.pending: dict[str, _Pending] = {}
-        self.uncorrelated: collections.deque[_Pending] = collections.deque()
+        self.uncorrelated: list[_Pending] = []  # bad input, answered in order
         self.connecting: _Pending | None = None
         self.syn_tries = 0
         self.idle: tuple[float, float] | None = None
         self.stopped = False
         self.disconnecting = False
+        self.drain: tuple[float, Any] | None = None  # a Disconnect waiting for replies
 
     def _lifetime(self) -> Generator[Any, Any, None]:
         yield from self.behaviour.on_start()
@@ -134,7 +117,7 @@ class VirtualClient:
                 self._request(intent, fired=False)
                 return
             if cls is Sleep:
-                if intent.seconds >= 1e-6:
+                if intent.seconds >= MIN_WAIT_S:
                     engine.after(intent.seconds, self._wake)
                     return
                 value = None
@@ -153,12 +136,12 @@ class VirtualClient:
                 self._send_raw(intent)
                 return
             elif cls is Disconnect:
-                if self._disconnect():
+                if self._disconnect(intent.drain_s):
                     return
                 value = None
             elif cls is Renew:
-                token = intent.token if intent.token is not None else self.view.token
-                self.view = View(token)
+                token = intent.token or (self.view.token if intent.keep_credential else None)
+                self.view = ClientState(token)
                 self.conn = None
                 value = None
             elif cls is FreshToken:
@@ -178,26 +161,25 @@ class VirtualClient:
                             self.user_class, op, outcome, channel=fields.get("channel", ""),
                             peer=fields.get("peer", ""), policy=self.policy)
 
-    def _report(self, p: _Pending, outcome: str, t: float, peer: str = "") -> Result:
-        """Log how a request ended, as `RealtimeClient._finish` does; its Result."""
+    def _report(self, p: _Pending, outcome: str, peer: str = "") -> Result:
+        """Log how a request ended (now), as `RealtimeClient._finish` does; its Result."""
         r = p.request
         op = "connect" if r.__class__ is Connect else r.op
-        latency = (t - p.started) * 1000.0
-        self.engine.log.row(t, self.user, self.user_class, op, outcome, latency,
+        engine = self.engine
+        now = engine.env.now
+        latency = (now - p.started) * 1000.0
+        engine.log.row(engine.epoch + now, self.user, self.user_class, op, outcome, latency,
                             getattr(r, "attempt", 1), p.nbytes, getattr(r, "channel", ""),
                             getattr(r, "msg_id", ""), getattr(r, "peer", "") or peer,
                             getattr(r, "intended_t", None), self.policy)
-        return Result(op, outcome, latency, p.started)
+        return Result(op, outcome, latency, engine.epoch + p.started)
 
     # -- connecting ------------------------------------------------------------------------
 
     def _connect(self, attempt: int) -> None:
         engine = self.engine
-        now = engine.now()
-        self.view.close_code = None
-        self.view.going_away_ms = None
-        self.view.open = False
-        self.view.subscriptions.clear()
+        now = engine.env.now
+        self.view.connecting()
         p = _Pending(Connect(attempt), now, now + engine.timeout_s, 0, False)
         self.connecting = p
         self.syn_tries = 0
@@ -244,14 +226,13 @@ class VirtualClient:
             return
         p.done = True
         self.connecting = None
-        now = self.engine.now()
         peer = ""
         if code is not None:
-            self.view.close_code = code
+            self.view.closed(code)
         elif outcome == "ok":
-            self.view.open = True
+            self.view.opened()
             peer = self.conn.peer_id if self.conn is not None else ""
-        result = self._report(p, outcome, now, peer)
+        result = self._report(p, outcome, peer)
         self.resume(result)
 
     def _connect_timed_out(self, p: _Pending) -> None:
@@ -263,16 +244,16 @@ class VirtualClient:
 
     def _request(self, r: Request | Fire, *, fired: bool) -> bool:
         engine = self.engine
-        now = engine.now()
+        now = engine.env.now
         intended = getattr(r, "intended_t", None)
-        started = intended if intended is not None else now
+        started = intended - engine.epoch if intended is not None else now
         conn = self.conn
         if conn is None or not self.view.is_open:
             if fired:
                 return False
             code = self.view.close_code or ABNORMAL
             p = _Pending(r, started, now, 0, False)
-            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}")))
             return False
         self.rids += 1
         rid = f"{self.user}-{self.rids}"
@@ -290,12 +271,12 @@ class VirtualClient:
 
     def _send_raw(self, r: SendRaw) -> None:
         engine = self.engine
-        now = engine.now()
+        now = engine.env.now
         conn = self.conn
         if conn is None or not self.view.is_open:
             code = self.view.close_code or ABNORMAL
             p = _Pending(r, now, now, 0, False)
-            engine.soon(lambda: self.resume(self._report(p, f"close {code}", now)))
+            engine.soon(lambda: self.resume(self._report(p, f"close {code}")))
             return
         data = r.data
         p = _Pending(r, now, now + engine.timeout_s, len(data), False)
@@ -322,19 +303,20 @@ class VirtualClient:
                 self.uncorrelated.remove(p)
         else:
             self.pending.pop(p.rid, None)
-        self.resume(self._report(p, "timeout", self.engine.now()))
+        self.resume(self._report(p, "timeout"))
 
     def _reply(self, p: _Pending, outcome: str) -> None:
         p.done = True
-        now = self.engine.now()
-        result = self._report(p, outcome, now)
+        now = self.engine.env.now
+        result = self._report(p, outcome)
         if p.fired:
+            if self.drain is not None and not any(
+                    q.fired and not q.done for q in self.pending.values()):
+                self._drain_over()
             return
         r = p.request
-        if outcome == "ok" and r.op == "subscribe":
-            self.view.subscriptions[r.channel or r.frame.get("channel", "")] = now
-        elif outcome == "ok" and r.op == "unsubscribe":
-            self.view.subscriptions.pop(r.frame.get("channel", ""), None)
+        if outcome == "ok" and r.op in ACK_CHANGES_STATE:
+            self.view.acked(r.op, r.frame.get("channel", ""), self.engine.epoch + now)
         self.resume(result)
 
     # -- frames from the server ------------------------------------------------------------
@@ -352,7 +334,7 @@ class VirtualClient:
             rid = frame.get("requestId")
             p = self.pending.pop(rid, None) if rid is not None else None
             if p is None and kind == "error" and rid is None and self.uncorrelated:
-                p = self.uncorrelated.popleft()
+                p = self.uncorrelated.pop(0)
             if p is not None and not p.done:
                 self._reply(p, "ok" if kind == "ack" else str(frame.get("code")))
             return
@@ -375,49 +357,72 @@ class VirtualClient:
                 engine.at(t, lambda: instance.submit(lambda: instance.disconnected(conn, None)))
 
     def _closed(self, code: int, conn: Connection) -> None:
-        if self.conn is not conn:
+        if self.conn is not conn or self.disconnecting:
             return
-        if self.disconnecting:
-            return
-        if self.view.close_code is None:
-            self.view.close_code = code
+        if self.view.closed(code):
             self.note("close", f"close {code}")
         instance = self.instance
         if code != ABNORMAL:  # echo the close: the server's socket is done
             self.engine.to_server(lambda: instance.submit(
                 lambda: instance.disconnected(conn, None)))
         outcome = f"close {self.view.close_code}"
-        waiting = list(self.pending.values()) + list(self.uncorrelated)
-        self.pending.clear()
-        self.uncorrelated.clear()
-        resume: _Pending | None = None
-        for p in waiting:
-            if p.done:
-                continue
-            p.done = True
-            self._report(p, outcome, self.engine.now())
-            if not p.fired:
-                resume = p
+        resume = self._fail_waiting(outcome)
         self.conn = None
         if resume is not None:
             r = resume.request
-            self.resume(Result(r.op, outcome, (self.engine.now() - resume.started) * 1e3,
-                               resume.started))
-            return
-        if self.idle is not None:
+            self.resume(Result(r.op, outcome, (self.engine.env.now - resume.started) * 1e3,
+                               self.engine.epoch + resume.started))
+        elif self.drain is not None:  # a Disconnect was waiting for replies: it is over
+            self.drain = None
+            self.resume(None)
+        elif self.idle is not None:
             first_at, tick = self.idle
             self.idle = None
             self.engine.at_unix(ceil_tick(first_at, tick, self.engine.now()), self._wake)
 
+    def _fail_waiting(self, outcome: str) -> _Pending | None:
+        """Every request in flight ends as `outcome` (logged); the one the behaviour
+        waits for, if any."""
+        waiting = list(self.pending.values()) + self.uncorrelated
+        self.pending.clear()
+        self.uncorrelated = []
+        resume = None
+        for p in waiting:
+            if not p.done:
+                p.done = True
+                self._report(p, outcome)
+                if not p.fired:
+                    resume = p
+        return resume
+
     # -- closing from our side -------------------------------------------------------------
 
-    def _disconnect(self) -> bool:
-        """Close from our side; True if the behaviour waits for the handshake."""
+    def _disconnect(self, drain_s: float) -> bool:
+        """Close from our side, after waiting up to `drain_s` for fired requests'
+        replies; True if the behaviour waits (for the replies or the handshake)."""
         conn = self.conn
-        if conn is None or self.view.close_code is not None:
+        if conn is None or not self.view.is_open:
             self.conn = None
             return False
-        self.view.close_code = 1000
+        if drain_s > 0 and any(p.fired and not p.done for p in self.pending.values()):
+            self.drain = (self.engine.env.now + drain_s, conn)
+            self.engine.after(drain_s, self._drain_over)
+            return True
+        self._close_ours(conn)
+        return True
+
+    def _drain_over(self) -> None:
+        drain = self.drain
+        if drain is None:
+            return
+        self.drain = None
+        if self.conn is drain[1] and self.view.is_open:
+            self._close_ours(drain[1])
+        else:
+            self.resume(None)
+
+    def _close_ours(self, conn: Connection) -> None:
+        self.view.closed(1000)
         self.disconnecting = True
         instance = self.instance
         engine = self.engine
@@ -427,18 +432,12 @@ class VirtualClient:
             engine.to_client(instance.cursor, self._disconnected)
 
         engine.to_server(lambda: instance.submit(server_side))
-        return True
 
     def _disconnected(self) -> None:
+        """The close handshake is over (logged then, as `RealtimeClient.close` does)."""
         self.disconnecting = False
         self.note("disconnect", "client")
-        waiting = list(self.pending.values()) + list(self.uncorrelated)
-        self.pending.clear()
-        self.uncorrelated.clear()
-        for p in waiting:
-            if not p.done:
-                p.done = True
-                self._report(p, "close 1000", self.engine.now())
+        self._fail_waiting("close 1000")
         self.conn = None
         self.resume(None)
 

@@ -12,8 +12,9 @@ Virtual unix time is `epoch + env.now`: the run directory reads like a real run'
 from __future__ import annotations
 
 import collections
+import heapq
+import itertools
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
@@ -37,9 +38,58 @@ class Timer:
         self.fn = fn
         self.cancelled = False
 
-    def __call__(self, _event: Any) -> None:
+    def __call__(self, _event: Any = None) -> None:
         if not self.cancelled:
             self.fn()
+
+
+class HeapQueue:
+    """A plain event heap with SimPy's `Environment` surface that the engine uses
+    (`now`, `run(until)`): (time, sequence, callback) tuples, nothing per event but the
+    tuple. `Engine(queue="simpy")` runs the same engine on SimPy's queue instead."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+
+    def call_at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), fn))
+
+    def run(self, until: float) -> int:
+        """Run every event up to `until`; how many ran."""
+        heap = self._heap
+        pop = heapq.heappop
+        n = 0
+        while heap and heap[0][0] <= until:
+            t, _, fn = pop(heap)
+            self.now = t
+            fn()
+            n += 1
+        self.now = until
+        return n
+
+
+class SimPyQueue:
+    """SimPy's `Environment` as the event queue: a `Timeout` with a callback per event."""
+
+    def __init__(self) -> None:
+        self.env = simpy.Environment()
+
+    @property
+    def now(self) -> float:
+        return self.env.now
+
+    def call_at(self, t: float, fn: Callable[[], None]) -> None:
+        self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(lambda _e: fn())
+
+    def run(self, until: float) -> int:
+        before = len(self.env._queue)
+        self.env.run(until=until)
+        return max(0, before - len(self.env._queue))  # an estimate: SimPy keeps no count
+
+
+QUEUES = {"heap": HeapQueue, "simpy": SimPyQueue}
 
 
 class Timeouts:
@@ -54,21 +104,20 @@ class Timeouts:
         self.armed = False
 
     def add(self, pending: Any, on_timeout: Callable[[Any], None]) -> None:
-        self.queue.append((pending.deadline - self.engine.epoch, pending, on_timeout))
+        self.queue.append((pending.deadline, pending, on_timeout))
         if not self.armed:
             self._arm()
 
     def _arm(self) -> None:
-        env = self.engine.env
         while self.queue and self.queue[0][1].done:
             self.queue.popleft()
         if not self.queue:
             self.armed = False
             return
         self.armed = True
-        env.timeout(max(0.0, self.queue[0][0] - env.now)).callbacks.append(self._fire)
+        self.engine.env.call_at(self.queue[0][0], self._fire)
 
-    def _fire(self, _event: Any) -> None:
+    def _fire(self) -> None:
         now = self.engine.env.now
         queue = self.queue
         while queue and queue[0][0] <= now + 1e-9:
@@ -82,24 +131,27 @@ class Engine:
     """The clock, the network, the event log and the instances of one virtual run."""
 
     def __init__(self, model: Model, *, epoch: float, origin: float, seed: int,
-                 log: EventLog, timeout_s: float, log_deliveries: bool = True) -> None:
-        self.env = simpy.Environment()
+                 log: EventLog, timeout_s: float, log_deliveries: bool = True,
+                 queue: str = "heap") -> None:
+        self.env: HeapQueue | SimPyQueue = QUEUES[queue]()
         self.model = model
         self.epoch = epoch
         self.origin = origin
         self.log = log
         self.timeout_s = timeout_s
         self.log_deliveries = log_deliveries
-        self.rng = random.Random(f"network:{seed}")
         self.np_rng = np.random.default_rng(seed)
         net = model.network
         self._mu = math.log(net.median_ms / 1000.0)
         self._sigma = net.sigma
         self._cap = net.cap_ms / 1000.0
         self.timeouts = Timeouts(self)
+        self._draws: list[float] = []
+        self._draw_i = 0
+        self.delivery_rng = np.random.default_rng([seed, 1])
         self.instances: list[Instance] = []
         self.deliveries = 0  # delivered frames (message and direct)
-        self.scheduled = 0  # events put on SimPy's queue (progress: events/s)
+        self.events_run = 0  # events the queue has run (progress: events/s)
         self.latency_hist = np.zeros(len(LATENCY_BOUNDS_MS) + 1, dtype=np.int64)
 
     # -- time -------------------------------------------------------------------------------
@@ -110,37 +162,55 @@ class Engine:
 
     now = clock
 
-    def at(self, t: float, fn: Callable[[], None]) -> Timer:
+    def at(self, t: float, fn: Callable[[], None]) -> None:
         """Call `fn` at virtual time `t` (seconds since the epoch, not unix)."""
+        self.env.call_at(t, fn)
+
+    def timer(self, t: float, fn: Callable[[], None]) -> Timer:
+        """`at`, cancellable."""
         timer = Timer(fn)
-        self.scheduled += 1
-        self.env.timeout(max(0.0, t - self.env.now)).callbacks.append(timer)
+        self.at(t, timer)
         return timer
 
-    def at_unix(self, t: float, fn: Callable[[], None]) -> Timer:
-        return self.at(t - self.epoch, fn)
+    def at_unix(self, t: float, fn: Callable[[], None]) -> None:
+        self.at(t - self.epoch, fn)
 
-    def after(self, seconds: float, fn: Callable[[], None]) -> Timer:
-        return self.at(self.env.now + seconds, fn)
+    def after(self, seconds: float, fn: Callable[[], None]) -> None:
+        self.at(self.env.now + seconds, fn)
 
-    def soon(self, fn: Callable[[], None]) -> Timer:
-        return self.at(self.env.now, fn)
+    def soon(self, fn: Callable[[], None]) -> None:
+        self.at(self.env.now, fn)
+
+    def fresh_token(self, user: str) -> str | None:
+        """`FreshToken`: as under `rtmsim run`, whose swarm has no token endpoint."""
+        return None
 
     # -- the network --------------------------------------------------------------------------
 
     def one_way(self) -> float:
-        """One network draw, seconds."""
+        """One network draw, seconds (from a block drawn by numpy, refilled as used)."""
+        i = self._draw_i
+        if i >= len(self._draws):
+            self._refill()
+            i = 0
+        self._draw_i = i + 1
+        return self._draws[i]
+
+    def _refill(self) -> None:
         if self._sigma == 0:
-            return math.exp(self._mu)
-        return min(math.exp(self.rng.gauss(self._mu, self._sigma)), self._cap)
+            self._draws = [math.exp(self._mu)] * DRAW_BLOCK
+        else:
+            block = np.exp(self.np_rng.normal(self._mu, self._sigma, DRAW_BLOCK))
+            self._draws = np.minimum(block, self._cap).tolist()
+        self._draw_i = 0
 
     def to_server(self, fn: Callable[[], None]) -> None:
         """A client frame leaves now and reaches its instance a draw later."""
-        self.at(self.env.now + self.one_way(), fn)
+        self.env.call_at(self.env.now + self.one_way(), fn)
 
     def to_client(self, t: float, fn: Callable[[], None]) -> None:
         """A server frame written at virtual time `t` reaches its client a draw later."""
-        self.at(t + self.one_way(), fn)
+        self.env.call_at(t + self.one_way(), fn)
 
     # -- bulk deliveries ----------------------------------------------------------------------
 
@@ -161,7 +231,7 @@ class Engine:
         if self._sigma == 0:
             arrive = written + math.exp(self._mu)
         else:
-            draws = np.exp(self.np_rng.normal(self._mu, self._sigma, n))
+            draws = np.exp(self.delivery_rng.normal(self._mu, self._sigma, n))
             arrive = written + np.minimum(draws, self._cap)
         t_unix = arrive + self.epoch
         frame = loads(d.payload)
@@ -188,6 +258,7 @@ class Engine:
                 sender, None, c.policy)
 
 
+DRAW_BLOCK = 65536  # network draws made at a time
 # Delivery latency histogram bounds (ms), log-spaced: what a run too big for rows keeps.
 LATENCY_BOUNDS_MS = np.round(np.logspace(-2, 5, 141), 6)
 

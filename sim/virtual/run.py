@@ -32,6 +32,7 @@ from .cluster import ClusterBackend, SharedLedgers, VirtualRedis
 from .engine import Engine
 from .instance import Instance
 from .model import Model
+from .rng import SmallRandom
 from .spawn import class_order
 
 LOG_TAG = "virtual"  # client-events-virtual/
@@ -45,7 +46,7 @@ class VirtualRun:
 
     def __init__(self, scenario: Scenario, run_dir: Path, model: Model, *,
                  out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
-                 log_deliveries: bool = True,
+                 log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None) -> None:
         self.scenario = scenario
         self.dir = run_dir
@@ -54,6 +55,7 @@ class VirtualRun:
         self.progress = progress
         self.epoch = time.time() if epoch is None else epoch
         self.log_deliveries = log_deliveries
+        self.queue = queue
         self._behaviours = behaviours
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
@@ -68,7 +70,8 @@ class VirtualRun:
         self.engine = engine = Engine(self.model, epoch=self.epoch, origin=self.epoch,
                                       seed=config.server.seed, log=self.log,
                                       timeout_s=DEFAULT_TIMEOUT_S,
-                                      log_deliveries=self.log_deliveries)
+                                      log_deliveries=self.log_deliveries,
+                                      queue=self.queue)
         self.events = JsonlEventLog(self.dir / rundir.SERVER_EVENTS)
         n = config.server.instances
         if config.server.backend == "redis" or n > 1:
@@ -104,10 +107,11 @@ class VirtualRun:
         instances = engine.instances
         instance = instances[index % len(instances)]
         holder: list[VirtualClient] = []
+        seed = self.scenario.config.server.seed
         behaviour = self._behaviours[self.bases[name]](
-            params, user_id=user, seed=self.scenario.config.server.seed,
-            model=self.scenario.swarm.model, clock=engine.clock,
-            client=lambda: holder[0].view)
+            params, user_id=user, seed=seed, model=self.scenario.swarm.model,
+            clock=engine.clock, client=lambda: holder[0].view,
+            rng=SmallRandom(f"{seed}:{user}"))
         client = VirtualClient(engine, user, name, behaviour, instance,
                                ("key", params.key or DEFAULT_KEY))
         holder.append(client)
@@ -182,9 +186,9 @@ class VirtualRun:
         """Locust's stop: the user's greenlet is killed and `on_stop` closes it."""
         client.stop()
         conn = client.conn
-        if conn is None or client.view.close_code is not None:
+        if conn is None or not client.view.is_open:
             return
-        client.view.close_code = 1000
+        client.view.closed(1000)
         instance = client.instance
 
         def server_side() -> None:
@@ -230,8 +234,7 @@ class VirtualRun:
         t = 0.0
         while t < until:
             t = min(until, t + 1.0)
-            env.run(until=t)
-            events = self.engine.scheduled
+            events += env.run(until=t)
             mono = time.monotonic()
             if self.progress and (mono - shown >= 2 or t >= until):
                 shown = mono
@@ -242,13 +245,14 @@ class VirtualRun:
                                f"events/s {events / max(wall, 1e-9):9.0f}  "
                                f"connections {conns:7d}\n")
                 self.out.flush()
-        self.events_run = events
+        self.engine.events_run = events
 
     def _write_meta(self, status: str) -> None:
         self.meta.update(run_meta(self.scenario), status=status)
         self.meta["engine"] = {
             "kind": "virtual", "model": self.model.name, "wall_s": round(self.wall_s, 3),
-            "events": getattr(self, "events_run", 0), "load_delay_s": LOAD_DELAY_S,
+            "events": self.engine.events_run if hasattr(self, "engine") else 0,
+            "load_delay_s": LOAD_DELAY_S,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
             "deliveries_logged": self.log_deliveries}
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,

@@ -1,0 +1,77 @@
+"""`python -m sim.virtual.scale --clients N`: the engine's scale benchmark, one run.
+
+A deploy storm of N clients (`scenarios/deploy-million.toml` with its users set to N
+and one instance per 50,000 clients): subscribers and publishers with the default
+policy, a rolling deploy, 10 virtual minutes. Deliveries are counted and kept as a
+latency histogram, not logged a row each (`--no-deliveries`). Prints one JSON object:
+wall time, events run, events/s, peak RSS, and what the run did (connects, closes by
+code, deliveries). `python -m bench simulate --clients N` runs this in a child, so its
+peak RSS is the run's alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import io
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sim.scenario import load_scenario
+
+from .model import load_model
+from .run import VirtualRun
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIO = ROOT / "scenarios" / "deploy-million.toml"
+PER_INSTANCE = 50_000
+
+
+def scale_run(clients: int, duration_s: float, queue: str, out_dir: Path) -> dict[str, Any]:
+    instances = max(1, -(-clients // PER_INSTANCE))
+    scenario = load_scenario(SCENARIO).with_overrides(users=clients, duration_s=duration_s,
+                                                      instances=instances)
+    log = io.StringIO()
+    run = VirtualRun(scenario, out_dir, load_model(), out=log, log_deliveries=False,
+                     queue=queue)
+    started = time.perf_counter()
+    status = run.run()
+    wall = time.perf_counter() - started
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    stats = json.loads((out_dir / "server-stats.json").read_text())
+    closes: collections.Counter[str] = collections.Counter()
+    connects = 0
+    for s in stats.values():
+        closes.update(s["totals"]["closes"])
+        connects += s["totals"]["connections"]["total"]
+    events = run.engine.events_run
+    return {"clients": clients, "instances": instances, "virtual_s": duration_s,
+            "queue": queue, "status": status, "wall_s": round(wall, 1),
+            "events": events, "events_per_s": round(events / wall),
+            "peak_rss_mb": round(peak_kb / 1024), "connects": connects,
+            "closes": dict(sorted(closes.items())), "deliveries": run.engine.deliveries}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sim.virtual.scale")
+    parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--duration", type=float, default=600.0)
+    parser.add_argument("--queue", choices=("heap", "simpy"), default="heap")
+    args = parser.parse_args(argv)
+    if args.clients < 1 or args.duration <= 0:
+        print("--clients must be >= 1 and --duration > 0", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="rtmsim-scale-") as tmp:
+        result = scale_run(args.clients, args.duration, args.queue, Path(tmp) / "run")
+    json.dump(result, sys.stdout)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
