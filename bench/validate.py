@@ -235,12 +235,15 @@ def blip_checks(runs: tuple[RunFiles, RunFiles] | None) -> list[Check]:
     if runs is None:
         return []
     blips = [run.meta.get("redis_blips") or [] for run in runs]
+    unrecorded = [kind for kind, found in zip(("real", "virtual"), blips, strict=True)
+                  if not found]
+    note = " and ".join(unrecorded) + " run.json records no redis_blips" if unrecorded else ""
     out = []
     for i in range(max(len(b) for b in blips)):
         a, b = (error_tail_s(run.rows, *_blip(found, i)) if i < len(found) else None
                 for run, found in zip(runs, blips, strict=True))
         out.append(relative_check(f"recovery.blip{i + 1}", a, b, RECOVERY_FRACTION,
-                                  RECOVERY_FLOOR_S, " s"))
+                                  RECOVERY_FLOOR_S, " s", note))
     return out
 
 

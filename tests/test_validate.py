@@ -234,6 +234,14 @@ def test_a_blip_recovers_at_the_end_of_its_burst_of_backend_error(tmp_path: Path
     assert check.virtual == pytest.approx(-3.5, abs=1e-6)
 
 
+def test_a_blip_only_one_run_json_records_fails_and_says_so(tmp_path: Path):
+    rows = [(20.5, "publish", "backend_error")]
+    real = run_dir(tmp_path / "real", rows, redis_blips=[{"at_s": 20.0, "down_s": 4}])
+    [check] = compare(summary(), summary(), real, run_dir(tmp_path / "virtual", rows))
+    assert (check.name, check.virtual, check.ok) == ("recovery.blip1", None, False)
+    assert check.note == "virtual run.json records no redis_blips"
+
+
 def test_the_reconnect_peak_counts_connect_attempts_of_any_outcome_in_one_second(
         tmp_path: Path):
     rows = ([(0.5, "connect", "ok")] * 30  # the spawn, before the window
