@@ -22,9 +22,10 @@ from loadtests.retry import make_policy
 from sim import rundir
 from sim.scenario import parse_scenario
 from sim.virtual.model import Model, Network, RedisModel, load_model
-from sim.virtual.run import VirtualRun
+from sim.virtual.run import SERVER_LEAD_S, VirtualRun
 
-EPOCH = 1.9e9
+EPOCH = 1.9e9  # the servers' start; scenario time 0 (the swarm's start) is ORIGIN
+ORIGIN = EPOCH + SERVER_LEAD_S
 
 
 class Scripted:
@@ -146,7 +147,7 @@ def test_a_saturated_core_serves_one_over_the_cost(tmp_path: Path) -> None:
     model = replace(QUIET, costs_us=costs(publish=200.0))
     run_dir = simulate(tmp_path, FLOOD, model)
     acks = [r for r in events(run_dir) if r["op"] == "publish" and r["outcome"] == "ok"]
-    mid = [r for r in acks if EPOCH + 3 <= r["t"] < EPOCH + 9]  # steady state
+    mid = [r for r in acks if ORIGIN + 2 <= r["t"] < ORIGIN + 8]  # steady state
     assert len(mid) / 6.0 == pytest.approx(5000, rel=0.01)
     # Little's law: 20 requests in the system, 200 us each: about 4 ms per round trip.
     lat = sorted(r["latency_ms"] for r in mid)
@@ -175,10 +176,12 @@ def test_work_whose_client_timed_out_still_costs(tmp_path: Path) -> None:
     assert stats(run_dir)["i0"]["process"]["cpu_s"] == pytest.approx(32.0, abs=1.01)
 
 
-def test_a_full_backlog_drops_syns_and_the_kernel_retries(tmp_path: Path) -> None:
+def test_a_full_backlog_drops_syns_and_the_kernel_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # 100 upgrades at once, 10 ms each, a backlog of 10: one in service and ten queued
     # get in; the kernel resends the others' SYNs after 1, 3 and 7 s (all at once, as
     # a real herd does), ~11 more get in each time, and the rest time out at 10 s.
+    monkeypatch.setattr("sim.virtual.run.SPAWN_GAP_S", 0.0)  # all 100 at the same instant
     model = replace(QUIET, backlog=10, costs_us=costs(connect_key=10_000.0))
     text = FLOOD.replace("spawn_rate = 1000", "spawn_rate = 100000").replace(
         "users = 20", "users = 100").replace("Publisher", "Subscriber")
@@ -227,10 +230,10 @@ def test_a_deploy_closes_1001_and_listeners_come_back(tmp_path: Path) -> None:
     closes = [r for r in rows if r["op"] == "close"]
     assert len(closes) == 41 and {r["outcome"] for r in closes} == {"close 1001"}
     connects = [r for r in rows if r["op"] == "connect" and r["outcome"] == "ok"]
-    back = [r for r in connects if r["t"] > EPOCH + 8]
+    back = [r for r in connects if r["t"] > ORIGIN + 8]
     assert len(back) == 40  # the listeners; the ticker has no reconnect in its script
     # Noticed at the next idle tick (within 1 s), back after retryAfterMs.
-    assert all(8 + 0.5 <= r["t"] - EPOCH < 8 + 1.5 + 0.01 for r in back)
+    assert all(8 + 0.5 <= r["t"] - ORIGIN < 8 + 1.5 + 0.01 for r in back)
     server = stats(run_dir)["i0"]["totals"]["closes"]
     assert server["1001"] == 41
 
@@ -256,9 +259,10 @@ def test_a_redis_blip_fails_publishes_with_backend_error(tmp_path: Path) -> None
         "[server]", "[scenario]\nredis_blips = [{ at_s = 5, down_s = 3 }]\n[server]")
     rows = events(simulate(tmp_path, text, QUIET))
     failed = [r for r in rows if r["op"] == "publish" and r["outcome"] == "backend_error"]
-    # The ticker publishes at 1.0, 2.0, ... s: those at 5, 6, 7 and 8 s fail (Redis is
-    # back at 8 s, the link a reconnect, 0.25 s, later).
-    assert [round(r["t"] - EPOCH) for r in failed] == [5, 6, 7, 8]
+    # The ticker publishes at 1, 2, ... s of scenario time. Redis goes down at 5.5 s
+    # (rtmsim run's sampler acts half a second late), is back at 9.0 s (3 s, the same
+    # lag and half a second to start) and the link at 9.25 s: 6, 7, 8 and 9 fail.
+    assert [round(r["t"] - ORIGIN) for r in failed] == [6, 7, 8, 9]
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:

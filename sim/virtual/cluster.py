@@ -10,8 +10,9 @@ visible rules, on a `VirtualRedis` that is a dict and a clock instead of a serve
   subscribe's snapshot lists peers on every instance;
 - while Redis is down (a scenario's `redis_blips`), subscribe, unsubscribe, publish
   and send fail with `backend_error`, as do quota charges; connection admission fails
-  open, as `RedisLedgers.admit_connection` does. The link is back a reconnect after
-  Redis is (RedisLink retries every 50-400 ms).
+  open, as `RedisLedgers.admit_connection` does. The blip's timing is the harness's
+  (`VirtualRedis.blip`), and the link is back a reconnect after Redis is. The real
+  link's flapping after a restart (seen in a real run) is not modelled.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 
 DOWN = "backend unavailable (redis down)"
 RECONNECT_S = 0.25  # RedisLink's backoff (0.05 s doubling to 0.4 s), on average
+HARNESS_LAG_S = 0.5  # rtmsim run acts on a blip at its next 1 s sample
+REDIS_START_S = 0.5  # a restarted redis-server until it accepts connections
 
 
 class VirtualRedis:
@@ -45,10 +48,16 @@ class VirtualRedis:
         # (app, wildcard, key) -> peer -> {instance: metadata}
         self.presence: dict[tuple[str, bool, str], dict[str, dict[int, Any]]] = {}
 
-    def blip(self, at: float, down_s: float) -> None:
-        """Redis is down from `at` (virtual s) for `down_s`."""
-        self.engine.at(at, lambda: setattr(self, "up", False))
-        self.engine.at(at + down_s + RECONNECT_S, lambda: setattr(self, "up", True))
+    def blip(self, at: float, down_s: float) -> tuple[float, float]:
+        """A scenario's blip at `at` (virtual s) for `down_s`, as `rtmsim run` makes it:
+        its once-a-second sampler kills redis-server half a period late on average
+        and starts it again as late, and a new redis-server takes a moment to accept;
+        the link is back a reconnect after that. The (down, up) virtual times."""
+        down = at + HARNESS_LAG_S
+        up = at + down_s + HARNESS_LAG_S + REDIS_START_S
+        self.engine.at(down, lambda: setattr(self, "up", False))
+        self.engine.at(up + RECONNECT_S, lambda: setattr(self, "up", True))
+        return down, up
 
     def hop(self, source: Instance, job: Any) -> None:
         """`job(instance)` on every other instance, a Redis round later, after its hop."""

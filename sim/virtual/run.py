@@ -37,7 +37,13 @@ from .spawn import class_order
 
 LOG_TAG = "virtual"  # client-events-virtual/
 SAMPLE_S = 1.0  # the server timeline's period, as `rtmsim run` samples it
-LOAD_DELAY_S = 1.0  # server start (scenario time 0) to the first user, as in a real run
+# A real run starts its servers about 3 s before the swarm, and scenario time 0 (the
+# fault clock, set by the swarm) is the swarm's start: billing periods, opened when a
+# server starts, are that much ahead of the scenario.
+SERVER_LEAD_S = 3.0
+# Locust spawns a second's worth of users (spawn_rate) at once, a couple of
+# milliseconds apart, then waits for the next second.
+SPAWN_GAP_S = 0.002
 DRAIN_S = 2.0  # after the users stop: closes and in-flight replies land
 
 
@@ -67,7 +73,8 @@ class VirtualRun:
         sc = self.scenario
         config = sc.config
         self.log = EventLog(log_dir(self.dir, LOG_TAG))
-        self.engine = engine = Engine(self.model, epoch=self.epoch, origin=self.epoch,
+        self.origin = self.epoch + SERVER_LEAD_S
+        self.engine = engine = Engine(self.model, epoch=self.epoch, origin=self.origin,
                                       seed=config.server.seed, log=self.log,
                                       timeout_s=DEFAULT_TIMEOUT_S,
                                       log_deliveries=self.log_deliveries,
@@ -79,9 +86,9 @@ class VirtualRun:
             ledgers: MemoryLedgers = SharedLedgers(config, self.epoch, redis)
             backend = functools.partial(ClusterBackend, redis=redis)
             for at_s, down_s in sc.redis_blips:
-                redis.blip(at_s, down_s)
-                self.meta.setdefault("redis_blips", []).append({"at_s": at_s,
-                                                                "down_s": down_s})
+                down, _ = redis.blip(SERVER_LEAD_S + at_s, down_s)
+                self.meta.setdefault("redis_blips", []).append(
+                    {"at_s": round(down - SERVER_LEAD_S, 3), "down_s": down_s})
         else:
             ledgers, backend = MemoryLedgers(config, self.epoch), MemoryBackend
         engine.instances = [Instance(engine, config, self.model, i, ledgers, self.events,
@@ -126,18 +133,23 @@ class VirtualRun:
         sc = self.scenario
         swarm = sc.swarm
         engine = self.engine
-        self.load_start = LOAD_DELAY_S
+        self.load_start = SERVER_LEAD_S
         self.load_end = self.load_start + swarm.duration_s
         if swarm.shape:
             engine.at(self.load_start, self._shape_tick)
         else:
-            rate = swarm.spawn_rate
-            for i in range(swarm.users):
-                engine.at(self.load_start + i / rate, self._spawn)
+            self._spawn_batches(swarm.users, swarm.spawn_rate, self.load_start)
         for instance in engine.instances:
             self._plan_strikes(instance)
         engine.at(self.load_end, self._stop_users)
         self._sample_at(0.0)
+
+    def _spawn_batches(self, users: int, rate: float, start: float) -> None:
+        """`users` more, as Locust spawns them: `rate` at once each second (a few ms
+        apart), the rest a second later."""
+        per = max(1, int(rate))
+        for i in range(users):
+            self.engine.at(start + i // per + (i % per) * SPAWN_GAP_S, self._spawn)
 
     def _shape_tick(self) -> None:
         """Follow the shape as Locust's runner does, once a second."""
@@ -149,8 +161,7 @@ class VirtualRun:
         users, rate = want
         live = [c for c in self.clients if not c.stopped]
         if users > len(live):
-            for i in range(users - len(live)):
-                self.engine.after(i / rate, self._spawn)
+            self._spawn_batches(users - len(live), rate, self.engine.env.now)
         elif users < len(live):
             for client in live[users:]:
                 self._stop_one(client)
@@ -203,7 +214,7 @@ class VirtualRun:
     def run(self) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
-        self.meta.update(started=self.epoch, origin=self.epoch, virtual=True)
+        self.meta.update(started=self.epoch, origin=self.epoch + SERVER_LEAD_S, virtual=True)
         self._write_meta("running")
         self._build()
         status = "complete"
@@ -262,7 +273,7 @@ class VirtualRun:
             return shown
         wall = mono - started
         conns = sum(len(i.service.connections) for i in self.engine.instances)
-        self.out.write(f"  virtual {t - LOAD_DELAY_S:7.1f}/{self.scenario.swarm.duration_s:g} s"
+        self.out.write(f"  virtual {t - SERVER_LEAD_S:7.1f}/{self.scenario.swarm.duration_s:g} s"
                        f"  wall {wall:6.1f} s  events/s {events / max(wall, 1e-9):9.0f}  "
                        f"connections {conns:7d}\n")
         self.out.flush()
@@ -273,7 +284,7 @@ class VirtualRun:
         self.meta["engine"] = {
             "kind": "virtual", "model": self.model.name, "wall_s": round(self.wall_s, 3),
             "events": self.engine.events_run if hasattr(self, "engine") else 0,
-            "load_delay_s": LOAD_DELAY_S,
+            "server_lead_s": SERVER_LEAD_S,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
             "deliveries_logged": self.log_deliveries}
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,

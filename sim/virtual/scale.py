@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from sim.scenario import load_scenario
 
 from .model import load_model
-from .run import LOAD_DELAY_S, VirtualRun
+from .run import SERVER_LEAD_S, VirtualRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "deploy-million.toml"
@@ -52,7 +52,7 @@ def scale_run(clients: int, duration_s: float, queue: str, out_dir: Path) -> dic
         closes.update(s["totals"]["closes"])
         connects += s["totals"]["connections"]["total"]
     events = run.engine.events_run
-    storm = deploy_report(out_dir, run.epoch + LOAD_DELAY_S, clients)
+    storm = deploy_report(out_dir, run.epoch + SERVER_LEAD_S, clients)
     return {"clients": clients, "instances": instances, "virtual_s": duration_s,
             "queue": queue, "status": status, "wall_s": round(wall, 1),
             "events": events, "events_per_s": round(events / wall),
@@ -82,13 +82,13 @@ def deploy_report(run_dir: Path, load_start: float, clients: int) -> dict[str, A
         last = max(waves)
         for line in (run_dir / "server-timeline.jsonl").read_text().splitlines():
             sample = json.loads(line)
-            if sample["t"] - (load_start - LOAD_DELAY_S) <= last + 0.5:
+            if sample["t"] - load_start <= last + 0.5:
                 continue
             now = sample["stats"]["totals"]["connections"]["now"]
             connected[sample["t"]] = connected.get(sample["t"], 0) + now
         full = [t for t, n in sorted(connected.items()) if n >= clients]
         if full:
-            recovered = round(full[0] - (load_start - LOAD_DELAY_S) - last, 1)
+            recovered = round(full[0] - load_start - last, 1)
     peak_s, peak = per_second.most_common(1)[0] if per_second else (None, 0)
     return {"reconnect_peak_per_s": peak, "reconnect_peak_at_s": peak_s,
             "connects_over_cap_4010": over_cap, "last_wave_s": max(waves, default=None),
