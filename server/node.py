@@ -261,6 +261,11 @@ class Node:
         actions = conn.close(code, reason, self.clock(), retry_after_ms=going_away_ms)
         if not actions:
             return False
+        self._send_close(conn, actions)
+        return True
+
+    def _send_close(self, conn: Connection, actions: list[Action]) -> None:
+        """Perform a close the core decided: its hint frame, then the close handshake."""
         ws: ServerConnection = conn.transport
         for action in actions:
             if action.__class__ is Send:
@@ -270,19 +275,11 @@ class Node:
                     conn.counters.frames_out[action.kind] += 1
             else:
                 self._background(close_ws(ws, action.code, action.reason))
-        return True
 
     def _outbound_full(self, conn: Connection) -> None:
         """The transport holds more than the bound for `conn`: the core decides."""
         for action in conn.outbound_full(self.clock()):
             self._background(close_ws(conn.transport, action.code, action.reason))
-
-    def drop_connection(self, conn: Connection, reason: str) -> bool:
-        """Cut the socket with no close frame (a crash, a network partition)."""
-        if not conn.close(CloseCode.ABNORMAL_CLOSURE, reason, self.clock()):
-            return False
-        conn.transport.transport.abort()
-        return True
 
     def _background(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -387,19 +384,17 @@ class Node:
                     log.exception("fault %s failed", strike.fault_id)
 
     def strike(self, strike: ConnectionStrike) -> int:
-        """Drop, deploy or close a seeded fraction of the targeted connections."""
-        conns, chosen = self.service.strike_targets(strike, self.faults)
-        reason = f"fault {strike.fault_id}"
-        if strike.action == "drop":
-            n = sum(self.drop_connection(c, f"dropped ({reason})") for c in chosen)
-        elif strike.action == "going_away":
-            n = sum(self.close_connection(c, CloseCode.GOING_AWAY, f"going away ({reason})",
-                                          strike.retry_after_ms) for c in chosen)
-        else:
-            n = sum(self.close_connection(c, strike.code, reason) for c in chosen)
-        log.info("fault %s: %s %d of %d connections", strike.fault_id, strike.action, n,
-                 len(conns))
-        return n
+        """Drop, deploy or close a seeded fraction of the targeted connections (the
+        core decides which and how: `Service.strike`)."""
+        candidates, hits = self.service.strike(strike, self.faults, self.clock())
+        for conn, actions in hits:
+            if actions[-1].code == CloseCode.ABNORMAL_CLOSURE:
+                conn.transport.transport.abort()  # a drop: no close frame
+            else:
+                self._send_close(conn, actions)
+        log.info("fault %s: %s %d of %d connections", strike.fault_id, strike.action,
+                 len(hits), candidates)
+        return len(hits)
 
 
 async def close_ws(ws: ServerConnection, code: int, reason: str) -> None:

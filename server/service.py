@@ -158,6 +158,26 @@ class Service:
                       or any(match_channel(strike.channels, s) for s in c.subscriptions))]
         return conns, faults.pick(strike, conns)
 
+    def strike(self, strike: ConnectionStrike, faults: FaultEngine, now: float
+               ) -> tuple[int, list[tuple[Connection, list[Action]]]]:
+        """What a one-shot fault does: how many connections it could hit, and the close
+        actions of each it hits (a drop's is a Close 1006: the driver cuts the socket
+        without sending it; a deploy's starts with its `going_away` hint)."""
+        conns, chosen = self.strike_targets(strike, faults)
+        reason = f"fault {strike.fault_id}"
+        out = []
+        for conn in chosen:
+            if strike.action == "drop":
+                actions = conn.close(CloseCode.ABNORMAL_CLOSURE, f"dropped ({reason})", now)
+            elif strike.action == "going_away":
+                actions = conn.close(CloseCode.GOING_AWAY, f"going away ({reason})", now,
+                                     retry_after_ms=strike.retry_after_ms)
+            else:
+                actions = conn.close(strike.code, reason, now)
+            if actions:
+                out.append((conn, actions))
+        return len(conns), out
+
     def pick_fraction(self, conns: list[Connection], fraction: float) -> list[Connection]:
         """A seeded random `fraction` of `conns` (all when fraction >= 1)."""
         if fraction >= 1:

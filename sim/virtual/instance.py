@@ -274,20 +274,13 @@ class Instance:
 
     def strike_due(self) -> None:
         for strike in self.faults.due_strikes(self.clock()):
-            _, chosen = self.service.strike_targets(strike, self.faults)
-            reason = f"fault {strike.fault_id}"
-            for conn in chosen:
-                if strike.action == "drop":
-                    if conn.close(CloseCode.ABNORMAL_CLOSURE, f"dropped ({reason})",
-                                  self.clock()):
-                        conn.transport.closed_by_server(CloseCode.ABNORMAL_CLOSURE,
-                                                        self.cursor, clean=False)
-                elif strike.action == "going_away":
-                    self.perform(conn, conn.close(CloseCode.GOING_AWAY,
-                                                  f"going away ({reason})", self.clock(),
-                                                  retry_after_ms=strike.retry_after_ms))
+            _, hits = self.service.strike(strike, self.faults, self.clock())
+            for conn, actions in hits:
+                if actions[-1].code == CloseCode.ABNORMAL_CLOSURE:  # a drop: cut, no frame
+                    conn.transport.closed_by_server(CloseCode.ABNORMAL_CLOSURE, self.cursor,
+                                                    clean=False)
                 else:
-                    self.perform(conn, conn.close(strike.code, reason, self.clock()))
+                    self.perform(conn, actions)
 
     def next_strike_at(self) -> float | None:
         wait = self.faults.next_strike_in(self.clock())
