@@ -191,6 +191,8 @@ def test_a_full_backlog_drops_syns_and_the_kernel_retries(
     waves = [sum(1 for x in ok if start <= x < start + 200) for start in (0, 1000, 3000, 7000)]
     assert waves == [11, 11, 11, 11] and len(ok) == 44
     assert sum(r["outcome"] == "timeout" for r in connects) == 56
+    # Every connection the server welcomed was closed by the end: none leaked.
+    assert stats(tmp_path / "run")["i0"]["totals"]["connections"]["now"] == 0
 
 
 SUBS = """

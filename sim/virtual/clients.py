@@ -169,9 +169,9 @@ class VirtualClient:
         now = engine.env.now
         latency = (now - p.started) * 1000.0
         engine.log.row(engine.epoch + now, self.user, self.user_class, op, outcome, latency,
-                            getattr(r, "attempt", 1), p.nbytes, getattr(r, "channel", ""),
-                            getattr(r, "msg_id", ""), getattr(r, "peer", "") or peer,
-                            getattr(r, "intended_t", None), self.policy)
+                       getattr(r, "attempt", 1), p.nbytes, getattr(r, "channel", ""),
+                       getattr(r, "msg_id", ""), getattr(r, "peer", "") or peer,
+                       getattr(r, "intended_t", None), self.policy)
         return Result(op, outcome, latency, engine.epoch + p.started)
 
     # -- connecting ------------------------------------------------------------------------
@@ -237,7 +237,11 @@ class VirtualClient:
 
     def _connect_timed_out(self, p: _Pending) -> None:
         if p is self.connecting and not p.done:
-            self.conn = None
+            conn, self.conn = self.conn, None
+            if conn is not None:  # welcomed, the welcome still on its way: we hang up
+                instance = self.instance
+                self.engine.to_server(lambda: instance.submit(
+                    lambda: instance.disconnected(conn, ABNORMAL)))
             self._connect_done("timeout")
 
     # -- requests ----------------------------------------------------------------------------
