@@ -14,6 +14,7 @@ import pytest
 
 from sim import rundir
 from sim.cli import main
+from sim.virtual import saturation, scale
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ROOT / "scenarios" / "default.toml"
@@ -71,3 +72,12 @@ def test_ctrl_c_stops_cleanly_and_keeps_the_partial_run(tmp_path: Path) -> None:
     meta = json.loads((out / rundir.RUN).read_text())
     assert meta["status"] == "interrupted" and meta["ended"] < meta["started"] + 3000
     assert (out / rundir.SUMMARY).is_file()
+
+
+def test_the_benchmark_children_answer_bad_input_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert saturation.main(["--model", "/nonexistent/m.toml"]) == 2
+    assert scale.main(["--clients", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read the model" in err and "--clients must be >= 1" in err
+    assert "Traceback" not in err

@@ -19,6 +19,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from server.schema import ConfigError
 from sim.scenario import parse_scenario
 
 from .model import Model, load_model
@@ -86,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="model file (default: the shipped calibration)")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
-    model = load_model(args.model)
+    if args.seconds <= 3.0:
+        print("--seconds must be > 3 (the first 2 s are warm-up)", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model)
+    except ConfigError as exc:
+        print(f"saturation: {exc}", file=sys.stderr)
+        return 2
     json.dump({"model": model.name, "results": [predict(n, model, args.seconds)
                                                 for n in CONFIGS]}, sys.stdout)
     print()
