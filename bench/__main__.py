@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rtmsim calibrate --seconds (default 3: about a minute)")
     p.add_argument("--no-pin", action="store_true",
                    help="do not pin the server to CPU 0 and the clients to the others")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p = sub.add_parser("validate", help="real vs virtual: rtmsim run and rtmsim simulate "
                        "of the same scenario and seed, compared against issue 14's bounds")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from bench import __main__ as bench_main
 
 
@@ -13,8 +15,10 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
     return dict(sub.choices)
 
 
-def test_every_subcommand_takes_quiet():
-    # run() reads args.quiet for every command: one without it died in a traceback
+@pytest.mark.parametrize("flag", ["--quiet", "--json"])
+def test_every_subcommand_takes_the_flags_main_reads(flag):
+    # run() reads args.quiet and main() args.json for every command: calibrate-check
+    # had neither, and died in a traceback after its benchmarks had run
     missing = [name for name, p in _subcommands().items()
-               if "--quiet" not in p._option_string_actions]
-    assert not missing, f"no --quiet on: {missing}"
+               if flag not in p._option_string_actions]
+    assert not missing, f"no {flag} on: {missing}"
