@@ -42,7 +42,7 @@ try:
 except ImportError:  # the servers fall back the same way
     uvloop = None
 
-from loadtests.rawws import RawClient
+from loadtests.rawws import RawClient, Subscriber
 
 from .childio import LoadError, address, emit, read_command
 from .procs import cpu_seconds, machine_cpu_seconds, raise_nofile
@@ -57,28 +57,6 @@ QUIET_CPU = 0.15  # cores other processes may use in a slice that still counts a
 def publish_payload(size: int) -> bytes:
     """The `data` of every published message: a JSON object of about `size` bytes."""
     return orjson.dumps({"text": "x" * max(0, size - 11)})
-
-
-class Subscriber(RawClient):
-    """Subscribes to one channel, then only counts the frames it receives."""
-
-    def __init__(self, host: str, port: int, path: str, channel: str) -> None:
-        super().__init__(host, port, path)
-        self.channel = channel
-        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_welcome(self, payload: bytes) -> None:
-        self.send_text(orjson.dumps({"type": "subscribe", "channel": self.channel,
-                                     "requestId": "sub"}))
-
-    def on_text(self, payload: bytes) -> None:
-        if self.subscribed.done():
-            return
-        if b'"ack"' in payload and b'"sub"' in payload:
-            self.wants_payload = False  # from now on frames are only counted
-            self.subscribed.set_result(None)
-        elif b'"error"' in payload:
-            self.subscribed.set_exception(LoadError(f"subscribe failed: {payload[:200]!r}"))
 
 
 class Publisher(RawClient):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -235,3 +236,41 @@ class RawClient(asyncio.Protocol):
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.transport.abort()
+
+
+class SubscribeError(ConnectionError):
+    """The server answered a subscribe with an error frame."""
+
+
+class Subscriber(RawClient):
+    """Subscribes to one channel, then only counts the frames it receives.
+
+    `subscribed` resolves on the first frame holding `ready`: the ack by default (what
+    any server under test sends), or `b'"type":"presence"'` to wait for our server's
+    presence snapshot, which follows the ack, so that no answer is still in flight.
+    Payloads are skipped from then on: a counting subscriber must cost the load core
+    as little as it can.
+    """
+
+    def __init__(self, host: str, port: int, path: str, channel: str,
+                 ready: bytes = b'"ack"') -> None:
+        super().__init__(host, port, path)
+        self.channel = channel
+        self.ready = ready
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_welcome(self, payload: bytes) -> None:
+        channel = json.dumps(self.channel).encode()
+        self.send_text(b'{"type":"subscribe","channel":' + channel
+                       + b',"requestId":"sub"}')
+
+    def on_text(self, payload: bytes) -> None:
+        if self.subscribed.done():
+            return
+        if self.ready in payload:
+            self.wants_payload = False  # from now on frames are only counted
+            self.subscribed.set_result(None)
+        elif b'"error"' in payload:
+            self.subscribed.set_exception(SubscribeError(
+                f"subscribe failed: {payload[:200]!r}"))
+

@@ -40,29 +40,6 @@ class Peer(RawClient):
         self.wants_payload = False  # from now on frames are only counted
 
 
-class Subscriber(RawClient):
-    """Subscribes to one channel, then only counts frames (its payloads are skipped)."""
-
-    def __init__(self, host: str, port: int, path: str, channel: str) -> None:
-        super().__init__(host, port, path)
-        self.channel = channel
-        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_welcome(self, payload: bytes) -> None:
-        self.send_text(orjson.dumps({"type": "subscribe", "channel": self.channel,
-                                     "requestId": "s"}))
-
-    def on_text(self, payload: bytes) -> None:
-        if self.subscribed.done():
-            return
-        if payload.startswith(b'{"type":"presence"'):  # the snapshot comes after the ack
-            self.wants_payload = False
-            self.subscribed.set_result(None)
-        elif payload.startswith(b'{"type":"error"'):
-            self.subscribed.set_exception(CalibrationError(
-                f"subscribe failed: {payload[:200]!r}"))
-
-
 class Requester(RawClient):
     """Sends requests one at a time, each once the answers to the last have arrived.
 

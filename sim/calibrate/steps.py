@@ -23,6 +23,7 @@ import aiohttp
 import orjson
 
 from loadtests.benchconfig import PUBLISHABLE_KEY, SECRET, SECRET_KEY_ID
+from loadtests.rawws import SubscribeError, Subscriber
 from server.auth import mint_token
 from server.config import Key
 
@@ -30,7 +31,6 @@ from .clients import (
     Peer,
     Probe,
     Requester,
-    Subscriber,
     address,
     close_clients,
     open_clients,
@@ -258,9 +258,14 @@ def publish_frame(channel: str) -> Callable[[int, int], bytes]:
 async def fanout(s: Session, subscribers: int) -> list[Row]:
     """Closed-loop publishers to a channel of `subscribers` (who only count frames)."""
     channel = f"cal/fan/{subscribers}"
-    subs = await open_clients(lambda: Subscriber(s.host, s.port, s.key_path(), channel),
+    # ready on the presence snapshot, which follows the ack: no answer still in flight
+    subs = await open_clients(lambda: Subscriber(s.host, s.port, s.key_path(), channel,
+                                                 ready=b'"type":"presence"'),
                               s.server.ws_url, subscribers)
-    await asyncio.wait_for(asyncio.gather(*(c.subscribed for c in subs)), 30)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(c.subscribed for c in subs)), 30)
+    except SubscribeError as exc:
+        raise CalibrationError(str(exc)) from None
     pubs = await s.requesters(s.scale.sockets)
     t = Tally(f"publish_to_{subscribers}")
     before = s.meter.read()
