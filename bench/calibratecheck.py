@@ -15,8 +15,6 @@ the calibrated one (an operation found queued with others is cheaper: batching).
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import benchmarks
-from .procs import ROOT, BenchError
+from .procs import BenchError, json_child
 
 TOLERANCE = 0.15
 SATURATED = 0.9  # of a core: below it a benchmark did not measure a saturated server
@@ -38,20 +36,10 @@ def calibrate(seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rtmsim-calcheck-") as tmp:
         args = [sys.executable, "-m", "sim.cli", "calibrate", "--seconds", str(seconds),
                 "--no-redis", "--json", "--out", str(Path(tmp) / "model.toml")]
-        with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
-                args, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True) as proc:
-            assert proc.stderr is not None
-            last = "(no output)"
-            for line in proc.stderr:
-                last = line.rstrip() or last
-                log(last)
-            if proc.wait() != 0:
-                raise BenchError(f"rtmsim calibrate exited {proc.returncode}: {last}")
-            out.seek(0)
-            try:
-                return json.load(out)["model"]
-            except (ValueError, KeyError) as exc:
-                raise BenchError(f"rtmsim calibrate printed no model: {exc}") from None
+        result = json_child(args, "rtmsim calibrate", log)
+    if not isinstance(result, dict) or "model" not in result:
+        raise BenchError("rtmsim calibrate printed no model")
+    return result["model"]
 
 
 def compare(name: str, predicted: float, model_us: float, result: dict[str, Any],

@@ -72,6 +72,29 @@ class BenchError(RuntimeError):
 # -- /proc ------------------------------------------------------------------------------
 
 
+def json_child(args: Sequence[str], name: str, log: Callable[[str], None]) -> Any:
+    """Run a child that prints one JSON document; its stderr lines go to `log` as they
+    come (its progress), and a failure is a BenchError naming `name` and its last line.
+
+    Stdout goes to a file, not a pipe, so a large result cannot block the child while
+    we are still reading its stderr.
+    """
+    with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
+            args, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stderr is not None
+        last = "(no output)"
+        for line in proc.stderr:
+            last = line.rstrip() or last
+            log(last)
+        if proc.wait() != 0:
+            raise BenchError(f"{name} exited {proc.returncode}: {last}")
+        out.seek(0)
+        try:
+            return json.load(out)
+        except ValueError as exc:
+            raise BenchError(f"{name} printed no JSON: {exc}") from None
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .procs import ROOT, BenchError
+from .procs import ROOT, BenchError, json_child
 
 MODELS = "sim.virtual.published"
 SCALE = "sim.virtual.scale"
@@ -32,17 +31,7 @@ def simulate_check(trials: int, seed: int, log: Callable[[str], None]) -> dict[s
     """Run every reproduction at full size in a child; its result, plus our wall time."""
     args = [sys.executable, "-m", MODELS, "--trials", str(trials), "--seed", str(seed)]
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
-            args, cwd=ROOT, stdout=out, stderr=subprocess.PIPE, text=True) as proc:
-        assert proc.stderr is not None
-        last = "(no output)"
-        for line in proc.stderr:
-            last = line.rstrip() or last
-            log(last)
-        if proc.wait() != 0:
-            raise BenchError(f"python -m {MODELS} exited {proc.returncode}: {last}")
-        out.seek(0)
-        result = json.load(out)
+    result = json_child(args, f"python -m {MODELS}", log)
     return {"benchmark": "simulate", "mode": "check",
             "wall_s": round(time.perf_counter() - start, 1), **result}
 
