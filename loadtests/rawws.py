@@ -273,4 +273,3 @@ class Subscriber(RawClient):
         elif b'"error"' in payload:
             self.subscribed.set_exception(SubscribeError(
                 f"subscribe failed: {payload[:200]!r}"))
-
