@@ -195,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "directory)")
     where.add_argument("--from", dest="existing", type=Path, metavar="DIR",
                        help="run nothing: compare the run directories --keep DIR wrote")
+    p.add_argument("--model", type=Path, metavar="FILE", help="the virtual runs' model "
+                   "(rtmsim simulate --model; default: each scenario's own)")
+    p.add_argument("--no-load-generator", dest="load_generator", action="store_false",
+                   help="simulate without modelling the real run's Locust processes "
+                        "(rtmsim simulate without --load-generator)")
     p.add_argument("--check", action="store_true", help="exit 1 if a check misses its bound")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -230,8 +235,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                              "not apply; drop them")
         if args.existing is not None and not args.existing.is_dir():
             raise BenchError(f"--from {args.existing}: no such directory")
+        if args.model is not None and not args.model.is_file():
+            raise BenchError(f"--model {args.model}: no such file")
         return validate(args.scenarios, users=args.users, seed=args.seed, keep=args.keep,
-                        existing=args.existing, log=log)
+                        existing=args.existing, log=log, load_generator=args.load_generator,
+                        model=args.model)
     if not (args.ours_root / "sim" / "cli.py").is_file():
         raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
                          "give the root of an rtmsim checkout")

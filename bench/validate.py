@@ -457,7 +457,7 @@ def scenario_path(name: str) -> Path:
 
 
 def run_child(verb: str, scenario: Path, out: Path, *, users: int | None, seed: int | None,
-              log: Callable[[str], None]) -> float:
+              log: Callable[[str], None], extra: Sequence[str] = ()) -> float:
     """`rtmsim VERB SCENARIO --out OUT` in a child; its wall seconds. Its output goes to
     OUT.log beside the run directory. Exit 1 is a failed threshold of a complete run
     (the scenario's own gate), not a failure to run."""
@@ -465,6 +465,7 @@ def run_child(verb: str, scenario: Path, out: Path, *, users: int | None, seed: 
            "--no-progress"]
     cmd += ["--users", str(users)] if users is not None else []
     cmd += ["--seed", str(seed)] if seed is not None else []
+    cmd += list(extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     output = out.with_name(out.name + ".log")
     log(f"  rtmsim {verb} {scenario.stem} -> {out}")
@@ -484,8 +485,12 @@ def run_child(verb: str, scenario: Path, out: Path, *, users: int | None, seed: 
 
 def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
              keep: Path | None, existing: Path | None,
-             log: Callable[[str], None]) -> dict[str, Any]:
-    """Run (or, with `existing`, re-read) each scenario real and virtual, and compare."""
+             log: Callable[[str], None], load_generator: bool = True,
+             model: Path | None = None) -> dict[str, Any]:
+    """Run (or, with `existing`, re-read) each scenario real and virtual, and compare.
+
+    The virtual run models the real run's Locust processes (`--load-generator`): what
+    the real run's clients measure includes them."""
     paths = [scenario_path(name) for name in scenarios]
     base = existing or keep
     if existing is None and keep is not None:
@@ -502,7 +507,9 @@ def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
         base = Path(tmp)
     try:
         results = [_scenario(path, base / path.stem, users=users, seed=seed,
-                             run=existing is None, log=log) for path in paths]
+                             run=existing is None, log=log,
+                             simulate=virtual_flags(load_generator, model))
+                   for path in paths]
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -512,20 +519,21 @@ def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
     checks = [c for r in results for c in r["checks"]]
     failed = sum(c["ok"] is False for c in checks)
     return {"benchmark": "validate", "machine": machine(), "checkout": checkout(ROOT),
+            "load_generator": load_generator, "model": str(model) if model else None,
             "bounds": bounds(), "scenarios": results, "checks": len(checks),
             "failed": failed, "skipped": sum(c["ok"] is None for c in checks),
             "passed": failed == 0}
 
 
 def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, run: bool,
-              log: Callable[[str], None]) -> dict[str, Any]:
+              log: Callable[[str], None], simulate: Sequence[str] = ()) -> dict[str, Any]:
     real_dir, virtual_dir = base / "real", base / "virtual"
     wall: dict[str, float | None] = {"real": None, "virtual": None}
     log(f"{path.stem}: " + ("real and virtual runs" if run else f"comparing {base}"))
     if run:
         wall["real"] = run_child("run", path, real_dir, users=users, seed=seed, log=log)
         wall["virtual"] = run_child("simulate", path, virtual_dir, users=users, seed=seed,
-                                    log=log)
+                                    log=log, extra=simulate)
     summaries = []
     for d in (real_dir, virtual_dir):
         if not (d / SUMMARY).is_file():
@@ -544,6 +552,12 @@ def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, ru
                        "virtual": (virtual.get("run") or {}).get("status")},
             "real_dir": str(real_dir), "virtual_dir": str(virtual_dir), "wall_s": wall,
             "checks": [c.as_dict() for c in checks]}
+
+
+def virtual_flags(load_generator: bool, model: Path | None) -> list[str]:
+    """The `rtmsim simulate` flags of the virtual runs."""
+    flags = ["--load-generator"] if load_generator else []
+    return flags + (["--model", str(model.resolve())] if model is not None else [])
 
 
 def bounds() -> dict[str, str]:

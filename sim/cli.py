@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="per step, of about 15 (default 3: about a minute)")
     cal.add_argument("--no-redis", action="store_true",
                      help="leave [model.redis] at the defaults (no redis-server started)")
+    cal.add_argument("--no-load-generator", action="store_true",
+                     help="skip the Locust swarms that measure [model.load_generator]")
     cal.add_argument("--json", action="store_true", help="print one JSON object")
     run = sub.add_parser("run", help="run a scenario end to end (server + swarm + analysis)")
     run.add_argument("scenario", help="scenario TOML file (see scenarios/)")
@@ -106,6 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=_int, help="override server.seed")
     simulate.add_argument("--no-deliveries", action="store_true", help="count deliveries and "
                           "keep their latency histogram, without a log row each")
+    simulate.add_argument("--load-generator", action="store_true", help="model the Locust "
+                          "processes of `rtmsim run` (swarm.workers, the model's "
+                          "[model.load_generator] costs): predict what a real run here "
+                          "measures, not what clients on their own devices see")
     simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
     simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")
     analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
@@ -214,7 +220,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
     run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
-                        log_deliveries=not args.no_deliveries).run()
+                        log_deliveries=not args.no_deliveries,
+                        load_generator=args.load_generator).run()
     return finish_run(run_dir, status, args.junit)
 
 

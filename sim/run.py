@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import rundir
+from .procstat import TreeCpu
 from .scenario import Scenario, run_meta
 from .thresholds import live_failures
 
@@ -222,6 +223,7 @@ class Runner:
         total = self.scenario.swarm.duration_s
         started = time.monotonic()
         timeline = open(self.dir / rundir.SERVER_TIMELINE, "a", encoding="utf-8")  # noqa: SIM115
+        loadgen = TreeCpu(locust.proc.pid)
         last_published = 0
         last_t = time.monotonic()
         shown = 0.0
@@ -230,6 +232,7 @@ class Runner:
                 time.sleep(SAMPLE_S)
                 now = time.time()
                 samples = sample_stats(inst.admin_urls, timeline, now)
+                loadgen.sample(time.monotonic())
                 if self._abort_early(samples):
                     break
                 origin = next((s.get("faults", {}).get("origin") for s in samples.values()),
@@ -248,6 +251,8 @@ class Runner:
                     self._print_progress(elapsed, total, samples, rate)
         finally:
             timeline.close()
+            self.meta["load_generator"] = {"processes": self.scenario.swarm.workers,
+                                           **loadgen.summary()}
             if self.out.isatty():
                 self.out.write("\n")
 

@@ -680,3 +680,16 @@ def test_capacity_names_the_resource_that_ran_out():
     assert _resource(two, 1.9).startswith("server CPU ran out (1.90 cores busy over 2")
     assert _resource(two, 0.6).startswith("not the server's CPU (0.60 cores busy")
     assert _resource(two, float("nan")) == "server CPU not recorded (older run)"
+
+
+@pytest.mark.parametrize(("share", "warned"), [(0.97, True), (0.5, False)])
+def test_a_saturated_load_generator_is_a_warning(rd: RunDir, share: float,
+                                                 warned: bool) -> None:
+    mixed_errors(rd)
+    rd.meta["load_generator"] = {"processes": 1, "cpu_s": 20.0, "busiest_share": share}
+    warnings = A.summary(A.load_run(rd.write()))["warnings"]
+    found = [w for w in warnings if w.startswith("load generator:")]
+    assert found == ([f"load generator: a Locust process used {share:.0%} of a core in "
+                      "its busiest second: client latencies and closed-loop rates include "
+                      "its own queue (more swarm.workers, or `rtmsim simulate`, to see "
+                      "past it)"] if warned else [])

@@ -182,7 +182,7 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     has_redis = shutil.which("redis-server") is not None
     cmd = [sys.executable, "-m", "sim.cli", "calibrate", "--seconds", "0.15", "--out",
            str(out), "--json", *([] if has_redis else ["--no-redis"])]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout)
     assert printed["out"] == str(out)
@@ -199,6 +199,13 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     steps = {s["step"] for s in raw["measured"]["steps"]}
     assert {"connect_key", "publish_to_50", "kick_32", "rest_publish"} <= steps
     assert out.read_text().startswith("# Measured by `rtmsim calibrate")
+    # The Locust process's costs, from its three swarms.
+    lg = model.load_generator
+    assert lg.send_us + lg.receive_us > 0 and lg.delivery_us > 0 and lg.wake_us >= 0
+    swarms = raw["measured"]["load_generator"]
+    assert swarms["requests"]["round_trips"] > 0 and swarms["deliveries"]["deliveries"] > 0
+    assert swarms["requests"]["round_trip_us"] == pytest.approx(lg.send_us + lg.receive_us,
+                                                                abs=0.02)
 
 
 @pytest.mark.parametrize("where", ["dir", "under_a_file"])

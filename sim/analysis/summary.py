@@ -37,6 +37,8 @@ FLOAT_DIGITS = 6
 TOP_OFFENDERS = 10
 QUOTA_FIELDS = ("messagesUsed", "overageMessages", "overageConnections", "balance",
                 "concurrentNow")
+# A Locust process this busy is the bottleneck of what its users measure.
+LOADGEN_SATURATED = 0.9
 
 
 def jsonable(value: Any, digits: int = FLOAT_DIGITS) -> Any:
@@ -185,6 +187,12 @@ def summary_warnings(run: Run, violations: pd.DataFrame, rec: dict[str, Any],
     for r in recovery.itertuples(index=False):
         if r.note == "not recovered before the scenario ended":
             warnings.append(f"fault {r.id} ({r.kind}): {r.note}")
+    loadgen = run.meta.get("load_generator") or {}
+    if (loadgen.get("busiest_share") or 0.0) >= LOADGEN_SATURATED:
+        warnings.append(
+            f"load generator: a Locust process used {loadgen['busiest_share']:.0%} of a "
+            "core in its busiest second: client latencies and closed-loop rates include "
+            "its own queue (more swarm.workers, or `rtmsim simulate`, to see past it)")
     return warnings
 
 

@@ -34,7 +34,7 @@ except ImportError:  # the stock loop then
 from server.schema import ConfigError
 from sim.virtual.model import OPERATIONS, RedisModel, load_model
 
-from . import steps
+from . import loadgen, steps
 from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation
 from .servers import ROOT, CalibrationError, Processes, process_cpu_s, split_cpus
 from .steps import NUISANCE, Meter, Scale, Session
@@ -83,8 +83,9 @@ def machine_description() -> dict[str, Any]:
 
 async def measure(scale: Scale, server_cpus: set[int] | None,
                   client_cpus: set[int] | None, *, redis: bool,
-                  log: Callable[[str], None]) -> dict[str, Any]:
-    """Every step against a fresh server; rows, latencies and the Redis figures."""
+                  log: Callable[[str], None], load_generator: bool = True) -> dict[str, Any]:
+    """Every step against a fresh server; rows, latencies, the Locust process's costs
+    and the Redis figures."""
     async with Processes(server_cpus, client_cpus) as procs:
         server = await procs.start_server()
         core = min(server_cpus) if server_cpus else None
@@ -96,6 +97,10 @@ async def measure(scale: Scale, server_cpus: set[int] | None,
             out = await _steps(session, log)
         finally:
             await session.close()
+        out["load_generator"] = None
+        if load_generator:
+            out["load_generator"] = await loadgen.measure(
+                server, procs.dir / "loadgen", scale.seconds, client_cpus, log)
         await procs.stop(server)
         out["redis"], out["redis_missing"] = None, "--no-redis"
         if redis:
@@ -272,13 +277,22 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "redis": redis_record,
         "steps": _step_records(rows, fit),
     }
-    return {
+    network = {"median_ms": round(median_ms, 4), "sigma": round(sigma, 3)}
+    model = {
         "name": name, "source": source, "cores": 1, "backlog": 2048,
         "costs_us": {op: round(v, 2) for op, v in costs.items()},
-        "network": {"median_ms": round(median_ms, 4), "sigma": round(sigma, 3)},
+        "network": network,
         "redis": redis_table,
         "measured": record,
     }
+    lg = measured.get("load_generator")
+    if lg is not None:
+        model["load_generator"] = loadgen.load_generator_table(lg, costs, network)
+        record["load_generator"] = {
+            **lg, "split": "receive_us = delivery_us; send_us = the round trip's CPU "
+                           "less receive_us; wake_us = the light median less the "
+                           "engine's light round trip without it"}
+    return model
 
 
 def _others(rows: list[Row]) -> float:
@@ -371,6 +385,12 @@ def table(model: dict[str, Any]) -> str:
         f"with 1 in flight, {m['batching']['publish_us_8_in_flight']} with 8 "
         f"(calibrated at {m['sockets_per_step']})",
     ]
+    lg = model.get("load_generator")
+    if lg is not None:
+        lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
+                     f"{lg['receive_us']} us, delivery {lg['delivery_us']} us, wake "
+                     f"{lg['wake_us']} us (light median "
+                     f"{m['load_generator']['light']['median_ms']} ms)")
     if m["server_core_used_by_others"] > OTHERS_WARNING:
         lines.append(f"warning: other processes and interrupts used "
                      f"{m['server_core_used_by_others']:.0%} of the server's core during "
@@ -386,7 +406,8 @@ def _pct(r: Any) -> str:
 
 
 def run_calibration(out: Path, scale: Scale, *, redis: bool = True,
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+                    log: Callable[[str], None] = print,
+                    load_generator: bool = True) -> dict[str, Any]:
     """Measure, fit, write the model to `out`; the model table. CalibrationError on
     any problem (one line)."""
     out = check_out(out)
@@ -399,7 +420,8 @@ def run_calibration(out: Path, scale: Scale, *, redis: bool = True,
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
     when = datetime.now().astimezone()
     start = time.perf_counter()
-    coro = measure(scale, server_cpus, client_cpus, redis=redis, log=log)
+    coro = measure(scale, server_cpus, client_cpus, redis=redis, log=log,
+                   load_generator=load_generator)
     measured = uvloop.run(coro) if uvloop is not None else asyncio.run(coro)
     model = build_model(measured, scale, machine_description(), when)
     model["measured"]["calibration_s"] = round(time.perf_counter() - start, 1)
@@ -425,7 +447,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     try:
         scale = scale_from(args)
         out = Path(args.out) if args.out else default_out()
-        model = run_calibration(out, scale, redis=not args.no_redis, log=log)
+        model = run_calibration(out, scale, redis=not args.no_redis, log=log,
+                                load_generator=not args.no_load_generator)
     except CalibrationError as exc:
         if args.debug:
             raise

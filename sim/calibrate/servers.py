@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.benchconfig import BENCH_CONFIG
+from sim.procstat import process_cpu_s
 
 ROOT = Path(__file__).resolve().parents[2]
 # `rtmsim serve` as a child process; a test puts a failing command here.
@@ -51,26 +52,6 @@ class CalibrationError(RuntimeError):
 
 
 # -- CPU readings ---------------------------------------------------------------------
-
-
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds all threads of `pid` have run (ns-precise), 0.0 once it is gone."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return 0.0
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat", "rb") as f:
-                total += int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-            continue
-    if total == 0:  # no schedstat (a kernel without CONFIG_SCHED_INFO): ticks, then
-        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return total / 1e9
 
 
 def core_seconds(cpu: int) -> tuple[float, float]:

@@ -34,13 +34,14 @@ from loadtests.intents import (
 from server.codes import CloseCode
 from server.jsonenc import loads
 
-from .instance import ceil_tick
+from .instance import COUNTED, ceil_tick
 
 if TYPE_CHECKING:
     from server.connection import Connection
 
     from .engine import Engine
     from .instance import Instance
+    from .loadgen import ProcessCore
 
 ABNORMAL = CloseCode.ABNORMAL_CLOSURE
 SYN_RETRIES = 6  # Linux's tcp_syn_retries: 1 + 2 + 4 + ... s before the connect fails
@@ -66,14 +67,16 @@ class _Pending:
 class VirtualClient:
     """One user: its behaviour's generator, its current connection, its requests."""
 
-    __slots__ = ("behaviour", "conn", "connecting", "credential", "disconnecting", "drain",
-                 "engine",
+    __slots__ = ("behaviour", "conn", "connecting", "core", "credential", "disconnecting",
+                 "drain", "engine",
                  "gen", "idle", "instance", "pending", "policy", "rids", "stopped",
                  "syn_tries", "uncorrelated", "user", "user_class", "view")
 
     def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
-                 instance: Instance, credential: tuple[str, str]) -> None:
+                 instance: Instance, credential: tuple[str, str],
+                 core: ProcessCore | None = None) -> None:
         self.engine = engine
+        self.core = core  # its Locust process, when the run models the load generator
         self.user = user
         self.user_class = user_class
         self.behaviour = behaviour
@@ -193,7 +196,7 @@ class VirtualClient:
         else:
             params, jwt = {"token": [self.view.token]}, True
         instance = self.instance
-        self.engine.to_server(lambda: instance.upgrade(self, params, jwt))
+        self.engine.to_server(lambda: instance.upgrade(self, params, jwt), self.core)
 
     def syn_dropped(self, instance: Instance) -> None:
         """The listen backlog was full: the kernel retries the SYN, doubling its wait."""
@@ -218,7 +221,8 @@ class VirtualClient:
 
     def rejected(self, code: int, t: float) -> None:
         """The upgrade ended in a close before `welcome`."""
-        self.engine.to_client(t, lambda: self._connect_done(f"close {code}", code))
+        self.engine.to_client(t, lambda: self._connect_done(f"close {code}", code),
+                              self.core)
 
     def _connect_done(self, outcome: str, code: int | None = None) -> None:
         p = self.connecting
@@ -241,7 +245,7 @@ class VirtualClient:
             if conn is not None:  # welcomed, the welcome still on its way: we hang up
                 instance = self.instance
                 self.engine.to_server(lambda: instance.submit(
-                    lambda: instance.disconnected(conn, ABNORMAL)))
+                    lambda: instance.disconnected(conn, ABNORMAL)), self.core)
             self._connect_done("timeout")
 
     # -- requests ----------------------------------------------------------------------------
@@ -270,7 +274,8 @@ class VirtualClient:
             engine.timeouts.add(p, self._timed_out)
         op = "frame" if r.op not in ("subscribe", "unsubscribe", "publish", "send") else r.op
         instance = self.instance
-        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, text, op)))
+        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, text, op)),
+                         self.core)
         return True
 
     def _send_raw(self, r: SendRaw) -> None:
@@ -289,9 +294,11 @@ class VirtualClient:
         instance = self.instance
         if len(data) > instance.service.config.limits.max_frame_bytes:
             # websockets closes 1009 on a frame past max_size, before the core sees it.
-            engine.to_server(lambda: instance.submit(lambda: self._too_big(instance, conn)))
+            engine.to_server(lambda: instance.submit(lambda: self._too_big(instance, conn)),
+                             self.core)
             return
-        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, data, "frame")))
+        engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, data, "frame")),
+                         self.core)
 
     def _too_big(self, instance: Instance, conn: Connection) -> None:
         instance.spend("frame")
@@ -327,7 +334,9 @@ class VirtualClient:
 
     def frame_from_server(self, payload: bytes, kind: str, t: float) -> None:
         """The core sent `payload` to this client at `t`: it arrives a network draw later."""
-        self.engine.to_client(t, lambda: self._arrived(payload, kind))
+        core = self.core
+        cost = None if core is None or kind not in COUNTED else core.delivery_s
+        self.engine.to_client(t, lambda: self._arrived(payload, kind), core, cost)
 
     def _arrived(self, payload: bytes, kind: str) -> None:
         if kind == "welcome":
@@ -355,7 +364,7 @@ class VirtualClient:
         engine = self.engine
         if conn is not None:
             if clean:
-                engine.to_client(t, lambda: self._closed(code, conn))
+                engine.to_client(t, lambda: self._closed(code, conn), self.core)
             else:
                 engine.at(t, lambda: self._closed(code, conn))
                 engine.at(t, lambda: instance.submit(lambda: instance.disconnected(conn, None)))
@@ -368,7 +377,7 @@ class VirtualClient:
         instance = self.instance
         if code != ABNORMAL:  # echo the close: the server's socket is done
             self.engine.to_server(lambda: instance.submit(
-                lambda: instance.disconnected(conn, None)))
+                lambda: instance.disconnected(conn, None)), self.core)
         outcome = f"close {self.view.close_code}"
         resume = self._fail_waiting(outcome)
         self.conn = None
@@ -433,9 +442,9 @@ class VirtualClient:
 
         def server_side() -> None:
             instance.disconnected(conn, 1000)
-            engine.to_client(instance.cursor, self._disconnected)
+            engine.to_client(instance.cursor, self._disconnected, self.core)
 
-        engine.to_server(lambda: instance.submit(server_side))
+        engine.to_server(lambda: instance.submit(server_side), self.core)
 
     def _disconnected(self) -> None:
         """The close handshake is over (logged then, as `RealtimeClient.close` does)."""

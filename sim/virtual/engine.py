@@ -11,11 +11,12 @@ Virtual unix time is `epoch + env.now`: the run directory reads like a real run'
 
 from __future__ import annotations
 
+import bisect
 import collections
 import heapq
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from server.actions import Deliver
 from server.jsonenc import loads
 
 from .instance import COUNTED, Instance
+from .loadgen import ProcessCore, process_cores
 from .model import Model
 
 
@@ -132,7 +134,9 @@ class Engine:
 
     def __init__(self, model: Model, *, epoch: float, origin: float, seed: int,
                  log: EventLog, timeout_s: float, log_deliveries: bool = True,
-                 queue: str = "heap") -> None:
+                 queue: str = "heap", load_generator: int = 0) -> None:
+        """`load_generator`: how many Locust processes to model (0: none, each user a
+        client on its own device)."""
         self.env: HeapQueue | SimPyQueue = QUEUES[queue]()
         self.model = model
         self.epoch = epoch
@@ -153,6 +157,8 @@ class Engine:
         self.deliveries = 0  # delivered frames (message and direct)
         self.events_run = 0  # events the queue has run (progress: events/s)
         self.latency_hist = np.zeros(len(LATENCY_BOUNDS_MS) + 1, dtype=np.int64)
+        self.cores = process_cores(model.load_generator, load_generator) \
+            if load_generator else []
 
     # -- time -------------------------------------------------------------------------------
 
@@ -204,13 +210,30 @@ class Engine:
             self._draws = np.minimum(block, self._cap).tolist()
         self._draw_i = 0
 
-    def to_server(self, fn: Callable[[], None]) -> None:
-        """A client frame leaves now and reaches its instance a draw later."""
-        self.env.call_at(self.env.now + self.one_way(), fn)
+    def to_server(self, fn: Callable[[], None], core: ProcessCore | None = None) -> None:
+        """A client frame leaves now (or, from a load-generator process, once the
+        process has written it) and reaches its instance a draw later."""
+        now = self.env.now
+        leaves = now if core is None else core.sent(now)
+        self.env.call_at(leaves + self.one_way(), fn)
 
-    def to_client(self, t: float, fn: Callable[[], None]) -> None:
-        """A server frame written at virtual time `t` reaches its client a draw later."""
-        self.env.call_at(t + self.one_way(), fn)
+    def to_client(self, t: float, fn: Callable[[], None], core: ProcessCore | None = None,
+                  cost: float | None = None) -> None:
+        """A server frame written at virtual time `t` reaches its client a draw later
+        (in a load-generator process, `fn` runs once the process has read it: `cost`,
+        by default a reply's)."""
+        arrives = t + self.one_way()
+        if core is None:
+            self.env.call_at(arrives, fn)
+            return
+        read_s = core.receive_s if cost is None else cost
+        self.env.call_at(arrives, lambda: self.env.call_at(core.read(self.env.now, read_s), fn))
+
+    def process_core(self, index: int) -> ProcessCore | None:
+        """The load-generator core of user number `index` (Locust hands users to its
+        processes in turn), or None when the run models no load generator."""
+        cores = self.cores
+        return cores[index % len(cores)] if cores else None
 
     # -- bulk deliveries ----------------------------------------------------------------------
 
@@ -220,8 +243,10 @@ class Engine:
         if d.kind not in COUNTED:
             frame = loads(d.payload)
             end = start + per * len(targets)
+            core = targets[0].transport.core
             self.to_client(end, lambda: [c.transport.presence(frame) for c in targets
-                                         if c.close_code is None])
+                                         if c.close_code is None],
+                           core, None if core is None else core.delivery_s * len(targets))
             return
         if copies is not None:
             targets = tuple(t for t, k in zip(targets, copies, strict=True) for _ in range(k))
@@ -233,29 +258,90 @@ class Engine:
         else:
             draws = np.exp(self.delivery_rng.normal(self._mu, self._sigma, n))
             arrive = written + np.minimum(draws, self._cap)
-        t_unix = arrive + self.epoch
-        frame = loads(d.payload)
-        data = frame.get("data")
-        env_ok = isinstance(data, dict) and "id" in data
-        msg_id = data["id"] if env_ok else ""
-        sender = data.get("pub", "") if env_ok else frame.get("from", "")
-        ts = data.get("ts") if env_ok else None
-        latency = (t_unix - ts) * 1000.0 if isinstance(ts, int | float) else None
+        fanout = _Fanout(d)
+        if not self.cores:
+            self._read(fanout, targets, arrive)
+            return
+        by_core: dict[int, list[int]] = {}
+        for i, conn in enumerate(targets):
+            by_core.setdefault(id(conn.transport.core), []).append(i)
+        for picks in by_core.values():
+            order = sorted(picks, key=arrive.__getitem__)
+            _Landing(self, fanout, [targets[i] for i in order],
+                     arrive[order].tolist()).schedule()
+
+    def _read(self, fanout: _Fanout, targets: Sequence[Any], read: np.ndarray) -> None:
+        """Deliveries read by their clients at virtual times `read`: the latency
+        histogram, and a log row each."""
+        t_unix = read + self.epoch
+        ts = fanout.ts
+        latency = (t_unix - ts) * 1000.0 if ts is not None else None
         if latency is not None:
             self.latency_hist += np.bincount(np.searchsorted(LATENCY_BOUNDS_MS, latency),
                                              minlength=len(self.latency_hist))
         if not self.log_deliveries:
             return
-        channel = frame.get("channel", "")
-        nbytes = len(d.payload)
-        kind = d.kind
         row = self.log.row
         times = t_unix.tolist()
-        lats = latency.tolist() if latency is not None else [None] * n
+        lats = latency.tolist() if latency is not None else [None] * len(times)
+        kind, nbytes, channel = fanout.kind, fanout.nbytes, fanout.channel
+        msg_id, sender = fanout.msg_id, fanout.sender
         for conn, t, lat in zip(targets, times, lats, strict=True):
             c = conn.transport
             row(t, c.user, c.user_class, "deliver", kind, lat, 1, nbytes, channel, msg_id,
                 sender, None, c.policy)
+
+
+class _Fanout:
+    """What every frame of one fan-out shares (read once from its payload)."""
+
+    __slots__ = ("channel", "kind", "msg_id", "nbytes", "sender", "ts")
+
+    def __init__(self, d: Deliver) -> None:
+        frame = loads(d.payload)
+        data = frame.get("data")
+        env_ok = isinstance(data, dict) and "id" in data
+        self.msg_id = data["id"] if env_ok else ""
+        self.sender = data.get("pub", "") if env_ok else frame.get("from", "")
+        ts = data.get("ts") if env_ok else None
+        self.ts = ts if isinstance(ts, int | float) else None
+        self.channel = frame.get("channel", "")
+        self.nbytes = len(d.payload)
+        self.kind = d.kind
+
+
+class _Landing:
+    """A fan-out's frames reaching one load-generator process: read in arrival order,
+    those arriving within `LANDING_HORIZON_S` of each other in one event (the frames
+    of one fan-out arrive within a millisecond or so; a far network draw waits for
+    its own event, so it does not hold the process's clock ahead of other frames)."""
+
+    __slots__ = ("arrive", "engine", "fanout", "i", "targets")
+
+    def __init__(self, engine: Engine, fanout: _Fanout, targets: list[Any],
+                 arrive: list[float]) -> None:
+        self.engine = engine
+        self.fanout = fanout
+        self.targets = targets
+        self.arrive = arrive
+        self.i = 0
+
+    def schedule(self) -> None:
+        self.engine.env.call_at(self.arrive[self.i], self._land)
+
+    def _land(self) -> None:
+        arrive, i = self.arrive, self.i
+        until = self.engine.env.now + LANDING_HORIZON_S
+        j = bisect.bisect_right(arrive, until, lo=i)
+        core = self.targets[i].transport.core
+        read = core.read_many(arrive[i:j], core.delivery_s)
+        self.engine._read(self.fanout, self.targets[i:j], np.asarray(read))
+        self.i = j
+        if j < len(arrive):
+            self.schedule()
+
+
+LANDING_HORIZON_S = 0.002
 
 
 DRAW_BLOCK = 65536  # network draws made at a time

@@ -18,6 +18,11 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     [model.redis]             # only with more than one instance
     hop_us = 25.0
     latency_ms = 0.15
+    [model.load_generator]    # the Locust processes of a real run (--load-generator)
+    send_us = 14.0
+    receive_us = 14.0
+    delivery_us = 12.0
+    wake_us = 200.0
 
 `DEFAULT_MODEL` (`default_model.toml` beside this file) is the calibration shipped
 with the project; a scenario without `[model]` runs on it.
@@ -77,6 +82,26 @@ class RedisModel:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadGenerator:
+    """What a Locust process of `rtmsim run` adds to what its users measure.
+
+    Each process is one event loop on one core (gevent): every frame its users send
+    or receive costs that core CPU (the protocol client, the envelope, Locust's
+    statistics, the event log row), in arrival order, so a process that fans in 50
+    deliveries makes the next ack wait behind them, and a closed loop's rate is
+    bounded by the process, not the server. `wake_us` is what a frame reaching an
+    idle process waits before it is read (the loop's and the vCPU's wake-up): the
+    floor a light-load round trip shows beyond CPU. Real clients on their own devices
+    pay none of this, so the engine applies it only when asked (`--load-generator`).
+    """
+
+    send_us: float = 0.0  # a request (or upgrade, or close) built and written
+    receive_us: float = 0.0  # a reply (ack, error, welcome, close) read and reported
+    delivery_us: float = 0.0  # a delivered frame read, checked and logged
+    wake_us: float = 0.0  # latency (not CPU) of a frame reaching an idle process
+
+
+@dataclass(frozen=True, slots=True)
 class Model:
     name: str = "built-in"
     cores: int = 1
@@ -85,6 +110,7 @@ class Model:
     costs_us: dict[str, float] = field(default_factory=dict)
     network: Network = field(default_factory=Network)
     redis: RedisModel = field(default_factory=RedisModel)
+    load_generator: LoadGenerator = field(default_factory=LoadGenerator)
 
     def cost_s(self, op: str) -> float:
         """Seconds of one core for `op` (KeyError names an operation the model lacks)."""
@@ -163,7 +189,8 @@ def _read(data: object, where: str, base: Model) -> Model:
             costs[key] = float(c.number(key, None, minimum=0))
         c.done()
         changes["costs_us"] = costs
-    for key, kind in (("network", Network), ("redis", RedisModel)):
+    for key, kind in (("network", Network), ("redis", RedisModel),
+                      ("load_generator", LoadGenerator)):
         if key in t.data:
             sub = t.table(key)
             current = getattr(base, key)

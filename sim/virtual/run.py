@@ -8,6 +8,7 @@ named, so `rtmsim analyze`, `report`, `compare` and the notebooks read it unchan
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import json
@@ -53,7 +54,12 @@ class VirtualRun:
     def __init__(self, scenario: Scenario, run_dir: Path, model: Model, *,
                  out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
                  log_deliveries: bool = True, queue: str = "heap",
-                 behaviours: dict[str, Any] | None = None) -> None:
+                 behaviours: dict[str, Any] | None = None,
+                 load_generator: bool = False) -> None:
+        """`load_generator`: model the Locust processes a real run of the scenario
+        would use (`swarm.workers` of them, the model's `load_generator` costs), to
+        predict what `rtmsim run` measures rather than what clients on their own
+        devices would."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
@@ -63,9 +69,11 @@ class VirtualRun:
         self.log_deliveries = log_deliveries
         self.queue = queue
         self._behaviours = behaviours
+        self.load_generator = load_generator
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
         self.wall_s = 0.0
+        self.busiest_share = 0.0  # of a modelled Locust process, in its busiest second
 
     # -- building --------------------------------------------------------------------------
 
@@ -78,7 +86,9 @@ class VirtualRun:
                                       seed=config.server.seed, log=self.log,
                                       timeout_s=DEFAULT_TIMEOUT_S,
                                       log_deliveries=self.log_deliveries,
-                                      queue=self.queue)
+                                      queue=self.queue,
+                                      load_generator=sc.swarm.workers if self.load_generator
+                                      else 0)
         self.events = JsonlEventLog(self.dir / rundir.SERVER_EVENTS)
         n = config.server.instances
         if config.server.backend == "redis" or n > 1:
@@ -122,7 +132,8 @@ class VirtualRun:
             clock=engine.clock, client=lambda: holder[0].view,
             rng=SmallRandom(f"{seed}:{user}"))
         client = VirtualClient(engine, user, name, behaviour, instance,
-                               ("key", params.key or DEFAULT_KEY))
+                               ("key", params.key or DEFAULT_KEY),
+                               engine.process_core(index))
         holder.append(client)
         self.clients.append(client)
         client.start()
@@ -206,7 +217,7 @@ class VirtualRun:
 
         def server_side() -> None:
             instance.disconnected(conn, 1000)
-        self.engine.to_server(lambda: instance.submit(server_side))
+        self.engine.to_server(lambda: instance.submit(server_side), client.core)
         client.note("disconnect", "client")
 
     # -- running ---------------------------------------------------------------------------------
@@ -255,10 +266,17 @@ class VirtualRun:
         was_enabled = gc.isenabled()
         gc.disable()
         try:
+            cores = self.engine.cores
+            busy = [c.busy_s for c in cores]
             while t < until:
                 t = min(until, t + 1.0)
                 events += env.run(until=t)
                 gc.collect(1)
+                if cores:  # as `rtmsim run` samples its Locust processes, each second
+                    now = [c.busy_s for c in cores]
+                    self.busiest_share = max(self.busiest_share,
+                                             *(b - a for a, b in zip(busy, now, strict=True)))
+                    busy = now
                 shown = self._progress(t, until, events, started, shown)
         finally:
             self.engine.events_run = events
@@ -279,13 +297,26 @@ class VirtualRun:
         self.out.flush()
         return mono
 
+    def _load_generator_meta(self) -> dict[str, Any] | None:
+        """What run.json says of the modelled Locust processes (None: not modelled)."""
+        if not self.load_generator:
+            return None
+        return {"processes": self.scenario.swarm.workers,
+                **dataclasses.asdict(self.model.load_generator)}
+
     def _write_meta(self, status: str) -> None:
         self.meta.update(run_meta(self.scenario), status=status)
+        if self.load_generator and hasattr(self, "engine"):  # what `rtmsim run` measures
+            cores = self.engine.cores
+            self.meta["load_generator"] = {
+                "processes": len(cores), "cpu_s": round(sum(c.busy_s for c in cores), 3),
+                "busiest_share": round(self.busiest_share, 3), "processes_seen": len(cores)}
         self.meta["engine"] = {
             "kind": "virtual", "model": self.model.name, "wall_s": round(self.wall_s, 3),
             "events": self.engine.events_run if hasattr(self, "engine") else 0,
             "server_lead_s": SERVER_LEAD_S,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
-            "deliveries_logged": self.log_deliveries}
+            "deliveries_logged": self.log_deliveries,
+            "load_generator": self._load_generator_meta()}
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,
                                                       default=str))

@@ -1,0 +1,241 @@
+"""The load generator's costs (`[model.load_generator]`): what one Locust process of
+`rtmsim run` spends on the frames its users exchange, measured here.
+
+Three short swarms of the real stack (`loadtests/locustfile.py`: gevent, the protocol
+client, Locust's statistics, the event log), one Locust process each, pinned to the
+load CPUs, against the calibration's server:
+
+- **requests**: publishers in closed loops (nobody subscribed): the process's CPU per
+  publish round trip, a request written and its ack read and reported;
+- **deliveries**: subscribers on one channel, fed at a fixed rate by a raw publisher
+  from this process: the process's CPU per delivered frame, over its idle cost;
+- **light**: one publisher at `LIGHT_RATE` a second: the round trip of an idle process.
+  What the median has beyond the model's CPU and network (the engine's own draws) is
+  `wake_us`, the latency of a frame reaching an idle process.
+
+A round trip's CPU is split as `receive_us` = `delivery_us` (reading a frame and
+reporting it is the same work whichever frame it is; at most the whole round trip) and
+`send_us` = the rest; only their sum is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from websockets.asyncio.client import connect
+
+from loadtests.benchconfig import PUBLISHABLE_KEY
+from loadtests.eventload import load_client_events
+
+from .servers import ROOT, CalibrationError, Served, process_cpu_s
+
+LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
+PUBLISHERS = 8  # closed loops in the requests swarm (bench swarm's figure)
+SUBSCRIBERS = 20
+FEED_RATE = 250.0  # publishes/s to the subscribers' channel: 5,000 deliveries/s
+LIGHT_RATE = 20.0  # the light swarm's publishes/s
+START_TIMEOUT_S = 30.0
+MODEL_SAMPLES = 200_000  # draws of the model's light round trip
+
+
+def _locust(run_dir: Path, url: str, classes: dict[str, Any], seconds: float,
+            cpus: set[int] | None) -> subprocess.Popen[bytes]:
+    """One headless Locust process running `classes` (one user each unless
+    `fixed_count` says more) for `seconds`, its event log in `run_dir`."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_dir / "swarm.json"
+    config.write_text(json.dumps({"classes": classes, "seed": 1}))
+    users = sum(c.get("fixed_count", 1) for c in classes.values())
+    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+           "-u", str(users), "-r", str(users), "--run-time", f"{math.ceil(seconds)}s",
+           "--stop-timeout", "5", "--host", url, "--rtmsim-key", PUBLISHABLE_KEY,
+           "--rtmsim-run-dir", str(run_dir), "--rtmsim-config", str(config),
+           "--exit-code-on-error", "0", "--only-summary", "--loglevel", "ERROR", *classes]
+    log = open(run_dir / "locust.log", "wb")  # noqa: SIM115 - closed with the process
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
+                                env={**os.environ, "RTMSIM_SWARM_CONFIG": str(config)})
+    except OSError as exc:
+        raise CalibrationError(f"Locust did not start: {exc.strerror or exc}") from None
+    finally:
+        log.close()
+    if cpus:
+        os.sched_setaffinity(proc.pid, cpus)
+    return proc
+
+
+async def _ended(proc: subprocess.Popen[bytes], run_dir: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise CalibrationError(f"the Locust process did not stop; see "
+                                   f"{run_dir}/locust.log")
+        await asyncio.sleep(0.05)
+
+
+async def _window(proc: subprocess.Popen[bytes], run_dir: Path, ready: Callable[[], bool],
+                  settle_s: float, seconds: float) -> tuple[float, float, float]:
+    """Wait until `ready()`, then `settle_s`; measure the process's CPU over the next
+    `seconds`: (unix start, unix end, CPU seconds)."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise CalibrationError(f"the Locust swarm did not get going; see "
+                                   f"{run_dir}/locust.log")
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(settle_s)
+    t0, cpu0 = time.time(), process_cpu_s(proc.pid)
+    await asyncio.sleep(seconds)
+    return t0, time.time(), process_cpu_s(proc.pid) - cpu0
+
+
+def _rows(run_dir: Path, op: str, t0: float, t1: float) -> Any:
+    df = load_client_events(run_dir)
+    return df[(df.op == op) & (df.t >= t0) & (df.t < t1)]
+
+
+def _has_rows(run_dir: Path) -> Callable[[], bool]:
+    return lambda: any(run_dir.glob("client-events-*/*.parquet"))
+
+
+async def requests(server: Served, base: Path, seconds: float,
+                   cpus: set[int] | None) -> dict[str, Any]:
+    """CPU of the process per publish round trip, publishers in closed loops."""
+    run_dir = base / "requests"
+    classes = {"Publisher": {"fixed_count": PUBLISHERS, "rate": 1e9, "channels": ["cal/lg"],
+                             "payload_bytes": 64, "policy": "none"}}
+    proc = _locust(run_dir, server.ws_url, classes, seconds + 3, cpus)
+    t0, t1, cpu = await _window(proc, run_dir, _has_rows(run_dir), 1.0, seconds)
+    await _ended(proc, run_dir, seconds + 30)
+    acked = len(_rows(run_dir, "publish", t0, t1).query("outcome == 'ok'"))
+    if acked == 0:
+        raise CalibrationError(f"no publish was acked in the requests swarm; see "
+                               f"{run_dir}/locust.log")
+    return {"round_trips": acked, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
+            "round_trip_us": round(cpu / acked * 1e6, 2)}
+
+
+async def deliveries(server: Served, base: Path, seconds: float,
+                     cpus: set[int] | None) -> dict[str, Any]:
+    """CPU of the process per delivered frame, over what its idle subscribers cost."""
+    run_dir = base / "deliveries"
+    channel = "cal/lg-d"
+    classes = {"Subscriber": {"fixed_count": SUBSCRIBERS, "channels": [channel],
+                              "subscriptions": 1, "wildcard_fraction": 0.0}}
+    proc = _locust(run_dir, server.ws_url, classes, 2 * seconds + 4, cpus)
+    subscribed = _subscribed(run_dir, SUBSCRIBERS)
+    i0, i1, idle_cpu = await _window(proc, run_dir, subscribed, 0.5, seconds / 2)
+    stop = asyncio.Event()
+    feed = asyncio.create_task(_feed(server.ws_url, channel, FEED_RATE, stop))
+    try:
+        t0, t1, cpu = await _window(proc, run_dir, lambda: True, 0.3, seconds)
+    finally:
+        stop.set()
+        await feed
+    await _ended(proc, run_dir, 2 * seconds + 30)
+    n = len(_rows(run_dir, "deliver", t0, t1))
+    if n == 0:
+        raise CalibrationError(f"no delivery reached the subscribers; see "
+                               f"{run_dir}/locust.log")
+    idle_per_s = idle_cpu / (i1 - i0)
+    used = max(0.0, cpu - idle_per_s * (t1 - t0))
+    return {"deliveries": n, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
+            "idle_cpu_per_s": round(idle_per_s, 6), "delivery_us": round(used / n * 1e6, 2)}
+
+
+def _subscribed(run_dir: Path, n: int) -> Callable[[], bool]:
+    def ready() -> bool:
+        if not _has_rows(run_dir)():
+            return False
+        df = load_client_events(run_dir)
+        return int(((df.op == "subscribe") & (df.outcome == "ok")).sum()) >= n
+    return ready
+
+
+async def _feed(url: str, channel: str, rate: float, stop: asyncio.Event) -> None:
+    """Publish to `channel` at `rate` a second (on a schedule, not waiting for acks)
+    until `stop`; the acks are read and dropped."""
+    async with connect(f"{url}?key={PUBLISHABLE_KEY}", max_size=None) as ws:
+        await ws.recv()  # welcome
+
+        async def drain() -> None:
+            async for _ in ws:
+                pass
+        reader = asyncio.create_task(drain())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            await ws.send(orjson.dumps({"type": "publish", "channel": channel,
+                                        "data": {"text": "x" * 53},
+                                        "requestId": str(i)}).decode())
+            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
+        reader.cancel()
+
+
+async def light(server: Served, base: Path, seconds: float,
+                cpus: set[int] | None) -> dict[str, Any]:
+    """Round trips of one publisher at `LIGHT_RATE` a second: an idle process's."""
+    run_dir = base / "light"
+    classes = {"Publisher": {"fixed_count": 1, "rate": LIGHT_RATE, "channels": ["cal/lg-l"],
+                             "payload_bytes": 64, "policy": "none"}}
+    proc = _locust(run_dir, server.ws_url, classes, seconds + 2, cpus)
+    t0, t1, _ = await _window(proc, run_dir, _has_rows(run_dir), 0.5, seconds)
+    await _ended(proc, run_dir, seconds + 30)
+    rows = _rows(run_dir, "publish", t0, t1).query("outcome == 'ok'")
+    if len(rows) < 5:
+        raise CalibrationError(f"too few light round trips ({len(rows)}); see "
+                               f"{run_dir}/locust.log")
+    latencies = rows.latency_ms.to_numpy()
+    return {"round_trips": len(rows), "median_ms": round(float(np.median(latencies)), 4),
+            "p90_ms": round(float(np.percentile(latencies, 90)), 4)}
+
+
+async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | None,
+                  log: Callable[[str], None]) -> dict[str, Any]:
+    """The three swarms, one after another."""
+    seconds = max(1.0, seconds)
+    log(f"load generator: {PUBLISHERS} Locust publishers in closed loops ({seconds:g} s)")
+    req = await requests(server, base, seconds, cpus)
+    log(f"    {req['round_trips']:,} round trips: {req['round_trip_us']} us of the Locust "
+        "process's cpu each")
+    log(f"load generator: {SUBSCRIBERS} Locust subscribers fed {FEED_RATE:g} publishes/s")
+    dlv = await deliveries(server, base, seconds, cpus)
+    log(f"    {dlv['deliveries']:,} deliveries: {dlv['delivery_us']} us each")
+    log(f"load generator: one Locust publisher at {LIGHT_RATE:g}/s")
+    lit = await light(server, base, seconds, cpus)
+    log(f"    {lit['round_trips']} round trips, median {lit['median_ms']} ms")
+    return {"requests": req, "deliveries": dlv, "light": lit}
+
+
+def load_generator_table(measured: dict[str, Any], costs_us: dict[str, float],
+                         network: dict[str, float]) -> dict[str, float]:
+    """`[model.load_generator]` from `measure`'s figures and the model's server costs
+    and network (the light round trip is the engine's: draws of its own network)."""
+    delivery_us = measured["deliveries"]["delivery_us"]
+    round_trip_us = measured["requests"]["round_trip_us"]
+    receive_us = min(delivery_us, round_trip_us)
+    send_us = round_trip_us - receive_us
+    rng = np.random.default_rng(0)
+    mu, sigma = math.log(network["median_ms"]), network["sigma"]
+    draws = np.exp(rng.normal(mu, sigma, (2, MODEL_SAMPLES))).sum(axis=0)
+    model_ms = float(np.median(draws)) + (send_us + receive_us + costs_us["publish"]) / 1e3
+    wake_us = max(0.0, (measured["light"]["median_ms"] - model_ms) * 1e3)
+    return {"send_us": round(send_us, 2), "receive_us": round(receive_us, 2),
+            "delivery_us": round(delivery_us, 2), "wake_us": round(wake_us, 1)}
+
