@@ -199,9 +199,13 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     steps = {s["step"] for s in raw["measured"]["steps"]}
     assert {"connect_key", "publish_to_50", "kick_32", "rest_publish"} <= steps
     assert out.read_text().startswith("# Measured by `rtmsim calibrate")
-    # The Locust process's costs, from its three swarms.
+    # The wake-up of an idle server: one point per rate, idle ascending.
+    idle = [ms for ms, _ in model.wake_curve]
+    assert idle == [200.0, 50.0, 10.0, 3.333, 1.0][::-1] and all(
+        us >= 0 for _, us in model.wake_curve)
+    # The Locust process's costs, from its two swarms.
     lg = model.load_generator
-    assert lg.send_us + lg.receive_us > 0 and lg.delivery_us > 0 and lg.wake_us >= 0
+    assert lg.send_us + lg.receive_us > 0 and lg.delivery_us > 0
     swarms = raw["measured"]["load_generator"]
     assert swarms["requests"]["round_trips"] > 0 and swarms["deliveries"]["deliveries"] > 0
     assert swarms["requests"]["round_trip_us"] == pytest.approx(lg.send_us + lg.receive_us,

@@ -50,27 +50,27 @@ def acked(run_dir: Path, start: float = 2.0, end: float = 8.0) -> list[dict]:
 # -- the core's clock -------------------------------------------------------------------
 
 
-def test_a_busy_core_queues_frames_in_order_and_an_idle_one_wakes_first() -> None:
-    core = ProcessCore(LoadGenerator(send_us=10.0, receive_us=20.0, delivery_us=5.0,
-                                     wake_us=100.0))
-    assert core.sent(1.0) == pytest.approx(1.0 + 10e-6)  # idle: writing costs no wake
-    # Arrives while the write is under way: read after it, no wake-up.
+def test_a_busy_core_queues_frames_in_order() -> None:
+    core = ProcessCore(LoadGenerator(send_us=10.0, receive_us=20.0, delivery_us=5.0))
+    assert core.sent(1.0) == pytest.approx(1.0 + 10e-6)
+    # Arrives while the write is under way: read after it.
     assert core.read(1.0 + 5e-6, core.receive_s) == pytest.approx(1.0 + 30e-6)
-    # Arrives at an idle core: the wake-up, then the read.
-    assert core.read(2.0, core.receive_s) == pytest.approx(2.0 + 120e-6)
-    assert core.busy_s == pytest.approx(50e-6)  # wake-ups are latency, not CPU
+    # Arrives at an idle core: read at once.
+    assert core.read(2.0, core.receive_s) == pytest.approx(2.0 + 20e-6)
+    assert core.sent(2.0 + 1e-6) == pytest.approx(2.0 + 30e-6)  # behind the read
+    assert core.busy_s == pytest.approx(60e-6)
 
 
 def test_read_many_is_read_one_after_another() -> None:
-    costs_ = LoadGenerator(delivery_us=5.0, wake_us=100.0)
+    costs_ = LoadGenerator(delivery_us=5.0)
     one, many = ProcessCore(costs_), ProcessCore(costs_)
     arrivals = [1.0, 1.0 + 1e-6, 1.0 + 2e-4, 1.0 + 5e-3]
     expected = [one.read(a, one.delivery_s) for a in arrivals]
     assert many.read_many(arrivals, many.delivery_s) == pytest.approx(expected)
     assert (many.free_at, many.busy_s) == pytest.approx((one.free_at, one.busy_s))
-    # The first wakes the core; the second queues behind it; the last two find it idle.
+    # The second queues behind the first; the last two find the core idle.
     assert expected[1] - expected[0] == pytest.approx(5e-6)
-    assert expected[3] == pytest.approx(1.0 + 5e-3 + 105e-6)
+    assert expected[3] == pytest.approx(1.0 + 5e-3 + 5e-6)
 
 
 # -- what users measure ----------------------------------------------------------------
@@ -100,24 +100,13 @@ def test_two_processes_share_the_users_and_double_the_bound(tmp_path: Path) -> N
                                                                               rel=0.01)
 
 
-def test_an_idle_process_adds_its_wake_up_to_each_reply(tmp_path: Path) -> None:
-    # One loop: 0.1 ms each way, a 50 us publish, 10 + 20 us of the process and a
-    # 300 us wake-up for the ack that reaches it idle: 0.58 ms, every time.
-    model = replace(QUIET, costs_us=costs(publish=50.0),
-                    load_generator=LoadGenerator(send_us=10.0, receive_us=20.0,
-                                                 wake_us=300.0))
-    rows = acked(simulate(tmp_path, FLOOD.replace("users = 20", "users = 1"), model),
-                 0.0, 10.0)
-    assert rows and {round(r["latency_ms"], 6) for r in rows} == {0.58}
-
-
 def test_deliveries_are_read_one_after_another_by_their_process(tmp_path: Path) -> None:
     # 40 listeners in one process: a publish fans out 40 frames that all arrive
-    # 0.2 ms after their write (sigma 0); the process wakes for the first (100 us)
-    # and reads them 25 us apart, so the last is read 40 x 25 us after the wake.
+    # 0.2 ms after their write (sigma 0); the process reads them 25 us apart, so the
+    # last is read 39 x 25 us after the first.
     model = replace(QUIET, costs_us=costs(publish=30.0, delivery=1.0),
                     network=replace(QUIET.network, median_ms=0.2),
-                    load_generator=LoadGenerator(delivery_us=25.0, wake_us=100.0))
+                    load_generator=LoadGenerator(delivery_us=25.0))
     run_dir = simulate(tmp_path, SUBS.format(server="", faults=""), model)
     rows = events(run_dir)
     published = [r for r in rows if r["op"] == "publish" and r["outcome"] == "ok"]
@@ -132,17 +121,16 @@ def test_deliveries_are_read_one_after_another_by_their_process(tmp_path: Path) 
     # seconds near 1.9e9 carry a quarter of a microsecond.)
     assert spans == pytest.approx([39 * 0.025] * len(spans), abs=1e-3)
     # The first: the 0.2 ms trip out, 30 us publish and 1 us delivery, 0.2 ms back,
-    # the wake-up and its read.
+    # and its read.
     assert min(min(v) for v in by_msg.values()) == pytest.approx(
-        0.2 + 0.030 + 0.001 + 0.2 + 0.1 + 0.025, abs=1e-3)
+        0.2 + 0.030 + 0.001 + 0.2 + 0.025, abs=1e-3)
 
 
 def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     model = replace(QUIET, load_generator=LoadGenerator(send_us=1.0))
     meta = json.loads((simulate(tmp_path, FLOOD, model) / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] == {
-        "processes": 1, "send_us": 1.0, "receive_us": 0.0, "delivery_us": 0.0,
-        "wake_us": 0.0}
+        "processes": 1, "send_us": 1.0, "receive_us": 0.0, "delivery_us": 0.0}
     meta = json.loads((simulate(tmp_path, FLOOD, model, load_generator=False)
                        / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] is None

@@ -129,7 +129,7 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
         ("kick", lambda: steps.kicks(s)),
         ("rest_publish", lambda: steps.rest_publishes(s)),
     ]
-    total = len(plan) + 4
+    total = len(plan) + 5
     speed = [steps.spin_rate()]
     log(f"[1/{total}] idle server")
     s.meter.idle_per_s = await steps.idle(s)
@@ -143,14 +143,19 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
                 f"{_per_op_us(row):.1f} us cpu per {_main_op(row)}; server "
                 f"{row.extra['server_busy']:.0%} busy, its core {others:.0%} busy "
                 "with others")
-    log(f"[{total - 2}/{total}] publishes with 1 and with 8 in flight (batching, "
+    log(f"[{total - 3}/{total}] publishes with 1 and with 8 in flight (batching, "
         "for the record)")
     batch = await steps.batching(s)
     log(f"    {batch['publish_us_1_in_flight']} us cpu per publish with 1 in flight, "
         f"{batch['publish_us_8_in_flight']} with 8")
-    log(f"[{total - 1}/{total}] round trips (one ping in flight)")
+    log(f"[{total - 2}/{total}] round trips (one ping in flight)")
     rtts = await steps.round_trips(s)
     log(f"    {len(rtts)} round trips, median {statistics.median(rtts) * 1e3:.3f} ms")
+    log(f"[{total - 1}/{total}] round trips after an idle 1/rate, rate "
+        f"{', '.join(f'{r:g}' for r in steps.WAKE_RATES)} a second")
+    idle_rtts = await steps.idle_round_trips(s)
+    log("    medians " + ", ".join(f"{statistics.median(v) * 1e3:.3f}" for v in
+                                   idle_rtts.values()) + " ms")
     log(f"[{total}/{total}] publish -> delivery, one message in flight")
     local = await steps.delivery_latencies(s.server.ws_url, s.server.ws_url,
                                            sc.latency_samples // 4, sc.seconds / 2)
@@ -158,7 +163,8 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"    {len(local)} deliveries, median {statistics.median(local) * 1e3:.3f} ms")
     speed.append(steps.spin_rate())
     return {"rows": rows, "idle_per_s": s.meter.idle_per_s, "rtts": rtts,
-            "local_delivery": local, "batching": batch, "spin_rate": speed}
+            "idle_rtts": idle_rtts, "local_delivery": local, "batching": batch,
+            "spin_rate": speed}
 
 
 def _main_op(row: Row) -> str:
@@ -278,8 +284,14 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "steps": _step_records(rows, fit),
     }
     network = {"median_ms": round(median_ms, 4), "sigma": round(sigma, 3)}
+    record["wake"] = {
+        "round_trips_median_ms": {f"{rate:g}": round(statistics.median(v) * 1e3, 4)
+                                  for rate, v in measured["idle_rtts"].items()},
+        "wake_curve": "[1000/rate ms, (median round trip at rate - median back to back) "
+                      "us], a ping at a time 1/rate apart"}
     model = {
         "name": name, "source": source, "cores": 1, "backlog": 2048,
+        "wake_curve": wake_curve(measured["rtts"], measured["idle_rtts"]),
         "costs_us": {op: round(v, 2) for op, v in costs.items()},
         "network": network,
         "redis": redis_table,
@@ -287,12 +299,21 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     }
     lg = measured.get("load_generator")
     if lg is not None:
-        model["load_generator"] = loadgen.load_generator_table(lg, costs, network)
+        model["load_generator"] = loadgen.load_generator_table(lg)
         record["load_generator"] = {
-            **lg, "split": "receive_us = delivery_us; send_us = the round trip's CPU "
-                           "less receive_us; wake_us = the light median less the "
-                           "engine's light round trip without it"}
+            **lg, "split": "receive_us = delivery_us (at most the round trip's CPU); "
+                           "send_us = the round trip's CPU less receive_us"}
     return model
+
+
+def wake_curve(back_to_back: list[float], idle: dict[float, list[float]]
+               ) -> list[list[float]]:
+    """`wake_curve` points: after 1/rate idle, what a round trip takes beyond one
+    back to back (medians; never below 0), idle ascending."""
+    base = statistics.median(back_to_back)
+    points = [[round(1e3 / rate, 3), round(max(0.0, statistics.median(rtts) - base) * 1e6, 1)]
+              for rate, rtts in idle.items() if rtts]
+    return sorted(points)
 
 
 def _others(rows: list[Row]) -> float:
@@ -376,6 +397,8 @@ def table(model: dict[str, Any]) -> str:
     lines += [
         f"network       one way median {net['median_ms']} ms, sigma {net['sigma']} "
         f"({m['network']['round_trips']} round trips)",
+        "wake-up       " + ", ".join(f"{us:g} us after {ms:g} ms idle"
+                                     for ms, us in model["wake_curve"]),
         f"redis         hop {red['hop_us']} us, latency {red['latency_ms']} ms"
         + ("" if m["redis"]["measured"] else "  (defaults: not measured)"),
         f"predicted     fan-out 50 subscribers {pred['fanout_delivered_per_s']:,.0f} "
@@ -388,9 +411,7 @@ def table(model: dict[str, Any]) -> str:
     lg = model.get("load_generator")
     if lg is not None:
         lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
-                     f"{lg['receive_us']} us, delivery {lg['delivery_us']} us, wake "
-                     f"{lg['wake_us']} us (light median "
-                     f"{m['load_generator']['light']['median_ms']} ms)")
+                     f"{lg['receive_us']} us, delivery {lg['delivery_us']} us of its core")
     if m["server_core_used_by_others"] > OTHERS_WARNING:
         lines.append(f"warning: other processes and interrupts used "
                      f"{m['server_core_used_by_others']:.0%} of the server's core during "

@@ -1,17 +1,17 @@
 """The load generator's costs (`[model.load_generator]`): what one Locust process of
 `rtmsim run` spends on the frames its users exchange, measured here.
 
-Three short swarms of the real stack (`loadtests/locustfile.py`: gevent, the protocol
+Two short swarms of the real stack (`loadtests/locustfile.py`: gevent, the protocol
 client, Locust's statistics, the event log), one Locust process each, pinned to the
 load CPUs, against the calibration's server:
 
 - **requests**: publishers in closed loops (nobody subscribed): the process's CPU per
   publish round trip, a request written and its ack read and reported;
 - **deliveries**: subscribers on one channel, fed at a fixed rate by a raw publisher
-  from this process: the process's CPU per delivered frame, over its idle cost;
-- **light**: one publisher at `LIGHT_RATE` a second: the round trip of an idle process.
-  What the median has beyond the model's CPU and network (the engine's own draws) is
-  `wake_us`, the latency of a frame reaching an idle process.
+  from this process: the process's CPU per delivered frame, over its idle cost.
+
+What a light-load round trip has beyond CPU is not the load generator's (a raw asyncio
+client shows the same): it is the model's `wake_curve`, measured with the server.
 
 A round trip's CPU is split as `receive_us` = `delivery_us` (reading a frame and
 reporting it is the same work whichever frame it is; at most the whole round trip) and
@@ -31,7 +31,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 from websockets.asyncio.client import connect
 
@@ -44,9 +43,7 @@ LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 PUBLISHERS = 8  # closed loops in the requests swarm (bench swarm's figure)
 SUBSCRIBERS = 20
 FEED_RATE = 250.0  # publishes/s to the subscribers' channel: 5,000 deliveries/s
-LIGHT_RATE = 20.0  # the light swarm's publishes/s
 START_TIMEOUT_S = 30.0
-MODEL_SAMPLES = 200_000  # draws of the model's light round trip
 
 
 def _locust(run_dir: Path, url: str, classes: dict[str, Any], seconds: float,
@@ -188,27 +185,9 @@ async def _feed(url: str, channel: str, rate: float, stop: asyncio.Event) -> Non
         reader.cancel()
 
 
-async def light(server: Served, base: Path, seconds: float,
-                cpus: set[int] | None) -> dict[str, Any]:
-    """Round trips of one publisher at `LIGHT_RATE` a second: an idle process's."""
-    run_dir = base / "light"
-    classes = {"Publisher": {"fixed_count": 1, "rate": LIGHT_RATE, "channels": ["cal/lg-l"],
-                             "payload_bytes": 64, "policy": "none"}}
-    proc = _locust(run_dir, server.ws_url, classes, seconds + 2, cpus)
-    t0, t1, _ = await _window(proc, run_dir, _has_rows(run_dir), 0.5, seconds)
-    await _ended(proc, run_dir, seconds + 30)
-    rows = _rows(run_dir, "publish", t0, t1).query("outcome == 'ok'")
-    if len(rows) < 5:
-        raise CalibrationError(f"too few light round trips ({len(rows)}); see "
-                               f"{run_dir}/locust.log")
-    latencies = rows.latency_ms.to_numpy()
-    return {"round_trips": len(rows), "median_ms": round(float(np.median(latencies)), 4),
-            "p90_ms": round(float(np.percentile(latencies, 90)), 4)}
-
-
 async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | None,
                   log: Callable[[str], None]) -> dict[str, Any]:
-    """The three swarms, one after another."""
+    """The two swarms, one after another."""
     seconds = max(1.0, seconds)
     log(f"load generator: {PUBLISHERS} Locust publishers in closed loops ({seconds:g} s)")
     req = await requests(server, base, seconds, cpus)
@@ -217,25 +196,13 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     log(f"load generator: {SUBSCRIBERS} Locust subscribers fed {FEED_RATE:g} publishes/s")
     dlv = await deliveries(server, base, seconds, cpus)
     log(f"    {dlv['deliveries']:,} deliveries: {dlv['delivery_us']} us each")
-    log(f"load generator: one Locust publisher at {LIGHT_RATE:g}/s")
-    lit = await light(server, base, seconds, cpus)
-    log(f"    {lit['round_trips']} round trips, median {lit['median_ms']} ms")
-    return {"requests": req, "deliveries": dlv, "light": lit}
+    return {"requests": req, "deliveries": dlv}
 
 
-def load_generator_table(measured: dict[str, Any], costs_us: dict[str, float],
-                         network: dict[str, float]) -> dict[str, float]:
-    """`[model.load_generator]` from `measure`'s figures and the model's server costs
-    and network (the light round trip is the engine's: draws of its own network)."""
+def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
+    """`[model.load_generator]` from `measure`'s figures."""
     delivery_us = measured["deliveries"]["delivery_us"]
     round_trip_us = measured["requests"]["round_trip_us"]
     receive_us = min(delivery_us, round_trip_us)
-    send_us = round_trip_us - receive_us
-    rng = np.random.default_rng(0)
-    mu, sigma = math.log(network["median_ms"]), network["sigma"]
-    draws = np.exp(rng.normal(mu, sigma, (2, MODEL_SAMPLES))).sum(axis=0)
-    model_ms = float(np.median(draws)) + (send_us + receive_us + costs_us["publish"]) / 1e3
-    wake_us = max(0.0, (measured["light"]["median_ms"] - model_ms) * 1e3)
-    return {"send_us": round(send_us, 2), "receive_us": round(receive_us, 2),
-            "delivery_us": round(delivery_us, 2), "wake_us": round(wake_us, 1)}
-
+    return {"send_us": round(round_trip_us - receive_us, 2), "receive_us": round(receive_us, 2),
+            "delivery_us": round(delivery_us, 2)}

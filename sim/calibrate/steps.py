@@ -401,6 +401,27 @@ async def round_trips(s: Session) -> list[float]:
     return client.rtts[:budget]
 
 
+# Round trips a second of the idle-server step: one ping each 1/rate apart.
+WAKE_RATES = (5.0, 20.0, 100.0, 300.0, 1000.0)
+
+
+async def idle_round_trips(s: Session) -> dict[float, list[float]]:
+    """Ping round trips (one in flight, seconds), `1/rate` apart for each of
+    `WAKE_RATES`: how long a server (and a client) that slept take to answer."""
+    (client,) = await s.requesters(1)
+    out: dict[float, list[float]] = {}
+    per_rate = max(0.5, s.scale.seconds)
+    for rate in WAKE_RATES:
+        client.rtts = []
+        start = time.perf_counter()
+        while time.perf_counter() - start < per_rate:
+            await run_each([client], [[b'{"type":"ping"}']], (b'"pong"',))
+            await asyncio.sleep(1.0 / rate)
+        out[rate] = client.rtts
+    await s.done_with([client])
+    return out
+
+
 async def delivery_latencies(ws_pub: str, ws_sub: str, samples: int,
                              seconds: float) -> list[float]:
     """Publish -> delivery (seconds), one message in flight, publisher and subscriber

@@ -30,7 +30,7 @@ from server.memory import MemoryBackend
 from server.routing import call_backend, frame_failed, run_connect, run_disconnect, run_route
 from server.service import Service
 
-from .model import Model
+from .model import Model, WakeCurve
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -83,6 +83,7 @@ class Instance:
         self.busy_s = 0.0  # CPU seconds used, for the stats' `process.cpu_s`
         self.connects_waiting = 0  # upgrades in the accept queue (the listen backlog)
         self.costs = {op: model.cost_s(op) for op in model.costs_us}
+        self.wake = WakeCurve(model.wake_curve)
         self.cursor = 0.0  # within a job: the virtual time its output has reached
         self.timers: dict[int, Any] = {}
 
@@ -101,7 +102,9 @@ class Instance:
         """
         now = self.env.now
         if self.free_at <= now and not self.queue:
-            self._run(job, now)
+            # An idle core first wakes up (latency, not CPU): the job runs that much
+            # later, and what arrives meanwhile queues behind it.
+            self._run(job, now + self.wake(now - self.free_at))
             return
         self.queue.append(job)
         if not self.draining:

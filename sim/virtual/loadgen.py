@@ -24,15 +24,14 @@ class ProcessCore:
     """One Locust process's core: when the frames its users send leave, and when the
     frames they receive have been read."""
 
-    __slots__ = ("busy_s", "delivery_s", "free_at", "receive_s", "send_s", "wake_s")
+    __slots__ = ("busy_s", "delivery_s", "free_at", "receive_s", "send_s")
 
     def __init__(self, costs: LoadGenerator) -> None:
         self.send_s = costs.send_us / 1e6
         self.receive_s = costs.receive_us / 1e6
         self.delivery_s = costs.delivery_us / 1e6
-        self.wake_s = costs.wake_us / 1e6
         self.free_at = 0.0
-        self.busy_s = 0.0  # CPU given (wake-ups are latency, not CPU)
+        self.busy_s = 0.0  # CPU given
 
     def sent(self, now: float) -> float:
         """A frame a user writes at `now`: when it leaves the process."""
@@ -42,21 +41,18 @@ class ProcessCore:
         return self.free_at
 
     def read(self, arrival: float, cost: float) -> float:
-        """A frame that reached the process at `arrival`: when it has been read (an
-        idle process wakes up first)."""
+        """A frame that reached the process at `arrival`: when it has been read."""
         free = self.free_at
-        start = free if free > arrival else arrival + self.wake_s
-        self.free_at = start + cost
+        self.free_at = (free if free > arrival else arrival) + cost
         self.busy_s += cost
         return self.free_at
 
     def read_many(self, arrivals: Sequence[float], cost: float) -> list[float]:
         """`read` for each of `arrivals` (ascending): when each has been read."""
         free = self.free_at
-        wake = self.wake_s
         done = []
         for a in arrivals:
-            free = (free if free > a else a + wake) + cost
+            free = (free if free > a else a) + cost
             done.append(free)
         self.free_at = free
         self.busy_s += cost * len(done)

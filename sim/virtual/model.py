@@ -9,6 +9,7 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     name = "loopback, 2 vCPU (rtmsim calibrate, 2026-12-02)"
     cores = 1                 # cores per instance (one event loop uses one)
     backlog = 2048            # the listen backlog: upgrades past it wait for a SYN retry
+    wake_curve = [[1.0, 100.0], [10.0, 280.0], [200.0, 620.0]]  # [idle ms, wake-up us]
     [model.costs_us]          # server CPU per operation, microseconds of one core
     connect_key = 180.0
     ...
@@ -22,7 +23,6 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     send_us = 14.0
     receive_us = 14.0
     delivery_us = 12.0
-    wake_us = 200.0
 
 `DEFAULT_MODEL` (`default_model.toml` beside this file) is the calibration shipped
 with the project; a scenario without `[model]` runs on it.
@@ -30,6 +30,7 @@ with the project; a scenario without `[model]` runs on it.
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 import tomllib
@@ -89,16 +90,37 @@ class LoadGenerator:
     or receive costs that core CPU (the protocol client, the envelope, Locust's
     statistics, the event log row), in arrival order, so a process that fans in 50
     deliveries makes the next ack wait behind them, and a closed loop's rate is
-    bounded by the process, not the server. `wake_us` is what a frame reaching an
-    idle process waits before it is read (the loop's and the vCPU's wake-up): the
-    floor a light-load round trip shows beyond CPU. Real clients on their own devices
-    pay none of this, so the engine applies it only when asked (`--load-generator`).
+    bounded by the process, not the server. Real clients on their own devices pay
+    none of this, so the engine applies it only when asked (`--load-generator`).
     """
 
     send_us: float = 0.0  # a request (or upgrade, or close) built and written
     receive_us: float = 0.0  # a reply (ack, error, welcome, close) read and reported
     delivery_us: float = 0.0  # a delivered frame read, checked and logged
-    wake_us: float = 0.0  # latency (not CPU) of a frame reaching an idle process
+
+
+class WakeCurve:
+    """`Model.wake_curve` as a function: seconds idle -> seconds to wake up."""
+
+    __slots__ = ("idle", "log_idle", "wake")
+
+    def __init__(self, points: tuple[tuple[float, float], ...]) -> None:
+        self.idle = [ms / 1e3 for ms, _ in points]
+        self.log_idle = [math.log(x) for x in self.idle]
+        self.wake = [us / 1e6 for _, us in points]
+
+    def __call__(self, idle_s: float) -> float:
+        idle = self.idle
+        if not idle or idle_s <= 0:
+            return 0.0
+        if idle_s <= idle[0]:
+            return self.wake[0] * idle_s / idle[0]
+        if idle_s >= idle[-1]:
+            return self.wake[-1]
+        i = bisect.bisect_right(idle, idle_s)
+        lo, hi = self.log_idle[i - 1], self.log_idle[i]
+        f = (math.log(idle_s) - lo) / (hi - lo)
+        return self.wake[i - 1] + f * (self.wake[i] - self.wake[i - 1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +129,14 @@ class Model:
     cores: int = 1
     backlog: int = 2048
     syn_retry_s: float = 1.0  # Linux's first SYN retransmission
+    # How long a request reaching an idle instance waits before it is served, by how
+    # long the instance idled: measured points (idle ms, wake us), ascending. On a VM
+    # a process that slept (its vCPU halted) takes longer to wake the longer it slept:
+    # one publish in flight takes 0.75 ms at 5 a second here and 0.13 ms back to
+    # back. It stands for both ends of a round trip (the client slept as long), and is
+    # latency, not CPU. Between points linear in log idle; below the first, that
+    # point's wake scaled down with the idle time; past the last, the last.
+    wake_curve: tuple[tuple[float, float], ...] = ()
     costs_us: dict[str, float] = field(default_factory=dict)
     network: Network = field(default_factory=Network)
     redis: RedisModel = field(default_factory=RedisModel)
@@ -174,6 +204,8 @@ def _read(data: object, where: str, base: Model) -> Model:
     for key in ("cores", "backlog"):
         if key in t.data:
             changes[key] = t.number(key, None, minimum=1, integer=True)
+    if "wake_curve" in t.data:
+        changes["wake_curve"] = _wake_curve(t)
     if "syn_retry_s" in t.data:
         changes["syn_retry_s"] = float(t.number("syn_retry_s", None, minimum=0,
                                                 exclusive=True))
@@ -202,3 +234,23 @@ def _read(data: object, where: str, base: Model) -> Model:
     if "network" in changes and changes["network"].median_ms <= 0:
         raise ConfigError(f"{where}.network.median_ms: must be > 0")
     return replace(base, **changes)
+
+
+def _wake_curve(t: Table) -> tuple[tuple[float, float], ...]:
+    """`wake_curve`: [[idle ms, wake us], ...], idle times > 0 and ascending."""
+    value = t.get("wake_curve")
+    problem = "must be a list of [idle ms, wake us] pairs, idle ms > 0 and ascending, " \
+              f"wake us >= 0, got {value!r}"
+    if not isinstance(value, list):
+        raise t.fail("wake_curve", problem)
+    points: list[tuple[float, float]] = []
+    for point in value:
+        if not (isinstance(point, list) and len(point) == 2 and all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in point)):
+            raise t.fail("wake_curve", problem)
+        idle, wake = float(point[0]), float(point[1])
+        if idle <= 0 or wake < 0 or (points and idle <= points[-1][0]):
+            raise t.fail("wake_curve", problem)
+        points.append((idle, wake))
+    return tuple(points)
