@@ -172,9 +172,12 @@ class Behaviour:
             policy.on_request(attempt > 1)
             result: Result = yield request
             policy.on_result(result.ok)
-            if result.ok or result.outcome == "timeout" or result.close_code is not None:
+            if result.ok or result.close_code is not None:
                 return result  # closed: the next task reconnects
-            decision = policy.after_error(request.op, result.outcome, attempt)
+            if result.outcome == "timeout":
+                decision = policy.after_timeout(request.op, attempt)
+            else:
+                decision = policy.after_error(request.op, result.outcome, attempt)
             if decision.action == "unsubscribe_oldest":
                 yield from self.unsubscribe_oldest()
             if not decision.retry:

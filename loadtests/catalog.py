@@ -18,6 +18,7 @@ from typing import Any
 
 from server.schema import ConfigError, Table
 
+from .intents import DEFAULT_TIMEOUT_S
 from .retry import make_policy
 
 MODELS = ("closed", "open")
@@ -60,6 +61,10 @@ def _fraction(table: Table, key: str, default: Any) -> float:
 
 def _seconds(table: Table, key: str, default: Any) -> float:
     return float(table.number(key, default, minimum=0))
+
+
+def _timeout(table: Table, key: str, default: Any) -> float:
+    return float(table.number(key, default, minimum=0, exclusive=True))
 
 
 def _name(table: Table, key: str, default: Any) -> str | None:
@@ -123,6 +128,7 @@ class UserParams:
     key: str | None = _param(None, _name)  # None: the swarm's credential
     weight: int | None = _param(None, _count)  # Locust's, None: Locust's default
     fixed_count: int | None = _param(None, _count)
+    timeout_s: float = _param(DEFAULT_TIMEOUT_S, _timeout)  # a reply's wait, then "timeout"
 
 
 @dataclass(frozen=True, slots=True)

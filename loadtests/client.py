@@ -33,11 +33,10 @@ from server import jsonenc
 from .clientstate import ACK_CHANGES_STATE, ClientState
 from .deadlines import DEADLINES
 from .envelope import envelope, sequence_of
-from .intents import Result
+from .intents import DEFAULT_TIMEOUT_S, Result
 from .reporting import Reporter
 from .wsconn import Closed, Connection
 
-DEFAULT_TIMEOUT_S = 10.0
 # Message ids a connection remembers for its live duplicate count: a copy arrives
 # within moments of the first (a retried publish), and a set of every id ever received
 # grew a soak's load generator by 120 MB a minute. The analysis counts duplicates

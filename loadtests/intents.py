@@ -16,13 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
-__all__ = ["MIN_WAIT_S", "ClientView", "Connect", "Disconnect", "Fire", "FreshToken", "GiveUp",
-           "Idle", "Intent", "Renew", "Request", "Result", "SendRaw", "Sleep"]
+__all__ = ["DEFAULT_TIMEOUT_S", "MIN_WAIT_S", "ClientView", "Connect", "Disconnect", "Fire",
+           "FreshToken", "GiveUp", "Idle", "Intent", "Renew", "Request", "Result", "SendRaw",
+           "Sleep"]
 
 # Below a microsecond there is nothing to wait for, only a trip through the scheduler: a
 # behaviour yields no shorter `Sleep`, and a driver skips a shorter wait (an `Idle` wake
 # already due).
 MIN_WAIT_S = 1e-6
+# How long a client waits for a reply before it reports a timeout (a user class's
+# `timeout_s` changes it).
+DEFAULT_TIMEOUT_S = 10.0
 
 
 class Result(NamedTuple):

@@ -106,6 +106,11 @@ class RetryPolicy:
         """Whether and when to resend `op` after an error frame with `code`."""
         raise NotImplementedError
 
+    def after_timeout(self, op: str, attempt: int) -> Decision:
+        """Whether and when to resend `op` that got no reply in time: by default not
+        (the server may well have done it; see `DefaultPolicy`'s `retry_timeouts`)."""
+        return Decision(False, reason="timeout: not retried")
+
     def after_close(self, code: int, attempt: int,
                     retry_after_ms: int | None = None) -> Decision:
         """Whether and when to reconnect after a close (1006: dropped, no close frame)."""
@@ -209,6 +214,7 @@ class DefaultPolicy(RetryPolicy):
         jitter_1001_s: float = 1.0,
         peer_not_found_delay_s: float = 1.0,
         quota_probe_s: float = 5.0,
+        retry_timeouts: bool = False,
         **params: Any,
     ) -> None:
         super().__init__(rng=rng, **params)
@@ -222,6 +228,10 @@ class DefaultPolicy(RetryPolicy):
         self.peer_not_found_delay_s = seconds("retry.peer_not_found_delay_s",
                                               peer_not_found_delay_s)
         self.quota_probe_s = seconds("retry.quota_probe_s", quota_probe_s)
+        if not isinstance(retry_timeouts, bool):
+            raise ValueError(f"retry.retry_timeouts: must be true or false, got "
+                             f"{retry_timeouts!r}")
+        self.retry_timeouts = retry_timeouts
 
     # -- entry points ------------------------------------------------------------------
 
@@ -240,6 +250,18 @@ class DefaultPolicy(RetryPolicy):
         if self.max_attempts is not None and attempt >= self.max_attempts:
             return Decision(False, reason=f"{code}: gave up after {attempt} attempts")
         return self.admit_retry(decision)
+
+    def after_timeout(self, op: str, attempt: int) -> Decision:
+        """With `retry_timeouts`, a timeout is retried as a transient error is (backoff,
+        `max_attempts`, the budget and the throttle): what many clients do, and what
+        turns an overloaded server's slow replies into more load (Bronson et al.)."""
+        _check_attempt(attempt)
+        if not self.retry_timeouts:
+            return super().after_timeout(op, attempt)
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return Decision(False, reason=f"timeout: gave up after {attempt} attempts")
+        return self.admit_retry(self._with_backoff("timeout: retried with backoff",
+                                                   attempt, None))
 
     def after_close(self, code: int, attempt: int,
                     retry_after_ms: int | None = None) -> Decision:

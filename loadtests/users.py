@@ -119,7 +119,8 @@ class RealtimeUser(User):
         hosts = self.settings.hosts
         host = hosts[self.index % len(hosts)] if hosts else (self.host or self.settings.host)
         return RealtimeClient(host, key=None if token else key, token=token,
-                              reporter=self.reporter, name=self.user_id)
+                              reporter=self.reporter, name=self.user_id,
+                              timeout=self.params.timeout_s)
 
     def _view(self) -> ClientState:
         return self.client.state

@@ -385,7 +385,12 @@ class Node:
 
     def strike(self, strike: ConnectionStrike) -> int:
         """Drop, deploy or close a seeded fraction of the targeted connections (the
-        core decides which and how: `Service.strike`)."""
+        core decides which and how: `Service.strike`), or stall the loop (pause)."""
+        if strike.action == "pause":
+            log.info("fault %s: the event loop stalls for %g s", strike.fault_id,
+                     strike.pause_s)
+            time.sleep(strike.pause_s)  # on purpose: nothing runs meanwhile
+            return 0
         candidates, hits = self.service.strike(strike, self.faults, self.clock())
         for conn, actions in hits:
             if actions[-1].code == CloseCode.ABNORMAL_CLOSURE:

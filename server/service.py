@@ -162,7 +162,10 @@ class Service:
                ) -> tuple[int, list[tuple[Connection, list[Action]]]]:
         """What a one-shot fault does: how many connections it could hit, and the close
         actions of each it hits (a drop's is a Close 1006: the driver cuts the socket
-        without sending it; a deploy's starts with its `going_away` hint)."""
+        without sending it; a deploy's starts with its `going_away` hint). A pause hits
+        none: its driver stalls for `strike.pause_s`."""
+        if strike.action == "pause":  # the instance stalls; no connection is hit
+            return 0, []
         conns, chosen = self.strike_targets(strike, faults)
         reason = f"fault {strike.fault_id}"
         out = []

@@ -130,7 +130,7 @@ def test_runtime_add_remove_clear_and_ids():
 
 @pytest.mark.parametrize(("spec", "message"), [
     ({"kind": "boom"}, "fault.kind: must be one of close, deploy, disconnect, duplicate, "
-                       "error, latency, loss, outage, slow_consumer, got 'boom'"),
+                       "error, latency, loss, outage, pause, slow_consumer, got 'boom'"),
     ({"kind": "error", "probability": 1.5}, "fault.probability: must be <= 1, got 1.5"),
     ({"kind": "error", "code": "oops"},
      "fault.code: must be one of backend_error, internal_error, got 'oops'"),

@@ -51,7 +51,7 @@ def test_every_module_of_the_package_registers_its_kinds():
     assert {cls.__module__.rsplit(".", 1)[1] for cls in KINDS.values()} == modules - {
         "base", "engine"}
     assert sorted(KINDS) == ["close", "deploy", "disconnect", "duplicate", "error", "latency",
-                             "loss", "outage", "slow_consumer"]
+                             "loss", "outage", "pause", "slow_consumer"]
 
 
 @pytest.mark.parametrize(("kind", "family"), [
@@ -59,6 +59,7 @@ def test_every_module_of_the_package_registers_its_kinds():
     ("loss", DeliveryFault), ("duplicate", DeliveryFault),
     ("slow_consumer", BufferFault),
     ("disconnect", StrikeFault), ("deploy", StrikeFault), ("close", StrikeFault),
+    ("pause", StrikeFault),
 ])
 def test_each_kind_is_in_exactly_one_family(kind, family):
     families = [f for f in (RouteFault, DeliveryFault, BufferFault, StrikeFault)
@@ -74,6 +75,22 @@ def test_each_kind_is_in_exactly_one_family(kind, family):
 def test_which_kinds_take_a_probability(kind, takes, needs):
     cls = KINDS[kind]
     assert (cls.takes_probability, cls.needs_probability) == (takes, needs)
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"kind": "pause", "at_s": 3}, "fault.seconds: is required (how long the event loop "
+                                   "stalls)"),
+    ({"kind": "pause", "seconds": 0}, "fault.seconds: must be > 0, got 0"),
+])
+def test_a_pause_needs_a_positive_length(spec, message):
+    with pytest.raises(FaultSpecError) as err:
+        parse_fault(spec)
+    assert str(err.value) == message
+
+
+def test_a_pause_strikes_no_connection():
+    strike = parse_fault({"kind": "pause", "at_s": 3, "seconds": 2.5}).strike("f1")
+    assert (strike.action, strike.pause_s) == ("pause", 2.5)
 
 
 def test_a_null_number_in_json_means_not_given_unless_it_is_required():

@@ -265,3 +265,25 @@ def test_invalid_faults_in_config_name_the_field(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == ("rtmsim: faults[0].median_ms: is required for a lognormal "
                            "distribution\n")
+
+
+def test_a_pause_stalls_the_event_loop_then_serves_what_waited(server_factory):
+    server = server_factory(FAST)
+    with client_pool(server.ws_url) as pool:
+        c = pool.key()
+        set_origin_now(server)
+        add_fault(server, {"kind": "pause", "at_s": 0.0, "seconds": 1.0})
+        # Round trips back to back until 2.5 s have passed (bounded in count too): the
+        # one that meets the stall waits it out, and every one is answered.
+        waits, sent = [], 0
+        start = time.monotonic()
+        while time.monotonic() - start < 2.5 and sent < 5000:
+            t = time.monotonic()
+            assert ask(c, {"type": "publish", "channel": "p", "data": sent})["type"] == "ack"
+            waits.append(time.monotonic() - t)
+            sent += 1
+        assert max(waits) >= 0.8  # the stall is 1 s; the first request may meet its end
+        assert sum(w >= 0.8 for w in waits) == 1
+    stats = server.stats()
+    assert stats["totals"]["messages"]["published"] == sent
+    assert [f["hits"] for f in stats["faults"]["active"]] == [1]

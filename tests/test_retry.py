@@ -605,7 +605,8 @@ def test_default_policy_has_no_budget_or_throttle_unless_asked():
 
 
 DEFAULT_FIELDS = ("backoff, base_s, cap_s, max_attempts, max_reconnects, budget, throttle, "
-                  "floor_4010_s, jitter_1001_s, peer_not_found_delay_s, quota_probe_s")
+                  "floor_4010_s, jitter_1001_s, peer_not_found_delay_s, quota_probe_s, "
+                  "retry_timeouts")
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -639,6 +640,7 @@ DEFAULT_FIELDS = ("backoff, base_s, cap_s, max_attempts, max_reconnects, budget,
     ({"peer_not_found_delay_s": None}, "retry.peer_not_found_delay_s: must be a number of "
      "seconds, got None"),
     ({"quota_probe_s": True}, "retry.quota_probe_s: must be a number of seconds, got True"),
+    ({"retry_timeouts": "yes"}, "retry.retry_timeouts: must be true or false, got 'yes'"),
     ({"retries": 3}, f"retry.retries: unknown field for policy 'default' (known: "
      f"{DEFAULT_FIELDS})"),
     ({"policy": "naive", "budget": 0.1}, "retry.budget: unknown field for policy 'naive' "
@@ -723,3 +725,15 @@ def test_plugged_in_class_with_a_fixed_signature_gets_a_value_error():
         make_policy({"policy": f"{__name__}:StrictSignaturePolicy", "delay_s": 1})
     assert str(info.value).startswith(
         f"retry.policy: {__name__}:StrictSignaturePolicy rejected its parameters: ")
+
+
+def test_timeouts_are_not_retried_unless_the_policy_says_so() -> None:
+    assert make_policy("default").after_timeout("publish", 1).retry is False
+    assert make_policy("naive").after_timeout("publish", 1).retry is False
+    policy = make_policy({"policy": "default", "retry_timeouts": True, "max_attempts": 2,
+                          "backoff": "none"}, rng=random.Random(SEED))
+    first = policy.after_timeout("publish", 1)
+    assert (first.retry, first.delay_s, first.reason) == (
+        True, 0.0, "timeout: retried with backoff")
+    second = policy.after_timeout("publish", 2)
+    assert (second.retry, second.reason) == (False, "timeout: gave up after 2 attempts")

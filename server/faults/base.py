@@ -58,15 +58,17 @@ class Delay:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStrike:
-    """A one-shot action against a fraction of connections (drop, deploy, close)."""
+    """A one-shot action against a fraction of connections (drop, deploy, close), or
+    against the instance itself (pause: its event loop stalls for `pause_s`)."""
 
     fault_id: str
-    action: str  # "drop" | "going_away" | "close"
+    action: str  # "drop" | "going_away" | "close" | "pause"
     fraction: float
     code: int
     retry_after_ms: int
     apps: tuple[str, ...] | None
     channels: str | None
+    pause_s: float = 0.0
 
 
 # -- the spec -------------------------------------------------------------------------------

@@ -1,9 +1,11 @@
-"""One-shot connection faults at `at_s`: `disconnect`, `deploy`, `close`.
+"""One-shot faults at `at_s`: `disconnect`, `deploy`, `close`, `pause`.
 
 `disconnect` drops sockets abruptly (no close frame), `deploy` sends `going_away` then
 1001, `close` closes with any chosen code (an `admin_disconnect` storm is code 4020).
 Each picks a seeded `fraction` of the targeted connections (by app, and by a channel
-glob the connection is subscribed to).
+glob the connection is subscribed to). `pause` stalls the instance's event loop for
+`seconds` (a stop-the-world pause, a blocked loop): nothing is read or answered
+meanwhile, requests wait in the socket buffers, and all of them are served after.
 """
 
 from __future__ import annotations
@@ -70,3 +72,21 @@ class CloseFault(_Strike):
         if int(code) != code or code in (1004, 1005, 1006, 1015):
             raise t.fail("close_code", f"must be a whole, sendable close code, got {code!r}")
         return {"fraction": fraction, "code": int(code)}
+
+
+@register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PauseFault(StrikeFault, FaultSpec):
+    kind = "pause"
+
+    seconds: float
+
+    @classmethod
+    def read_fields(cls, t: Table) -> dict[str, Any]:
+        if "seconds" not in t.data:
+            raise t.fail("seconds", "is required (how long the event loop stalls)")
+        return {"seconds": float(t.number("seconds", None, minimum=0, exclusive=True))}
+
+    def strike(self, fault_id: str) -> ConnectionStrike:
+        return ConnectionStrike(fault_id, "pause", 0.0, 0, 0, self.apps, self.channels,
+                                pause_s=self.seconds)

@@ -1,8 +1,11 @@
 """What faults did to the service and its clients: recovery times and reconnect storms.
 
-Recovery is judged by the server, per second: the rate of service-side error codes
-(those whose guidance is "retry after a backoff": backend_error, internal_error) must
-be back at its pre-fault level and ok publishes back to 90 % of theirs. A storm is
+Recovery is judged per second: the rate of service-side error codes (those whose
+guidance is "retry after a backoff": backend_error, internal_error), and of requests
+the clients gave up waiting for (timeouts), must be back at its pre-fault level and
+ok publishes back to 90 % of theirs. A server that answers every request after its
+client has given up is busy, not healthy: counting only what it logged would call a
+metastable retry storm (all work, no goodput) recovered. A storm is
 judged by the clients: who was closed, when each came back, and how bunched the
 returns were (the spread is what jitter buys).
 """
@@ -29,14 +32,20 @@ STORM_GAP_S = 1.0
 def per_second_health(run: Run) -> pd.DataFrame:
     """Per 1 s bin (index ts): service_errors and publish_ok, both per second.
 
-    ok publishes come from the server event log's `ok` events when the server logged
-    requests, else from its published counter in the timeline.
+    Service errors are the server's service-side error codes plus the clients'
+    timeouts. ok publishes come from the server event log's `ok` events when the
+    server logged requests, else from its published counter in the timeline.
     """
     srv = run.server
     bins = bin_range(run, 1.0, run.server, run.client)
     errs = srv[(srv.event == "error") & srv.code.astype(str).map(is_service_fault).astype(bool)]
     out = pd.DataFrame(index=pd.Index(bins, name="ts"))
     out["service_errors"] = time_bins(errs.ts, 1.0).value_counts().reindex(bins, fill_value=0)
+    client = run.client
+    if len(client):
+        timeouts = client[(client.outcome == "timeout") & ~client.op.isin(NOTE_OPS)]
+        out["service_errors"] += time_bins(timeouts.ts, 1.0).value_counts().reindex(
+            bins, fill_value=0)
     oks = srv[(srv.event == "ok") & (srv.op == "publish")]
     if len(oks):
         out["publish_ok"] = time_bins(oks.ts, 1.0).value_counts().reindex(bins, fill_value=0)

@@ -68,15 +68,17 @@ class VirtualClient:
     """One user: its behaviour's generator, its current connection, its requests."""
 
     __slots__ = ("behaviour", "conn", "connecting", "core", "credential", "disconnecting",
-                 "drain", "engine",
-                 "gen", "idle", "instance", "pending", "policy", "rids", "stopped",
-                 "syn_tries", "uncorrelated", "user", "user_class", "view")
+                 "drain", "engine", "gen", "idle", "instance", "pending", "policy", "rids",
+                 "stopped", "syn_tries", "timeout_s", "uncorrelated", "user", "user_class",
+                 "view")
 
     def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
                  instance: Instance, credential: tuple[str, str],
                  core: ProcessCore | None = None) -> None:
         self.engine = engine
         self.core = core  # its Locust process, when the run models the load generator
+        params = getattr(behaviour, "params", None)
+        self.timeout_s = getattr(params, "timeout_s", engine.timeout_s)
         self.user = user
         self.user_class = user_class
         self.behaviour = behaviour
@@ -183,10 +185,10 @@ class VirtualClient:
         engine = self.engine
         now = engine.env.now
         self.view.connecting()
-        p = _Pending(Connect(attempt), now, now + engine.timeout_s, 0, False)
+        p = _Pending(Connect(attempt), now, now + self.timeout_s, 0, False)
         self.connecting = p
         self.syn_tries = 0
-        engine.timeouts.add(p, self._connect_timed_out)
+        engine.timeouts.add(p, self._connect_timed_out, self.timeout_s)
         self._syn()
 
     def _syn(self) -> None:
@@ -268,10 +270,10 @@ class VirtualClient:
         frame = dict(r.frame)
         frame["requestId"] = rid
         text = orjson.dumps(frame).decode()
-        p = _Pending(r, started, now + engine.timeout_s, len(text), fired, rid)
+        p = _Pending(r, started, now + self.timeout_s, len(text), fired, rid)
         self.pending[rid] = p
         if not fired:
-            engine.timeouts.add(p, self._timed_out)
+            engine.timeouts.add(p, self._timed_out, self.timeout_s)
         op = "frame" if r.op not in ("subscribe", "unsubscribe", "publish", "send") else r.op
         instance = self.instance
         engine.to_server(lambda: instance.submit(lambda: instance.frame(conn, text, op)),
@@ -288,9 +290,9 @@ class VirtualClient:
             engine.soon(lambda: self.resume(self._report(p, f"close {code}")))
             return
         data = r.data
-        p = _Pending(r, now, now + engine.timeout_s, len(data), False)
+        p = _Pending(r, now, now + self.timeout_s, len(data), False)
         self.uncorrelated.append(p)
-        engine.timeouts.add(p, self._timed_out)
+        engine.timeouts.add(p, self._timed_out, self.timeout_s)
         instance = self.instance
         if len(data) > instance.service.config.limits.max_frame_bytes:
             # websockets closes 1009 on a frame past max_size, before the core sees it.

@@ -95,9 +95,26 @@ QUEUES = {"heap": HeapQueue, "simpy": SimPyQueue}
 
 
 class Timeouts:
-    """Every request's deadline, in one FIFO: all requests wait the same timeout, so
-    deadlines come in the order requests were sent, and one pending event (the head's
-    deadline) replaces one heap entry per request."""
+    """Every request's deadline, in one FIFO per timeout: requests that wait the same
+    timeout have their deadlines in the order they were sent, so one pending event per
+    lane (the head's deadline) replaces one heap entry per request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lanes: dict[float, _Lane] = {}
+
+    def add(self, pending: Any, on_timeout: Callable[[Any], None],
+            timeout_s: float) -> None:
+        lane = self.lanes.get(timeout_s)
+        if lane is None:
+            lane = self.lanes[timeout_s] = _Lane(self.engine)
+        lane.add(pending, on_timeout)
+
+
+class _Lane:
+    """The deadlines of one timeout, in send order."""
+
+    __slots__ = ("armed", "engine", "queue")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -277,6 +277,10 @@ class Instance:
 
     def strike_due(self) -> None:
         for strike in self.faults.due_strikes(self.clock()):
+            if strike.action == "pause":  # the loop stalls: latency, not CPU
+                self.cursor += strike.pause_s
+                self.busy_s -= strike.pause_s
+                continue
             _, hits = self.service.strike(strike, self.faults, self.clock())
             for conn, actions in hits:
                 if actions[-1].code == CloseCode.ABNORMAL_CLOSURE:  # a drop: cut, no frame

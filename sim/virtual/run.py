@@ -184,7 +184,13 @@ class VirtualRun:
             return
 
         def strike() -> None:
-            instance.submit(instance.strike_due)
+            instance.submit(job)
+
+        def job() -> None:
+            # Planned again once this one has fired: a busy core runs the strike late,
+            # and until then it is still due (planning at once would queue it again,
+            # forever, at the same instant).
+            instance.strike_due()
             self.engine.soon(lambda: self._plan_strikes(instance))
         self.engine.at(at, strike)
 
