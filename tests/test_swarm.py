@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -104,12 +105,16 @@ def test_retry_budget_caps_amplification_while_naive_explodes(server_factory, tm
                                          "backoff": "none", "max_attempts": 1000}}}
     naive = {"Publisher": {"fixed_count": 4, "rate": 20, "channels": ["b/1"],
                            "policy": "naive"}}
-    server = server_factory(FAST + faults)
-    run_swarm(server, tmp_path / "budget", budgeted, users=4, seconds=5)
-    budget_ratio = attempts_per_operation(load_client_events(tmp_path / "budget"))
-    server = server_factory(FAST + faults)
-    run_swarm(server, tmp_path / "naive", naive, users=4, seconds=5)
-    naive_ratio = attempts_per_operation(load_client_events(tmp_path / "naive"))
+    # Two servers and two swarms, side by side: each swarm has its own server and log.
+    servers = {"budget": server_factory(FAST + faults), "naive": server_factory(FAST + faults)}
+    classes = {"budget": budgeted, "naive": naive}
+
+    def ratio(name: str) -> float:
+        run_swarm(servers[name], tmp_path / name, classes[name], users=4, seconds=5)
+        return attempts_per_operation(load_client_events(tmp_path / name))
+
+    with ThreadPoolExecutor(2) as pool:
+        budget_ratio, naive_ratio = pool.map(ratio, ("budget", "naive"))
     assert budget_ratio <= 1.1
     assert naive_ratio >= 1.8  # ~2 expected attempts per publish at p = 0.5
 
