@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -51,11 +52,13 @@ def stopping_servers() -> Iterator[list[ServerProcess]]:
 
 @pytest.fixture
 def server_factory(tmp_path: Path, stopping_servers: list[ServerProcess]) -> Iterator:
-    """Start servers with custom configs; all are told to stop after the test."""
+    """Start servers with custom configs; all are told to stop after the test. Safe to
+    call from several threads at once (to start a few servers side by side)."""
     started: list[ServerProcess] = []
+    numbers = itertools.count()
 
     def factory(config: str | None = None, *args: str) -> ServerProcess:
-        sub = tmp_path / f"srv{len(started)}"
+        sub = tmp_path / f"srv{next(numbers)}"
         sub.mkdir()
         server = start_server(config, *args, tmp=sub)
         started.append(server)
