@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import itertools
+import signal
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,13 +31,34 @@ def clients(demo_server: ServerProcess) -> Iterator[ClientPool]:
         yield pool
 
 
+@pytest.fixture(scope="session")
+def stopping_servers() -> Iterator[list[ServerProcess]]:
+    """Servers told to stop (SIGINT) by finished tests, waited for at the end of the
+    session (killed if one is still up 15 s later).
+
+    A server's graceful stop first answers what it holds: with a latency fault that is
+    seconds of waiting after the test has asserted everything, on a process no later
+    test talks to (each has its own free ports and directory). It goes on while the
+    next tests run instead of in a teardown."""
+    stopping: list[ServerProcess] = []
+    yield stopping
+    for server in stopping:
+        try:
+            server.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
 @pytest.fixture
-def server_factory(tmp_path: Path) -> Iterator:
-    """Start servers with custom configs; all are stopped after the test."""
+def server_factory(tmp_path: Path, stopping_servers: list[ServerProcess]) -> Iterator:
+    """Start servers with custom configs; all are told to stop after the test. Safe to
+    call from several threads at once (to start a few servers side by side)."""
     started: list[ServerProcess] = []
+    numbers = itertools.count()
 
     def factory(config: str | None = None, *args: str) -> ServerProcess:
-        sub = tmp_path / f"srv{len(started)}"
+        sub = tmp_path / f"srv{next(numbers)}"
         sub.mkdir()
         server = start_server(config, *args, tmp=sub)
         started.append(server)
@@ -42,7 +66,9 @@ def server_factory(tmp_path: Path) -> Iterator:
 
     yield factory
     for server in started:
-        server.stop()
+        if server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGINT)
+        stopping_servers.append(server)
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 End to end on loopback with tests/scenarios/clients-faults-short.toml (22 s: a
 backend_error burst, a deploy, a kick of 2 of 5, 12 s tokens, a small quota): the
 Python SDK reference client passes, the bad client fails exactly the rules it breaks,
-and no client process outlives a run. The grading rules themselves are pinned on
-hand-written event logs (no processes).
+and no client process outlives a run (the runs go side by side, in one fixture). The
+grading rules themselves are pinned on hand-written event logs (no processes).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,12 +36,19 @@ JS_DIR = ROOT / "examples" / "clients" / "js"
 BAD = f"{sys.executable} examples/clients/bad/client.py"
 
 
-def _run(tmp: Path, command: str, scenario: Path = SHORT, **kw) -> dict:
+def _run(tmp: Path, command: str, scenario: Path = SHORT, **kw) -> None:
+    """`rtmsim clients` into tmp/run; its exit code and output kept beside it."""
     out = io.StringIO()
     rc = run_clients(str(scenario), command=command, out_dir=str(tmp / "run"),
                      progress=False, out=out, **kw)
+    (tmp / "rc").write_text(str(rc))
+    (tmp / "out").write_text(out.getvalue())
+
+
+def _grades(tmp: Path) -> dict:
+    """The grades of the run `_run` wrote into tmp, with "_rc" and "_out" added."""
     grades = json.loads((tmp / "run" / CLIENTS_JSON).read_text())
-    grades["_rc"], grades["_out"] = rc, out.getvalue()
+    grades["_rc"], grades["_out"] = int((tmp / "rc").read_text()), (tmp / "out").read_text()
     return grades
 
 
@@ -57,9 +65,9 @@ def _rule_grades(grades: dict) -> dict[str, str]:
 
 # -- end to end --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def py_sdk() -> Path:
-    """The SDK's own venv (it pins websockets<16; rtmsim needs >=17): made on first use."""
+def _py_sdk() -> Path | str:
+    """The SDK's own venv (it pins websockets<16; rtmsim needs >=17), made on first use;
+    or why it could not be made."""
     if not PY_SDK_PYTHON.exists():
         try:
             subprocess.run([sys.executable, "-m", "venv", str(PY_SDK_DIR / ".venv")],
@@ -69,13 +77,78 @@ def py_sdk() -> Path:
                            check=True, capture_output=True, timeout=300)
         except (subprocess.SubprocessError, OSError) as exc:
             shutil.rmtree(PY_SDK_DIR / ".venv", ignore_errors=True)
-            pytest.skip(f"could not install metered-realtime into {PY_SDK_DIR}/.venv: {exc}")
+            return f"could not install metered-realtime into {PY_SDK_DIR}/.venv: {exc}"
     return PY_SDK_PYTHON
 
 
+def _node_ready() -> str | None:
+    """None when the JS client can run; else why not."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not (JS_DIR / "node_modules" / "@metered-ca" / "realtime").exists():
+        if shutil.which("npm") is None:
+            return "npm is not installed (needed for @metered-ca/realtime and ws)"
+        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=JS_DIR,
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            return f"npm install failed in {JS_DIR}: {done.stderr.strip()[-200:]}"
+    return None
+
+
+# A shell that ignores SIGTERM and leaves a grandchild: the whole group must go.
+IGNORES_SIGTERM = "trap '' TERM; sleep 300 & sleep 300"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path | str | BaseException]:
+    """Each end-to-end run of this module, by name: its directory (holding `run`), why
+    it could not run (a skip), or what it raised (raised again by its test alone).
+
+    The runs are independent (each its own server on free ports, its own client
+    processes and run directory) and spend their 1-22 s waiting on the scenario's
+    clock, so they run side by side, as tests/test_notebooks.py's runs do: the wall
+    time is the longest run's, not the sum. Each test then asserts on its own run."""
+    base = tmp_path_factory.mktemp("clients")
+    py_sdk, node_missing = _py_sdk(), _node_ready()
+    plans: dict[str, str | tuple[str, dict]] = {
+        "python_sdk": py_sdk if isinstance(py_sdk, str)
+        else (f"{py_sdk} examples/clients/python/client.py", {}),
+        "bad": (BAD, {}),
+        "js_sdk": f"JS SDK client not run: {node_missing}" if node_missing
+        else ("node examples/clients/js/client.mjs", {}),
+        "ignores_sigterm": (IGNORES_SIGTERM, {"duration_s": 1, "count": 2}),
+    }
+
+    def run(name: str) -> Path | str | BaseException:
+        plan = plans[name]
+        if isinstance(plan, str):
+            return plan
+        command, kw = plan
+        (base / name).mkdir()
+        try:
+            _run(base / name, command, **kw)
+        except Exception as exc:
+            return exc
+        return base / name
+
+    with ThreadPoolExecutor(len(plans)) as pool:
+        done = dict(zip(plans, pool.map(run, plans), strict=True))
+    return done
+
+
+def _run_of(runs: dict[str, Path | str | BaseException], name: str) -> tuple[dict, Path]:
+    """(grades, run directory) of one of `runs`; skips the test when it could not run."""
+    where = runs[name]
+    if isinstance(where, BaseException):
+        raise where
+    if isinstance(where, str):
+        pytest.skip(where)
+    return _grades(where), where / "run"
+
+
 @pytest.mark.timeout(90)
-def test_python_sdk_client_passes(tmp_path, py_sdk):
-    grades = _run(tmp_path, f"{py_sdk} examples/clients/python/client.py")
+def test_python_sdk_client_passes(runs):
+    grades, run_dir = _run_of(runs, "python_sdk")
     assert grades["grade"] == "pass", grades["_out"]
     assert grades["_rc"] == 0
     rules = _rule_grades(grades)
@@ -87,13 +160,13 @@ def test_python_sdk_client_passes(tmp_path, py_sdk):
     assert len(kicked) == 2  # round(5 * 0.4)
     assert all(c["closes"]["4020"]["came_back"] == 0 for c in kicked)
     assert all(c["exit_code"] == 0 for c in kicked)  # the client exits after a kick
-    assert (tmp_path / "run" / CLIENT_REPORT).read_text().count("<img") == 2
-    _no_survivors(tmp_path / "run")
+    assert (run_dir / CLIENT_REPORT).read_text().count("<img") == 2
+    _no_survivors(run_dir)
 
 
 @pytest.mark.timeout(90)
-def test_bad_client_fails_the_rules_it_breaks(tmp_path):
-    grades = _run(tmp_path, BAD)
+def test_bad_client_fails_the_rules_it_breaks(runs):
+    grades, run_dir = _run_of(runs, "bad")
     assert grades["grade"] == "fail"
     assert grades["_rc"] == 1
     assert _rule_grades(grades) == {
@@ -120,51 +193,32 @@ def test_bad_client_fails_the_rules_it_breaks(tmp_path):
     # expired token, so the rejects count against the clients themselves.
     assert grades["unattributed_rejects"].get("4002", 0) == 0
     assert sum(c["rejected"] for c in grades["clients"]) > 10
-    _no_survivors(tmp_path / "run")
+    _no_survivors(run_dir)
     # junit.xml: one case per rule, failing where the grade fails, skipped where n/a.
-    cases = ET.parse(tmp_path / "run" / JUNIT).getroot().findall("testsuite/testcase")
+    cases = ET.parse(run_dir / JUNIT).getroot().findall("testsuite/testcase")
     assert sorted(c.get("name").split(":")[0] for c in cases) == sorted(grades["rules"])
     verdicts = {c.get("name").split(":")[0]: "fail" if c.find("failure") is not None else
                 "n/a" if c.find("skipped") is not None else "pass" for c in cases}
     assert verdicts == _rule_grades(grades)
 
 
-def _node_ready() -> str | None:
-    """None when the JS client can run; else why not."""
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (JS_DIR / "node_modules" / "@metered-ca" / "realtime").exists():
-        if shutil.which("npm") is None:
-            return "npm is not installed (needed for @metered-ca/realtime and ws)"
-        done = subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=JS_DIR,
-                              capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            return f"npm install failed in {JS_DIR}: {done.stderr.strip()[-200:]}"
-    return None
+@pytest.mark.timeout(90)
+def test_js_sdk_client_passes(runs):
+    grades, run_dir = _run_of(runs, "js_sdk")
+    assert grades["grade"] == "pass", grades["_out"]
+    _no_survivors(run_dir)
 
 
 @pytest.mark.timeout(90)
-def test_js_sdk_client_passes(tmp_path):
-    why = _node_ready()
-    if why:
-        pytest.skip(f"JS SDK client not run: {why}")
-    grades = _run(tmp_path, "node examples/clients/js/client.mjs")
-    assert grades["grade"] == "pass", grades["_out"]
-    _no_survivors(tmp_path / "run")
-
-
-@pytest.mark.timeout(60)
-def test_a_client_that_ignores_sigterm_is_killed_with_its_children(tmp_path):
-    # A shell that ignores SIGTERM and leaves a grandchild: the whole group must go.
-    cmd = "trap '' TERM; sleep 300 & sleep 300"
-    grades = _run(tmp_path, cmd, duration_s=1, count=2)
+def test_a_client_that_ignores_sigterm_is_killed_with_its_children(runs):
+    grades, run_dir = _run_of(runs, "ignores_sigterm")
     assert grades["count"] == 2
     assert grades["grade"] == "fail"
     assert [v["text"] for v in grades["rules"]["connected"]["violations"]] == [
         "never reached the server as client-0 (see clients/client-0.err)",
         "never reached the server as client-1 (see clients/client-1.err)"]
-    _no_survivors(tmp_path / "run")
-    tokens = (tmp_path / "run" / CLIENT_TOKENS).read_text().splitlines()
+    _no_survivors(run_dir)
+    tokens = (run_dir / CLIENT_TOKENS).read_text().splitlines()
     assert [json.loads(t)["peer"] for t in tokens] == ["client-0", "client-1"]
 
 

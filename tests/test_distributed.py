@@ -12,12 +12,13 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from serverproc import ROOT
+from serverproc import ROOT, start_server
 
 from loadtests.accounting import delivery_report, load_client_events
 
@@ -76,28 +77,63 @@ def assert_reconciled(server, run_dir: Path, processes: int) -> None:
     assert (report.lost, report.duplicates, report.unexpected) == (0, 0, 0)
 
 
-@pytest.fixture
-def fast_server(server_factory):
-    return server_factory(FAST)
-
-
-def test_processes_share_one_run_directory(fast_server, tmp_path):
-    cmd = locust_cmd(fast_server, tmp_path, *HEADLESS, "--processes", "2", *CLASSES)
+def run_processes(server, run_dir: Path) -> str | None:
+    """`--processes 2` into run_dir; None when it exited 0, else the tail of its output."""
+    cmd = locust_cmd(server, run_dir, *HEADLESS, "--processes", "2", *CLASSES)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert_reconciled(fast_server, tmp_path, processes=2)
+    return None if proc.returncode == 0 else proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_master_and_workers(fast_server, tmp_path):
+def run_master_and_workers(server, run_dir: Path) -> str | None:
+    """A master and two workers into run_dir; None when the master exited 0 and the
+    workers quit with it, else the tail of the master's output."""
     port = free_port()
-    master = locust_cmd(fast_server, tmp_path, *HEADLESS, "--master", "--expect-workers",
+    master = locust_cmd(server, run_dir, *HEADLESS, "--master", "--expect-workers",
                         "2", "--master-bind-host", "127.0.0.1", "--master-bind-port",
                         str(port), *CLASSES)
-    worker = locust_cmd(fast_server, tmp_path, "--worker", "--master-host", "127.0.0.1",
+    worker = locust_cmd(server, run_dir, "--worker", "--master-host", "127.0.0.1",
                         "--master-port", str(port), *CLASSES)
     with started(master) as m, started(worker) as w1, started(worker) as w2:
         out, _ = m.communicate(timeout=TIMEOUT_S)
-        assert m.returncode == 0, out[-3000:]
+        if m.returncode != 0:
+            return out[-3000:]
         for w in (w1, w2):
             w.wait(TIMEOUT_S)  # workers quit when the master does
-    assert_reconciled(fast_server, tmp_path, processes=2)
+    return None
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Iterator[dict[str, tuple[object, Path, str | None]]]:
+    """Both swarms of this module, side by side, each with its own fresh server and run
+    directory (its counts are that server's alone), by name: (server, run directory,
+    None or the failure's output). The servers live until the module ends, idle."""
+    plans = {"processes": run_processes, "master": run_master_and_workers}
+    servers, dirs = {}, {}
+    try:
+        for name in plans:
+            dirs[name] = tmp_path_factory.mktemp(name)
+            (dirs[name] / "server").mkdir()
+            servers[name] = start_server(FAST, tmp=dirs[name] / "server")
+
+        def run(name: str) -> str | None:
+            (dirs[name] / "run").mkdir()
+            return plans[name](servers[name], dirs[name] / "run")
+
+        with ThreadPoolExecutor(len(plans)) as pool:
+            failures = dict(zip(plans, pool.map(run, plans), strict=True))
+        yield {name: (servers[name], dirs[name] / "run", failures[name]) for name in plans}
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def test_processes_share_one_run_directory(runs):
+    server, run_dir, failure = runs["processes"]
+    assert failure is None, failure
+    assert_reconciled(server, run_dir, processes=2)
+
+
+def test_master_and_workers(runs):
+    server, run_dir, failure = runs["master"]
+    assert failure is None, failure
+    assert_reconciled(server, run_dir, processes=2)

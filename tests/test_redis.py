@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
 import pytest
@@ -55,11 +56,17 @@ secret = "sk_secret_demo"
 """
 
 
+def start_pair(server_factory, cfg: str) -> list:
+    """Instances i0 and i1 with config `cfg`, started side by side."""
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(lambda i: server_factory(cfg, "--instance-id", f"i{i}"),
+                             range(2)))
+
+
 @pytest.fixture
 def pair(server_factory, redis_server):
     """Two instances, i0 and i1, sharing one private Redis."""
-    cfg = config(redis_server.url)
-    return [server_factory(cfg, "--instance-id", f"i{i}") for i in range(2)]
+    return start_pair(server_factory, config(redis_server.url))
 
 
 @pytest.fixture
@@ -105,7 +112,7 @@ def test_send_reaches_a_peer_on_another_instance(pair, clients):
 def test_send_without_cross_instance_routing_says_not_on_this_instance(
         server_factory, redis_server, clients):
     cfg = config(redis_server.url, server="cross_instance_send = false")
-    a, b = (server_factory(cfg, "--instance-id", f"i{i}") for i in range(2))
+    a, b = start_pair(server_factory, cfg)
     sender, target = clients(a), clients(b)
     reply = ask(sender, {"type": "send", "to": target.peer_id, "data": 1})
     assert reply["code"] == "peer_not_found"
@@ -133,7 +140,7 @@ def test_presence_spans_instances(pair, clients):
 def test_quotas_are_shared_across_instances(server_factory, redis_server, clients):
     cfg = config(redis_server.url, plan="max_messages_per_period = 3\n"
                                         "max_concurrent_connections = 2")
-    a, b = (server_factory(cfg, "--instance-id", f"i{i}") for i in range(2))
+    a, b = start_pair(server_factory, cfg)
     x, y = clients(a), clients(b)
     codes = [ask(c, {"type": "publish", "channel": "q", "data": 1}).get("code", "ok")
              for c in (x, y, x, y)]

@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from serverproc import ROOT
+from serverproc import ROOT, start_server
 
 from loadtests.accounting import delivery_report, load_client_events
 from loadtests.catalog import BAD_INPUT
@@ -48,15 +50,57 @@ def fast_server(server_factory):
     return server_factory(FAST)
 
 
-def test_counts_reconcile_and_nothing_is_lost(fast_server, tmp_path):
-    classes = {
+# The two swarms of the first two tests, by name: (classes, users, seconds).
+SWARMS = {
+    "reconcile": ({
         "Subscriber": {"fixed_count": 6, "channels": ["room/1", "room/2"], "subscriptions": 2,
                        "wildcard_fraction": 0.5},
         "Publisher": {"fixed_count": 3, "rate": 20, "channels": ["room/1", "room/2"]},
         "Misbehaving": {"fixed_count": 2, "rate": 10},
-    }
-    run_swarm(fast_server, tmp_path, classes, users=11, seconds=6)
-    df = load_client_events(tmp_path)
+    }, 11, 6),
+    "default_policy": ({"Publisher": {"fixed_count": 3, "rate": 20,
+                                      "channels": ["_system/x", "ok/1"],
+                                      "policy": "default"}}, 3, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def swarms(tmp_path_factory) -> Iterator[dict]:
+    """The SWARMS side by side, each against its own fresh server (whose counts are its
+    alone; idle afterwards until the module ends), by name: (server, run directory) or
+    what the run raised (raised again by its test alone)."""
+    servers = {}
+    try:
+        for name in SWARMS:
+            servers[name] = start_server(FAST, tmp=tmp_path_factory.mktemp(f"{name}-server"))
+
+        def run(name: str) -> tuple[object, Path] | BaseException:
+            classes, users, seconds = SWARMS[name]
+            run_dir = tmp_path_factory.mktemp(name)
+            try:
+                run_swarm(servers[name], run_dir, classes, users=users, seconds=seconds)
+            except Exception as exc:  # an AssertionError with locust's output
+                return exc
+            return servers[name], run_dir
+
+        with ThreadPoolExecutor(len(SWARMS)) as pool:
+            done = dict(zip(SWARMS, pool.map(run, SWARMS), strict=True))
+        yield done
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def swarm_of(swarms: dict, name: str) -> tuple:
+    """(server, run directory) of one of `swarms`, or what its run raised, raised."""
+    if isinstance(swarms[name], BaseException):
+        raise swarms[name]
+    return swarms[name]
+
+
+def test_counts_reconcile_and_nothing_is_lost(swarms):
+    fast_server, run_dir = swarm_of(swarms, "reconcile")
+    df = load_client_events(run_dir)
     server_errors = Counter(fast_server.stats()["totals"]["errors"])
     assert error_outcomes(df) == server_errors
     # every Misbehaving class produced its own code
@@ -77,11 +121,9 @@ def test_counts_reconcile_and_nothing_is_lost(fast_server, tmp_path):
     assert (lat != lat.round()).any()
 
 
-def test_default_policy_never_retries_never_codes(fast_server, tmp_path):
-    classes = {"Publisher": {"fixed_count": 3, "rate": 20,
-                             "channels": ["_system/x", "ok/1"], "policy": "default"}}
-    run_swarm(fast_server, tmp_path, classes, users=3, seconds=4)
-    df = load_client_events(tmp_path)
+def test_default_policy_never_retries_never_codes(swarms):
+    _, run_dir = swarm_of(swarms, "default_policy")
+    df = load_client_events(run_dir)
     reserved = df[(df.op == "publish") & (df.channel == "_system/x")]
     assert len(reserved) > 10
     assert set(reserved.outcome) == {"channel_reserved"}
@@ -104,12 +146,16 @@ def test_retry_budget_caps_amplification_while_naive_explodes(server_factory, tm
                                          "backoff": "none", "max_attempts": 1000}}}
     naive = {"Publisher": {"fixed_count": 4, "rate": 20, "channels": ["b/1"],
                            "policy": "naive"}}
-    server = server_factory(FAST + faults)
-    run_swarm(server, tmp_path / "budget", budgeted, users=4, seconds=5)
-    budget_ratio = attempts_per_operation(load_client_events(tmp_path / "budget"))
-    server = server_factory(FAST + faults)
-    run_swarm(server, tmp_path / "naive", naive, users=4, seconds=5)
-    naive_ratio = attempts_per_operation(load_client_events(tmp_path / "naive"))
+    # Two servers and two swarms, side by side: each swarm has its own server and log.
+    servers = {"budget": server_factory(FAST + faults), "naive": server_factory(FAST + faults)}
+    classes = {"budget": budgeted, "naive": naive}
+
+    def ratio(name: str) -> float:
+        run_swarm(servers[name], tmp_path / name, classes[name], users=4, seconds=5)
+        return attempts_per_operation(load_client_events(tmp_path / name))
+
+    with ThreadPoolExecutor(2) as pool:
+        budget_ratio, naive_ratio = pool.map(ratio, ("budget", "naive"))
     assert budget_ratio <= 1.1
     assert naive_ratio >= 1.8  # ~2 expected attempts per publish at p = 0.5
 

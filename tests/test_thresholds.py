@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -215,13 +217,31 @@ def write_scenario(tmp: Path, duration: float, probability: float, thresholds: s
 
 
 @pytest.fixture(scope="module")
-def failing_run(tmp_path_factory) -> tuple[Path, object]:
-    tmp = tmp_path_factory.mktemp("gated")
-    scenario = write_scenario(tmp, 4, 0.0, '"reconciled" = "== true"\n'
-                                           '"requests.publish" = "< 1"\n')
-    out = tmp / "run"
-    proc = rtmsim("run", str(scenario), "--out", str(out), "--no-progress")
-    return out, proc
+def runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """The module's two real runs, side by side (each its own server on free ports and
+    its own directory; both mostly wait on the clock), by name: (run dir, process).
+
+    "failing": 4 s with a threshold that fails at the end; "aborting": 60 s planned,
+    every publish an error, a threshold that aborts the run once it fails."""
+    plans = {
+        "failing": (4, 0.0, '"reconciled" = "== true"\n"requests.publish" = "< 1"\n'),
+        "aborting": (60, 1.0, '"errors.backend_error.server" = '
+                              '{ condition = "< 20", abort_on_fail = true }\n'),
+    }
+
+    def run(name: str) -> tuple[Path, subprocess.CompletedProcess]:
+        tmp = tmp_path_factory.mktemp(name)
+        scenario = write_scenario(tmp, *plans[name])
+        out = tmp / "run"
+        return out, rtmsim("run", str(scenario), "--out", str(out), "--no-progress")
+
+    with ThreadPoolExecutor(len(plans)) as pool:
+        return dict(zip(plans, pool.map(run, plans), strict=True))
+
+
+@pytest.fixture(scope="module")
+def failing_run(runs) -> tuple[Path, subprocess.CompletedProcess]:
+    return runs["failing"]
 
 
 def test_a_failing_threshold_exits_1_and_junit_names_it(failing_run):
@@ -273,11 +293,8 @@ def test_compare_against_a_baseline_exits_1_on_a_regression(failing_run, tmp_pat
     assert proc.stderr.strip().endswith("not a fraction or percentage: 'ten'")
 
 
-def test_abort_on_fail_stops_the_run_early(tmp_path):
-    scenario = write_scenario(tmp_path, 60, 1.0, '"errors.backend_error.server" = '
-                              '{ condition = "< 20", abort_on_fail = true }\n')
-    out = tmp_path / "run"
-    proc = rtmsim("run", str(scenario), "--out", str(out), "--no-progress")
+def test_abort_on_fail_stops_the_run_early(runs):
+    out, proc = runs["aborting"]
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "rtmsim: threshold failed: errors.backend_error.server is" in proc.stdout
     meta = rundir.read_json(out, rundir.RUN)
