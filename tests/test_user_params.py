@@ -85,8 +85,9 @@ def test_misbehaving_kinds_and_churner_hold():
     ("not-a-name", {"class": "Publisher"},
      "swarm.classes.not-a-name: a class name must be an identifier"),
     ("Churner", {"rat": 1}, "swarm.classes.Churner.rat: unknown parameter for Churner (one of "
-     "channels, class, fixed_count, hold_s, key, model, policy, rate, weight)"),
+     "channels, class, fixed_count, hold_s, key, model, policy, rate, timeout_s, weight)"),
     ("Publisher", 3, "swarm.classes.Publisher: must be a table"),
+    ("Publisher", {"timeout_s": 0}, "swarm.classes.Publisher.timeout_s: must be > 0, got 0"),
 ])
 def test_errors_are_one_line_naming_the_key(name, table, message):
     with pytest.raises(ConfigError) as info:
@@ -103,7 +104,8 @@ def test_where_names_the_table_in_errors():
 def test_parameters_lists_every_key_with_its_default_as_a_scenario_writes_it():
     assert parameters("Subscriber") == {
         "rate": 0.2, "channels": ["room/1"], "policy": "default", "model": None, "key": None,
-        "weight": None, "fixed_count": None, "subscriptions": 3, "wildcard_fraction": 0.34}
+        "weight": None, "fixed_count": None, "timeout_s": 10.0, "subscriptions": 3,
+        "wildcard_fraction": 0.34}
     for name in USER_CLASSES:  # every default passes its own rule
         assert parse_params(name, parameters(name)) == USER_CLASSES[name]()
 
