@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -530,8 +531,15 @@ def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, ru
     real_dir, virtual_dir = base / "real", base / "virtual"
     wall: dict[str, float | None] = {"real": None, "virtual": None}
     log(f"{path.stem}: " + ("real and virtual runs" if run else f"comparing {base}"))
+    load: dict[str, float] | None = None
     if run:
+        # Latencies and closed-loop rates of a real run move with whatever else the
+        # machine runs: say how busy it was, so a miss can be read against it.
+        before = os.getloadavg()[0]
         wall["real"] = run_child("run", path, real_dir, users=users, seed=seed, log=log)
+        load = {"before": round(before, 2), "after": round(os.getloadavg()[0], 2)}
+        log(f"  load average (1 min) {load['before']:.2f} before the real run, "
+            f"{load['after']:.2f} after")
         wall["virtual"] = run_child("simulate", path, virtual_dir, users=users, seed=seed,
                                     log=log, extra=simulate)
     summaries = []
@@ -551,6 +559,7 @@ def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, ru
             "status": {"real": info.get("status"),
                        "virtual": (virtual.get("run") or {}).get("status")},
             "real_dir": str(real_dir), "virtual_dir": str(virtual_dir), "wall_s": wall,
+            "load_average": load,
             "checks": [c.as_dict() for c in checks]}
 
 
