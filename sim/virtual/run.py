@@ -168,14 +168,22 @@ class VirtualRun:
         self.engine.after(1.0, self._shape_tick)
 
     def _plan_strikes(self, instance: Instance) -> None:
+        """The instance's next one-shot fault: a job on its core at the fault's time;
+        the one after is planned once that job has run.
+
+        Not when it is queued: until the job runs, the fault is unfired, so planning at
+        once would find it due again, now, and (the core busy, the queue not advancing
+        within one instant) loop at one virtual time, queueing a strike per turn.
+        That is what stopped a million clients at the first deploy wave.
+        """
         at = instance.next_strike_at()
         if at is None:
             return
 
-        def strike() -> None:
-            instance.submit(instance.strike_due)
+        def strike_job() -> None:
+            instance.strike_due()
             self.engine.soon(lambda: self._plan_strikes(instance))
-        self.engine.at(at, strike)
+        self.engine.at(at, lambda: instance.submit(strike_job))
 
     def _sample_at(self, t: float) -> None:
         def sample() -> None:
