@@ -45,6 +45,19 @@ SERVER_LEAD_S = 3.0
 # milliseconds apart, then waits for the next second.
 SPAWN_GAP_S = 0.002
 DRAIN_S = 2.0  # after the users stop: closes and in-flight replies land
+GC_EVERY_S = 60.0  # virtual seconds between collections of the young generations
+
+
+class ViewOf:
+    """A behaviour's `client()`: its virtual client's current view. (A closure over a
+    holder list did the same in 224 bytes a user; this is 48.)"""
+
+    __slots__ = ("client",)
+
+    client: VirtualClient
+
+    def __call__(self) -> Any:
+        return self.client.view
 
 
 class VirtualRun:
@@ -115,15 +128,14 @@ class VirtualRun:
         user = f"{name}-virtual-{index}"
         instances = engine.instances
         instance = instances[index % len(instances)]
-        holder: list[VirtualClient] = []
+        view = ViewOf()
         seed = self.scenario.config.server.seed
         behaviour = self._behaviours[self.bases[name]](
             params, user_id=user, seed=seed, model=self.scenario.swarm.model,
-            clock=engine.clock, client=lambda: holder[0].view,
-            rng=SmallRandom(f"{seed}:{user}"))
+            clock=engine.clock, client=view, rng=SmallRandom(f"{seed}:{user}"))
         client = VirtualClient(engine, user, name, behaviour, instance,
                                ("key", params.key or DEFAULT_KEY))
-        holder.append(client)
+        view.client = client
         self.clients.append(client)
         client.start()
 
@@ -251,9 +263,12 @@ class VirtualRun:
         """Run the queue a virtual second at a time, showing progress.
 
         The cyclic garbage collector is off meanwhile, and only the young generations
-        are collected, once a virtual second: a full collection walks every live
-        object, and with 20,000 users they took a third of the wall time (and
-        the engine's objects live until the run ends anyway).
+        are collected, once a minute of virtual time: a full collection walks every
+        live object, and with 20,000 users they took a third of the wall time (and
+        the engine's objects live until the run ends anyway). Once a virtual second,
+        the young collections still took a tenth of a 50,000-user run (each walks
+        what was made since the last, and most of it lives on) and found 418 cyclic
+        objects in all.
         """
         env = self.engine.env
         shown = time.monotonic()
@@ -266,7 +281,8 @@ class VirtualRun:
             while t < until:
                 t = min(until, t + 1.0)
                 events += env.run(until=t)
-                gc.collect(1)
+                if t % GC_EVERY_S == 0:
+                    gc.collect(1)
                 shown = self._progress(t, until, events, started, shown)
         finally:
             self.engine.events_run = events
