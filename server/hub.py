@@ -39,7 +39,9 @@ class AppIndex:
     def __init__(self) -> None:
         self.exact: dict[str, dict[Connection, bool]] = {}  # channel -> {conn: with_meta}
         self.wildcard: dict[str, dict[Connection, bool]] = {}  # pattern -> {conn: ...}
-        self.peers: dict[str, dict[Connection, None]] = {}  # peerId -> its connections
+        # peerId -> its connection here, or {connection: None} when it has several
+        # (most peers have one: a dict each is 200 bytes a connection)
+        self.peers: dict[str, Connection | dict[Connection, None]] = {}
         # (is_wildcard, channel or pattern) -> {peerId: connections}
         self.presence: dict[tuple[bool, str], dict[str, int]] = {}
 
@@ -58,7 +60,13 @@ class Hub:
 
     def add(self, conn: Connection) -> None:
         index = self._index(conn.app_id)
-        index.peers.setdefault(conn.peer_id, {})[conn] = None
+        held = index.peers.get(conn.peer_id)
+        if held is None:
+            index.peers[conn.peer_id] = conn
+        elif type(held) is dict:
+            held[conn] = None
+        elif held is not conn:
+            index.peers[conn.peer_id] = {held: None, conn: None}
 
     def remove(self, conn: Connection) -> list[PresenceChange]:
         """Forget a closed connection; the presence changes it causes."""
@@ -70,10 +78,12 @@ class Hub:
             change = self.unsubscribe(conn, name)
             if change is not None:
                 out.append(change)
-        peers = index.peers.get(conn.peer_id)
-        if peers is not None:
-            peers.pop(conn, None)
-            if not peers:
+        held = index.peers.get(conn.peer_id)
+        if held is conn:
+            del index.peers[conn.peer_id]
+        elif type(held) is dict:
+            held.pop(conn, None)
+            if not held:
                 del index.peers[conn.peer_id]
         return out
 
@@ -81,11 +91,11 @@ class Hub:
         index = self.apps.get(app_id)
         if index is None:
             return ()
-        return tuple(index.peers.get(peer_id, ()))
+        return _held(index.peers.get(peer_id))
 
     def connections(self) -> list[Connection]:
-        return [c for index in self.apps.values() for conns in index.peers.values()
-                for c in conns]
+        return [c for index in self.apps.values() for held in index.peers.values()
+                for c in _held(held)]
 
     # -- subscriptions and presence ------------------------------------------------
 
@@ -160,8 +170,8 @@ class Hub:
         for app_id, index in self.apps.items():
             for (wild, key), counts in index.presence.items():
                 for peer_id in counts:
-                    conns = index.peers.get(peer_id)
-                    meta = next(iter(conns)).peer_metadata if conns else None
+                    conns = _held(index.peers.get(peer_id))
+                    meta = conns[0].peer_metadata if conns else None
                     out.append(PresenceChange(app_id, key, peer_id, meta, True, wild))
         return out
 
@@ -176,8 +186,8 @@ class Hub:
         for peer_id in counts:
             if peer_id == exclude_peer:
                 continue
-            conns = index.peers.get(peer_id)
-            meta = next(iter(conns)).peer_metadata if conns else None
+            conns = _held(index.peers.get(peer_id))
+            meta = conns[0].peer_metadata if conns else None
             out.append(presence_entry(peer_id, meta))
         return out
 
@@ -231,6 +241,13 @@ class Hub:
         if msg.sender_metadata is not None:
             frame["fromMetadata"] = msg.sender_metadata
         return [Deliver(targets, dumps(frame), "direct")]
+
+
+def _held(held: Connection | dict[Connection, None] | None) -> tuple[Connection, ...]:
+    """A peer's connections from its `AppIndex.peers` entry, in the order they came."""
+    if held is None:
+        return ()
+    return tuple(held) if type(held) is dict else (held,)
 
 
 def presence_entry(peer_id: str, metadata: dict[str, Any] | None) -> dict[str, Any]:

@@ -113,8 +113,9 @@ class RedisBackend:
         await r.set(self.link.key("alive", self.instance), "1", px=int(self.ttl_s * 1000))
         await r.sadd(self.link.key("instances"), self.instance)
         for app_id, index in self.hub.apps.items():
-            for peer_id, conns in index.peers.items():
-                await r.hset(self._peer_key(app_id, peer_id), self.instance, len(conns))
+            for peer_id, held in index.peers.items():  # a connection, or a dict of them
+                n = len(held) if type(held) is dict else 1
+                await r.hset(self._peer_key(app_id, peer_id), self.instance, n)
         for change in self.hub.local_presence():
             await self._add(keys=self._pres_keys(change.app_id, change.key, change.wildcard),
                             args=[change.peer_id, self.instance, _meta(change.metadata), SEP])

@@ -240,6 +240,43 @@ def test_a_deploy_closes_1001_and_listeners_come_back(tmp_path: Path) -> None:
     assert server["1001"] == 41
 
 
+BUSY_DEPLOY = """
+[server]
+seed = 4
+[limits]
+rate_per_second = 1000000.0
+burst = 1000000.0
+[swarm]
+users = 6
+spawn_rate = 1000
+duration_s = 8
+[swarm.classes.Publisher]
+fixed_count = 4
+[swarm.classes.Subscriber]
+weight = 1
+[[faults]]
+kind = "deploy"
+at_s = 5
+fraction = 1.0
+retry_after_ms = 500
+channels = "room/*"
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_deploy_on_a_backlogged_core_fires_once(tmp_path: Path) -> None:
+    # Four closed loops of 1 ms publishes keep the core's queue full, so the strike
+    # waits in it behind jobs the queue ran ahead. It once found its own fault still
+    # due, queued another strike at the same instant, and never let time move on.
+    model = replace(QUIET, costs_us=costs(publish=1000.0))
+    run_dir = simulate(tmp_path, BUSY_DEPLOY, model)
+    rows = events(run_dir)
+    closes = [r for r in rows if r["op"] == "close"]
+    assert [r["outcome"] for r in closes] == ["close 1001", "close 1001"]
+    assert all(5 <= r["t"] - ORIGIN < 5.1 for r in closes)
+    assert stats(run_dir)["i0"]["totals"]["closes"] == {"1001": 2}
+
+
 def test_two_instances_deliver_across_the_redis_hop(tmp_path: Path) -> None:
     model = replace(QUIET, redis=RedisModel(hop_us=5.0, latency_ms=1.0))
     text = SUBS.format(server='backend = "redis"\ninstances = 2', faults="")

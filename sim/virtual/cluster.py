@@ -44,9 +44,46 @@ class VirtualRedis:
         self.engine = engine
         self.up = True
         self.instances: list[Instance] = []
-        self.peers: dict[tuple[str, str], dict[int, int]] = {}  # (app, peer) -> inst -> n
+        # app -> peer -> where its connections are: an instance's index (its one
+        # connection), or {index: connections} (a million peers with one connection
+        # each would otherwise hold a million one-entry dicts and key tuples).
+        self.peers: dict[str, dict[str, int | dict[int, int]]] = {}
         # (app, wildcard, key) -> peer -> {instance: metadata}
         self.presence: dict[tuple[str, bool, str], dict[str, dict[int, Any]]] = {}
+
+    def peer_counts(self, app_id: str, peer_id: str) -> dict[int, int]:
+        """{instance index: connections} of a peer."""
+        where = self.peers.get(app_id, {}).get(peer_id)
+        if where is None:
+            return {}
+        return {where: 1} if isinstance(where, int) else where
+
+    def peer_added(self, app_id: str, peer_id: str, index: int) -> None:
+        peers = self.peers.setdefault(app_id, {})
+        where = peers.get(peer_id)
+        if where is None:
+            peers[peer_id] = index
+        elif isinstance(where, int):
+            peers[peer_id] = {index: 2} if where == index else {where: 1, index: 1}
+        else:
+            where[index] = where.get(index, 0) + 1
+
+    def peer_removed(self, app_id: str, peer_id: str, index: int) -> None:
+        peers = self.peers.get(app_id, {})
+        where = peers.get(peer_id)
+        if where is None:
+            return
+        if isinstance(where, int):
+            if where == index:
+                del peers[peer_id]
+            return
+        n = where.get(index, 0) - 1
+        if n > 0:
+            where[index] = n
+        else:
+            where.pop(index, None)
+            if not where:
+                del peers[peer_id]
 
     def blip(self, at: float, down_s: float) -> tuple[float, float]:
         """A scenario's blip at `at` (virtual s) for `down_s`, as `rtmsim run` makes it:
@@ -60,13 +97,21 @@ class VirtualRedis:
         return down, up
 
     def hop(self, source: Instance, job: Any) -> None:
-        """`job(instance)` on every other instance, a Redis round later, after its hop."""
-        engine = self.engine
-        delay = 2 * engine.model.redis.latency_ms / 1000.0
-        for other in self.instances:
-            if other is not source:
-                engine.at(source.cursor + delay,
-                          lambda other=other: other.submit(lambda: _hopped(other, job)))
+        """`job(instance)` on every other instance, a Redis round later, after its hop.
+
+        One event for all of them, not one each (19 a publish at 20 instances): they
+        arrive at the same instant and are submitted in instance order, as the
+        consecutive events were, each a job on its own core.
+        """
+        delay = 2 * self.engine.model.redis.latency_ms / 1000.0
+        others = [other for other in self.instances if other is not source]
+        if others:
+            self.engine.at(source.cursor + delay, lambda: _arrived(others, job))
+
+
+def _arrived(others: list[Instance], job: Any) -> None:
+    for other in others:
+        other.submit(lambda other=other: _hopped(other, job))
 
 
 def _hopped(instance: Instance, job: Any) -> None:
@@ -110,22 +155,12 @@ class ClusterBackend:
 
     async def connect(self, conn: Connection) -> None:
         self.hub.add(conn)
-        counts = self.redis.peers.setdefault((conn.app_id, conn.peer_id), {})
-        counts[self.node.index] = counts.get(self.node.index, 0) + 1
+        self.redis.peer_added(conn.app_id, conn.peer_id, self.node.index)
 
     async def disconnect(self, conn: Connection) -> None:
         for change in self.hub.remove(conn):
             self._presence(change)
-        key = (conn.app_id, conn.peer_id)
-        counts = self.redis.peers.get(key)
-        if counts is not None:
-            n = counts.get(self.node.index, 0) - 1
-            if n > 0:
-                counts[self.node.index] = n
-            else:
-                counts.pop(self.node.index, None)
-                if not counts:
-                    del self.redis.peers[key]
+        self.redis.peer_removed(conn.app_id, conn.peer_id, self.node.index)
 
     async def subscribe(self, conn: Connection, name: str, with_meta: bool
                         ) -> list[dict[str, Any]]:
@@ -186,7 +221,7 @@ class ClusterBackend:
         n_local = len(local[0].targets) if local else 0
         remote = 0
         if self.node.service.cross_instance_send:
-            counts = self.redis.peers.get((msg.app_id, msg.to), {})
+            counts = self.redis.peer_counts(msg.app_id, msg.to)
             remote = sum(n for i, n in counts.items() if i != self.node.index)
             if remote:
                 self.node.spend_s(self.node.model.redis.hop_us / 1e6)
@@ -199,7 +234,7 @@ class ClusterBackend:
         return self._snapshot(app_id, channel, False, None)
 
     async def kick(self, app_id: str, peer_id: str, code: int, reason: str) -> int:
-        remote = sum(n for i, n in self.redis.peers.get((app_id, peer_id), {}).items()
+        remote = sum(n for i, n in self.redis.peer_counts(app_id, peer_id).items()
                      if i != self.node.index)
         self.redis.hop(self.node, lambda other: other.close_peer(app_id, peer_id, code, reason))
         return self.node.close_peer(app_id, peer_id, code, reason) + remote

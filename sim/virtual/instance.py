@@ -290,8 +290,11 @@ class Instance:
                     self.perform(conn, actions)
 
     def next_strike_at(self) -> float | None:
+        """When the next one-shot fault is due (virtual s, not before now). Counted from
+        the core's clock (the last job's start), which the queue may have run ahead of
+        or left behind the engine's."""
         wait = self.faults.next_strike_in(self.clock())
-        return None if wait is None else self.env.now + wait
+        return None if wait is None else max(self.env.now, self.started + wait)
 
     # -- LocalNode and Port ------------------------------------------------------------------
 
