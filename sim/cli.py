@@ -114,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "measures, not what clients on their own devices see")
     simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
     simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")
+    plan = sub.add_parser("plan", help="capacity: the fewest instances that keep publish "
+                          "p99 and errors under limits for a load, through the scenario's "
+                          "storms (virtual time, the calibrated model)")
+    from .plan.command import add_arguments  # noqa: PLC0415 (light: argparse only)
+
+    add_arguments(plan)
     analyze = sub.add_parser("analyze", help="regenerate a run directory's summary.json, "
                              "charts and report.html")
     analyze.add_argument("run_dir", metavar="RUN_DIR",
@@ -323,6 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_run(args)
         if args.command == "simulate":
             return cmd_simulate(args)
+        if args.command == "plan":
+            from .plan.command import cmd_plan  # noqa: PLC0415 (start-up time)
+
+            return cmd_plan(args)
         if args.command == "analyze":
             from .report.compare import cmd_analyze  # noqa: PLC0415 (start-up time)
 

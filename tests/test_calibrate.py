@@ -25,8 +25,8 @@ from bench.calibratecheck import compare
 from sim.calibrate import command, servers
 from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, saturation
 from sim.calibrate.steps import NUISANCE
-from sim.calibrate.tomlwrite import toml_text
 from sim.cli import main
+from sim.tomlwrite import toml_text
 from sim.virtual.model import DEFAULT_MODEL, OPERATIONS, load_model
 
 ROOT = Path(__file__).resolve().parent.parent

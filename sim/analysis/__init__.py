@@ -59,6 +59,7 @@ from .run import Run, fault_windows, load_run, run_dirs_or_newest
 from .runs import runs, summary_row
 from .summary import summary, write_summary
 from .timeline import connections_over_time, quota_over_time, throughput
+from .window import connected_latency_ms, window_stats
 
 __all__ = [
     "NEVER_RETRY",
@@ -68,6 +69,7 @@ __all__ = [
     "capacity",
     "capacity_steps",
     "close_counts",
+    "connected_latency_ms",
     "connections_over_time",
     "delivery",
     "delivery_latency",
@@ -101,5 +103,6 @@ __all__ = [
     "summary_row",
     "throughput",
     "whose_fault",
+    "window_stats",
     "write_summary",
 ]

@@ -6,5 +6,4 @@
 - `servers`: the child processes (server, redis-server, instances) and their CPU time.
 - `fit`: least squares from steps to costs, the lognormal of the latencies, and what
   the costs alone predict for the benchmarks' saturation throughput.
-- `tomlwrite`: the model file's text.
 """

@@ -34,11 +34,11 @@ except ImportError:  # the stock loop then
 from server.schema import ConfigError
 from sim.virtual.model import OPERATIONS, RedisModel, load_model
 
+from ..tomlwrite import toml_text
 from . import loadgen, steps
 from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation
 from .servers import ROOT, CalibrationError, Processes, process_cpu_s, split_cpus
 from .steps import NUISANCE, Meter, Scale, Session
-from .tomlwrite import toml_text
 
 RESULTS = ROOT / "results"
 OTHERS_WARNING = 0.15  # of the server's core used by other processes (as bench's)

@@ -1,6 +1,6 @@
-"""TOML text for the model file: tables, arrays of tables, inline tables for the small
-ones, scalars and lists of scalars. Only what a model needs (tomllib reads, nothing in
-the standard library writes)."""
+"""TOML text for what the harness writes (the calibrated model file, the planner's
+scenarios): tables, arrays of tables, inline tables for the small ones, scalars and
+lists of scalars (tomllib reads, nothing in the standard library writes)."""
 
 from __future__ import annotations
 

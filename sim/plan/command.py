@@ -1,0 +1,133 @@
+"""`rtmsim plan SCENARIO --connections N --msgs-per-s M`: the command's arguments and flow."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from server.schema import ConfigError
+
+if TYPE_CHECKING:
+    from .search import PlanRequest
+
+
+def add_arguments(plan: argparse.ArgumentParser) -> None:
+    plan.add_argument("scenario", help="scenario TOML file: its classes, app, plan and "
+                      "storms (e.g. scenarios/capacity-ramp.toml)")
+    plan.add_argument("--connections", type=int, help="target concurrent connections")
+    plan.add_argument("--msgs-per-s", type=float, help="target publishes a second")
+    plan.add_argument("--fanout", type=float, help="subscribers a channel (default: the "
+                      "scenario's)")
+    plan.add_argument("--p99-ms", type=float, default=100.0,
+                      help="publish p99 limit (default 100 ms)")
+    plan.add_argument("--error-rate", type=float, default=0.01,
+                      help="service error limit, a fraction of requests (default 0.01)")
+    plan.add_argument("--max-instances", type=int, default=32,
+                      help="the largest deployment to try (default 32)")
+    plan.add_argument("--loads", default="0.5,1,1.5,2", help="the curve's loads, as "
+                      "multiples of the target (default 0.5,1,1.5,2)")
+    plan.add_argument("--steady-s", type=float, default=30.0,
+                      help="steady window of each point, virtual s (default 30)")
+    plan.add_argument("--recover-s", type=float, default=30.0,
+                      help="after the last storm, virtual s (default 30)")
+    plan.add_argument("--jobs", type=int, default=0, help="points simulated at once, one "
+                      "process each (default: the CPUs)")
+    plan.add_argument("--model", metavar="FILE", help="performance model (default: the "
+                      "scenario's [model], else the shipped calibration)")
+    plan.add_argument("--out", help="output directory (default results/plan-<name>-<time>)")
+
+
+def _loads(text: str) -> tuple[float, ...]:
+    try:
+        loads = tuple(sorted({float(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise ConfigError(f"--loads: not a list of numbers: {text!r}") from None
+    if not loads or any(not math.isfinite(x) or x <= 0 for x in loads):
+        raise ConfigError(f"--loads: must be numbers > 0, got {text!r}")
+    return tuple(sorted(set(loads) | {1.0}))
+
+
+def request_from_args(args: argparse.Namespace) -> PlanRequest:
+    """The plan's request, checked (ConfigError names the flag)."""
+    from .point import Limits  # noqa: PLC0415 (the parser is built for every command)
+    from .search import PlanRequest  # noqa: PLC0415
+    from .workload import Targets, Timing  # noqa: PLC0415
+
+    if args.connections is None or args.msgs_per_s is None:
+        raise ConfigError("plan: --connections and --msgs-per-s are required")
+    for flag, value, ok in (("--p99-ms", args.p99_ms, args.p99_ms > 0),
+                            ("--error-rate", args.error_rate, 0 <= args.error_rate < 1),
+                            ("--max-instances", args.max_instances, args.max_instances >= 1),
+                            ("--steady-s", args.steady_s, args.steady_s > 0),
+                            ("--recover-s", args.recover_s, args.recover_s >= 0),
+                            ("--jobs", args.jobs, args.jobs >= 0)):
+        if not ok or (isinstance(value, float) and not math.isfinite(value)):
+            raise ConfigError(f"{flag}: out of range, got {value:g}")
+    targets = Targets(args.connections, args.msgs_per_s, args.fanout)
+    targets.check()
+    return PlanRequest(targets=targets, limits=Limits(args.p99_ms, args.error_rate),
+                       timing=Timing(steady_s=args.steady_s, recover_s=args.recover_s),
+                       max_instances=args.max_instances, loads=_loads(args.loads),
+                       jobs=args.jobs or os.cpu_count() or 1)
+
+
+def _out_dir(args: argparse.Namespace, name: str) -> Path:
+    out = Path(args.out) if args.out else Path("results") / (
+        f"plan-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Sweep, answer, write plan.json and plan.html; 0 when a deployment was found."""
+    from ..scenario import load_scenario  # noqa: PLC0415 (start-up time)
+    from ..virtual.model import scenario_model  # noqa: PLC0415
+    from .page import write_page  # noqa: PLC0415
+    from .result import plan_result, verdict_lines  # noqa: PLC0415
+    from .search import Planner  # noqa: PLC0415
+
+    request = request_from_args(args)
+    scenario = load_scenario(args.scenario)
+    model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
+    out = _out_dir(args, scenario.name)
+    planner = Planner(scenario, request, model, out, log=lambda s: print(s, flush=True))
+    mix = planner.mix
+    print(f"rtmsim plan: {scenario.name}: {request.targets.connections:,} connections "
+          f"({mix.counts[mix.publisher]:,} publishers at {mix.publish_rate:g}/s, "
+          f"{mix.counts[mix.subscriber]:,} subscribers, {mix.fanout:g} a channel) on "
+          f"the model {model.name!r}; points go to {out}/points", flush=True)
+    chosen: int | None = None
+    status = 0
+    try:
+        chosen = planner.search()
+        planner.curves(chosen)
+    except KeyboardInterrupt:
+        print("\nrtmsim: interrupted: writing the plan from the points so far", flush=True)
+        status = 130
+    result = plan_result(planner, chosen if status == 0 else None)
+    if status:
+        result["answer"]["stopped"] = "interrupted"
+    (out / "plan.json").write_text(json.dumps(_finite(result), indent=2))
+    page = write_page(result, out)
+    for line in verdict_lines(result):
+        print(line)
+    print(f"rtmsim: wrote {out / 'plan.json'} and {page}")
+    return status or (0 if chosen is not None else 1)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with NaN as None: plan.json is strict JSON (no NaN literals)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

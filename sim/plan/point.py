@@ -1,0 +1,164 @@
+"""One point of a plan: a deployment at a load, simulated, measured and judged.
+
+A point is a run directory like any other (`rtmsim report` opens it); what the
+planner keeps of it is two windows (`sim.analysis.window_stats`), whether each stayed
+under the limits, and which resource was nearest to running out. The resource comes
+from the server's own counters over the window times the model's costs (what each
+instance spent on connects, on publishes and deliveries, on the Redis hop), so it
+names the work that filled the busiest core rather than guessing from symptoms.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..analysis.run import load_run
+from ..analysis.window import window_stats
+from ..scenario import Scenario, parse_scenario
+from ..virtual.model import Model
+from ..virtual.run import VirtualRun
+from .workload import Windows
+
+CONNECTED = 0.99  # of the clients, connected throughout a steady window
+SATURATED = 0.85  # a core this busy over a window has run out
+QUOTA_CODES = frozenset({"close 4010", "over_message_quota"})
+REDIS_CODES = frozenset({"backend_error"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a deployment must keep to, in steady state and through the storms."""
+
+    p99_ms: float = 100.0
+    error_rate: float = 0.01
+
+
+@dataclass(frozen=True)
+class PointJob:
+    """Everything a worker process needs to run one point (picklable)."""
+
+    instances: int
+    load: float
+    scenario_text: str
+    scenario_path: str | None
+    windows: Windows
+    model: Model
+    limits: Limits
+    run_dir: str
+
+
+def planned_closes(scenario: Scenario) -> frozenset[str]:
+    """The close codes the scenario's own faults send on purpose (the storm itself)."""
+    codes = set()
+    for spec in scenario.config.faults:
+        code = getattr(spec, "code", None)  # the strikes: deploy 1001, disconnect, close
+        if code is not None:
+            codes.add(f"close {int(code)}")
+    return frozenset(codes)
+
+
+def work_shares(per: dict[str, dict[str, float]], seconds: float, model: Model,
+                instances: int) -> dict[str, dict[str, float]]:
+    """Per instance, the share of one core each kind of work took over `seconds`:
+    the model's costs times the instance's counters (`per`: their growth)."""
+    published = sum(d.get("published", 0.0) for d in per.values())
+    cost = model.costs_us
+    hop = model.redis.hop_us if instances > 1 else 0.0
+    return {name: {
+        "connects": d.get("connections_total", 0.0) * (cost["connect_key"]
+                                                       + cost["disconnect"]) / 1e6 / seconds,
+        "messages": (d.get("published", 0.0) * cost["publish"]
+                     + d.get("sent", 0.0) * cost["send"]
+                     + d.get("delivered", 0.0) * cost["delivery"]) / 1e6 / seconds,
+        "redis_hop": (published - d.get("published", 0.0)) * hop / 1e6 / seconds,
+    } for name, d in per.items()}
+
+
+RESOURCE_NAMES = {"connects": "connection admission (connects and their disconnects)",
+                  "messages": "publishes and their deliveries",
+                  "redis_hop": "the Redis hop (every other instance's publishes)"}
+
+
+def resource(window: dict[str, Any], model: Model, instances: int) -> dict[str, Any]:
+    """The resource nearest to running out in a window, and how near: the busiest
+    second of any instance's core, and the work that filled it."""
+    errors = window["errors_by_code"]
+    total = sum(errors.values())
+    if total and sum(errors.get(c, 0) for c in QUOTA_CODES) * 2 >= total:
+        return {"kind": "plan_quota", "share": math.nan,
+                "text": "the app's plan (4010 / over_message_quota): more instances "
+                        "cannot help; raise the plan's caps"}
+    if total and sum(errors.get(c, 0) for c in REDIS_CODES) * 2 >= total:
+        return {"kind": "redis_outage", "share": math.nan,
+                "text": "Redis unavailable (backend_error): more instances cannot help"}
+    peak = window.get("busiest_second")
+    if not peak:
+        return {"kind": "none", "share": math.nan, "text": "no server samples"}
+    name, share = peak["instance"], peak["cpu"]
+    parts = work_shares(peak["instances"], peak["to_s"] - peak["from_s"], model,
+                        instances)[name]
+    part = max(parts, key=lambda k: parts[k])
+    state = "ran out" if share >= SATURATED else "peaked"
+    return {"kind": part, "share": share, "instance": name, "parts": parts,
+            "at_s": peak["from_s"],
+            "text": f"CPU of instance {name} {state} at {100 * share:.0f}% of a core "
+                    f"(its busiest second, at {peak['from_s']:.0f} s), mostly "
+                    f"{RESOURCE_NAMES[part]} ({100 * parts[part]:.0f}%)"}
+
+
+def judge(window: dict[str, Any], limits: Limits, users: int | None = None) -> list[str]:
+    """The limits a window crossed, in words (empty: it kept to them). With `users`, a
+    steady window in which fewer than `CONNECTED` of them were connected crossed too."""
+    crossed = []
+    least = window.get("least_connections", math.nan)
+    if users and not math.isnan(least) and least < CONNECTED * users:
+        crossed.append(f"only {least:,.0f} of {users:,} clients connected")
+    p99 = window["publish_p99_ms"]
+    if not math.isnan(p99) and p99 > limits.p99_ms:
+        crossed.append(f"publish p99 {p99:.1f} ms > {limits.p99_ms:g} ms")
+    elif math.isnan(p99) and window["requests"]:
+        crossed.append("no publish was acknowledged")
+    if window["error_rate"] > limits.error_rate:
+        crossed.append(f"errors {100 * window['error_rate']:.2f}% > "
+                       f"{100 * limits.error_rate:g}%")
+    return crossed
+
+
+def run_point(job: PointJob) -> dict[str, Any]:
+    """Simulate one point and measure it (runs in a worker process)."""
+    data = tomllib.loads(job.scenario_text)
+    path = Path(job.scenario_path) if job.scenario_path else None
+    scenario = parse_scenario(data, job.scenario_text, path=path)
+    run_dir = Path(job.run_dir)
+    wall = time.monotonic()
+    virtual = VirtualRun(scenario, run_dir, job.model, out=io.StringIO(), progress=False,
+                         log_deliveries=False)
+    status = virtual.run()
+    run = load_run(run_dir)
+    planned = planned_closes(scenario)
+    out: dict[str, Any] = {"instances": job.instances, "load": job.load,
+                           "run_dir": str(run_dir), "status": status,
+                           "events": virtual.engine.events_run}
+    crossed = []
+    for name, span in (("steady", job.windows.steady), ("storm", job.windows.storm)):
+        if span is None:
+            out[name] = None
+            continue
+        steady = name == "steady"
+        window = window_stats(run, *span, planned_closes=planned,
+                              connects_from=0.0 if steady else None)
+        window["crossed"] = judge(window, job.limits,
+                                  scenario.swarm.users if steady else None)
+        window["resource"] = resource(window, job.model, job.instances)
+        crossed += [f"{name}: {c}" for c in window["crossed"]]
+        out[name] = window
+    out["passed"] = not crossed and status == "complete"
+    out["crossed"] = crossed
+    out["wall_s"] = round(time.monotonic() - wall, 3)
+    return out
