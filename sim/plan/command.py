@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from server.schema import ConfigError
 
@@ -86,48 +85,17 @@ def _out_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Sweep, answer, write plan.json and plan.html; 0 when a deployment was found."""
+    """Sweep, answer, write plan.json and plan.html: 0 when a deployment was found, 1
+    when none was, 130 when interrupted (the plan so far is written)."""
     from ..scenario import load_scenario  # noqa: PLC0415 (start-up time)
     from ..virtual.model import scenario_model  # noqa: PLC0415
-    from .page import write_page  # noqa: PLC0415
-    from .result import plan_result, verdict_lines  # noqa: PLC0415
-    from .search import Planner  # noqa: PLC0415
+    from .capacity import plan_capacity  # noqa: PLC0415
 
     request = request_from_args(args)
     scenario = load_scenario(args.scenario)
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
-    out = _out_dir(args, scenario.name)
-    planner = Planner(scenario, request, model, out, log=lambda s: print(s, flush=True))
-    mix = planner.mix
-    print(f"rtmsim plan: {scenario.name}: {request.targets.connections:,} connections "
-          f"({mix.counts[mix.publisher]:,} publishers at {mix.publish_rate:g}/s, "
-          f"{mix.counts[mix.subscriber]:,} subscribers, {mix.fanout:g} a channel) on "
-          f"the model {model.name!r}; points go to {out}/points", flush=True)
-    chosen: int | None = None
-    status = 0
-    try:
-        chosen = planner.search()
-        planner.curves(chosen)
-    except KeyboardInterrupt:
-        print("\nrtmsim: interrupted: writing the plan from the points so far", flush=True)
-        status = 130
-    result = plan_result(planner, chosen if status == 0 else None)
-    if status:
-        result["answer"]["stopped"] = "interrupted"
-    (out / "plan.json").write_text(json.dumps(_finite(result), indent=2))
-    page = write_page(result, out)
-    for line in verdict_lines(result):
-        print(line)
-    print(f"rtmsim: wrote {out / 'plan.json'} and {page}")
-    return status or (0 if chosen is not None else 1)
-
-
-def _finite(value: Any) -> Any:
-    """`value` with NaN as None: plan.json is strict JSON (no NaN literals)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    result = plan_capacity(scenario, request, model, _out_dir(args, scenario.name),
+                           log=lambda s: print(s, flush=True))
+    if result["answer"]["stopped"] == "interrupted":
+        return 130
+    return 0 if result["answer"]["instances"] is not None else 1
