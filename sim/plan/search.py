@@ -30,6 +30,7 @@ from .point import Limits, PointJob, run_point
 from .workload import Mix, Targets, Timing, plan_mix, point_scenario
 
 GUESS_SHARE = 0.7  # the first guess aims the busiest core at this share in steady state
+GUESS_WAVE_S = 2.0  # ... and a wave's reconnects at this much CPU (retryAfterMs + jitter)
 UNFIXABLE = ("plan_quota", "redis_outage")
 MAX_LOAD = 16.0  # the curve of the answer goes this far (x the target) to find its limit
 
@@ -55,10 +56,23 @@ def steady_cpu_share(mix: Mix, model: Model, instances: int, load: float) -> flo
     return msgs * (per_msg + hop) / 1e6 / model.cores
 
 
-def first_guess(mix: Mix, model: Model, max_instances: int) -> int:
-    """The fewest instances the model's arithmetic puts under `GUESS_SHARE`."""
+def wave_cpu_s(mix: Mix, model: Model, instances: int, fraction: float) -> float:
+    """CPU seconds each instance spends when `fraction` of the clients reconnect at once
+    (a deploy wave): a connect and a disconnect each (arithmetic, for the first guess)."""
+    clients = sum(mix.counts.values())
+    cost = model.costs_us
+    return fraction * clients * (cost["connect_key"] + cost["disconnect"]) / 1e6 / instances
+
+
+def first_guess(mix: Mix, model: Model, max_instances: int,
+                waves: tuple[float, ...] = ()) -> int:
+    """The fewest instances the model's arithmetic puts under `GUESS_SHARE` in steady
+    state and under `GUESS_WAVE_S` of CPU for the largest wave of `waves` (fractions of
+    the clients a storm sends away at once)."""
+    largest = max(waves, default=0.0)
     for k in range(1, max_instances + 1):
-        if steady_cpu_share(mix, model, k, 1.0) <= GUESS_SHARE:
+        if (steady_cpu_share(mix, model, k, 1.0) <= GUESS_SHARE
+                and wave_cpu_s(mix, model, k, largest) <= GUESS_WAVE_S):
             return k
     return max_instances
 
@@ -132,7 +146,9 @@ class Planner:
         to `max_instances`, or a limit instances cannot fix)."""
         top = self.request.max_instances
         jobs = max(1, self.request.jobs)
-        guess = first_guess(self.mix, self.model, top)
+        waves = tuple(float(getattr(f, "fraction", 0.0)) for f in self.scenario.config.faults
+                      if getattr(f, "code", None) is not None)
+        guess = first_guess(self.mix, self.model, top, waves)
         probes = [guess] + ([guess - 1] if jobs > 1 and guess > 1 else [])
         lo, hi = 0, None
         while probes:
