@@ -139,7 +139,7 @@ def run_point(job: PointJob) -> dict[str, Any]:
     run_dir = Path(job.run_dir)
     wall = time.monotonic()
     virtual = VirtualRun(scenario, run_dir, job.model, out=io.StringIO(), progress=False,
-                         log_deliveries=False)
+                         log_deliveries=False, even_spawn=True)
     status = virtual.run()
     events = virtual.engine.events_run
     del virtual  # a million clients' engine: freed before the analysis reads their rows

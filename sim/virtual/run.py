@@ -89,11 +89,13 @@ class VirtualRun:
                  out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
                  log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None,
-                 load_generator: bool = False) -> None:
+                 load_generator: bool = False, even_spawn: bool = False) -> None:
         """`load_generator`: model the Locust processes a real run of the scenario
         would use (`swarm.workers` of them, the model's `load_generator` costs), to
         predict what `rtmsim run` measures rather than what clients on their own
-        devices would."""
+        devices would. `even_spawn`: spread each second's users evenly over the
+        second, as clients on their own devices arrive, instead of Locust's
+        `SPAWN_GAP_S` apart (which spreads 10,000 a second over 20 s)."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
@@ -104,6 +106,7 @@ class VirtualRun:
         self.queue = queue
         self._behaviours = behaviours
         self.load_generator = load_generator
+        self.even_spawn = even_spawn
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
         self.wall_s = 0.0
@@ -192,8 +195,9 @@ class VirtualRun:
         """`users` more, as Locust spawns them: `rate` at once each second (a few ms
         apart), the rest a second later."""
         per = max(1, int(rate))
+        gap = 1.0 / per if self.even_spawn else SPAWN_GAP_S
         for i in range(users):
-            self.engine.at(start + i // per + (i % per) * SPAWN_GAP_S, self._spawn)
+            self.engine.at(start + i // per + (i % per) * gap, self._spawn)
 
     def _shape_tick(self) -> None:
         """Follow the shape as Locust's runner does, once a second."""
