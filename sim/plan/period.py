@@ -416,62 +416,78 @@ def _result(app_id: str, plan: Plan, sched: Schedule, led: Ledger, trace: Trace,
 # -- the terminal summary -------------------------------------------------------------
 
 
+def _n(count: float, noun: str) -> str:
+    return f"{count:,g} {noun}" if count == 1 else f"{count:,g} {noun}s"
+
+
+def _money(x: float) -> str:
+    """Money to a millionth, without float dust (0.001, not 0.0009999999999998)."""
+    text = f"{round(x, 6):,.6f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
+
+
 def _at(w: dict[str, Any]) -> str:
     return f"day {w['day']} at {w['time_of_day']}"
 
 
 def _plan_line(r: dict[str, Any]) -> str:
-    p, days = r["plan"], r["schedule"]["days"]
+    p = r["plan"]
     line = (f"plan {p['name']!r} of {r['app']}: {p['max_concurrent_connections']:,} "
-            f"concurrent, {p['max_messages_per_period']:,} messages a period of "
-            f"{p['period_seconds']:g} s ({days:g} traffic days)")
+            f"concurrent, {_n(p['max_messages_per_period'], 'message')} a period of "
+            f"{p['period_seconds']:g} s ({_n(r['schedule']['days'], 'traffic day')})")
     if not (p["overages_allowed"] and p["overages_enabled"]):
         return line + "; no overage"
-    recharge = f"auto-recharge {p['auto_recharge']:g}" if p["auto_recharge"] else \
+    recharge = f"auto-recharge {_money(p['auto_recharge'])}" if p["auto_recharge"] else \
         "no auto-recharge"
-    return (line + f"; overage {p['overage_price_per_message']:g}/message, "
-            f"{p['overage_price_per_connection']:g}/connection from a balance of "
-            f"{p['balance']:g}, {recharge}")
+    return (line + f"; overage {_money(p['overage_price_per_message'])}/message, "
+            f"{_money(p['overage_price_per_connection'])}/connection from a balance of "
+            f"{_money(p['balance'])}, {recharge}")
+
+
+def _refusal_lines(r: dict[str, Any]) -> list[str]:
+    lines = []
+    refused, quota = r["over_concurrent_limit"], r["over_message_quota"]
+    if refused is None:
+        lines.append("no 4010: every session was admitted")
+    else:
+        worst = max(range(24), key=refused["by_hour"].__getitem__)
+        lines.append(f"4010 from {_at(refused['first_at'])}: "
+                     f"{_n(r['connections']['refused'], 'session')} "
+                     f"({refused['session_share']:.1%}) of {_n(refused['clients'], 'client')} "
+                     f"({refused['client_share']:.1%}) refused, most at {worst:02d}:00-"
+                     f"{(worst + 1) % 24:02d}:00")
+    if quota is None:
+        lines.append("no over_message_quota: every message was accepted")
+    else:
+        lines.append(f"over_message_quota from {_at(quota['first_at'])}: "
+                     f"{_n(quota['messages'], 'message')} refused, sent by "
+                     f"{_n(quota['sessions'], 'session')} ({quota['session_share']:.1%}) of "
+                     f"{_n(quota['clients'], 'client')} ({quota['client_share']:.1%})")
+    return lines
 
 
 def period_lines(result: dict[str, Any]) -> list[str]:
     """What the projection says, in a few plain lines for the terminal."""
     r, t, m, c = result, result["traffic"], result["messages"], result["connections"]
-    lines = [
-        _plan_line(r),
-        f"traffic: {t['clients']:,} clients x {t['sessions_per_day']:g} sessions a day of "
-        f"{t['session_min']:g} min, {t['msgs_per_session']:g} messages a session: "
-        f"{c['sessions']:,} sessions, {m['attempted']:,} messages",
-    ]
     peak = f"peak concurrent {c['peak_concurrent']:,}"
     if c["peak_at"]:
         peak += f" ({_at(c['peak_at'])})"
-    lines.append(f"{peak}; wanted {c['peak_demand']:,}"
-                 + (f" ({_at(c['peak_demand_at'])})" if c["peak_demand_at"] else ""))
-    refused = r["over_concurrent_limit"]
-    if refused is None:
-        lines.append("no 4010: every session was admitted")
-    else:
-        hours = refused["by_hour"]
-        worst = max(range(24), key=hours.__getitem__)
-        lines.append(f"4010 from {_at(refused['first_at'])}: {c['refused']:,} sessions "
-                     f"({refused['session_share']:.1%}) of {refused['clients']:,} clients "
-                     f"({refused['client_share']:.1%}) refused, most at {worst:02d}:00-"
-                     f"{(worst + 1) % 24:02d}:00")
-    quota = r["over_message_quota"]
-    if quota is None:
-        lines.append("no over_message_quota: every message was accepted")
-    else:
-        lines.append(f"over_message_quota from {_at(quota['first_at'])}: {m['refused']:,} "
-                     f"messages refused, sent by {quota['sessions']:,} sessions "
-                     f"({quota['session_share']:.1%}) of {quota['clients']:,} clients "
-                     f"({quota['client_share']:.1%})")
+    wanted = f"; wanted {c['peak_demand']:,}"
+    if c["peak_demand_at"]:
+        wanted += f" ({_at(c['peak_demand_at'])})"
     cost = r["cost"]
-    lines.append(f"overage: {m['overage']:,} messages, {c['overage']:,} connections, "
-                 f"cost {cost['overage_charges']:,.2f}; {cost['recharges']:,} recharges "
-                 f"({cost['recharged']:,.2f}); balance {cost['balance_start']:,.2f} -> "
-                 f"{cost['balance_end']:,.2f}")
-    lines.append(f"messages used {m['attempted']:,}, accepted {m['accepted']:,}: "
-                 f"{m['deliveries']:,.0f} deliveries at fan-out {t['fanout']:g} "
-                 "(not counted by the quota)")
-    return lines
+    return [
+        _plan_line(r),
+        f"traffic: {_n(t['clients'], 'client')} x {_n(t['sessions_per_day'], 'session')} "
+        f"a day of {t['session_min']:g} min, {_n(t['msgs_per_session'], 'message')} a "
+        f"session: {_n(c['sessions'], 'session')}, {_n(m['attempted'], 'message')}",
+        peak + wanted,
+        *_refusal_lines(r),
+        f"overage: {_n(m['overage'], 'message')}, {_n(c['overage'], 'connection')}, cost "
+        f"{_money(cost['overage_charges'])}; {_n(cost['recharges'], 'recharge')} "
+        f"({_money(cost['recharged'])}); balance {_money(cost['balance_start'])} -> "
+        f"{_money(cost['balance_end'])}",
+        f"messages used {m['attempted']:,}, accepted {m['accepted']:,}: "
+        f"{m['deliveries']:,.0f} deliveries at fan-out {t['fanout']:g} "
+        "(not counted by the quota)",
+    ]
