@@ -5,8 +5,8 @@ million clients is hundreds of millions of frames. Quotas and cost need only the
 ledger, so this drives the server's own `billing.Ledger`, opened by
 `ledgers.MemoryLedgers` as the in-memory server opens it, with the calls the server
 makes (release on a close, admit on a connect: False is close 4010, charge on a
-publish: False is `over_message_quota`), at the times of a `traffic.Schedule`. No
-billing rule is restated here; the ledger answers every question.
+publish: False is `over_message_quota`), at the times of a `traffic.Schedule`. The
+ledger answers every question; no billing rule is restated here.
 
 Time compression, and why it is exact:
 
@@ -20,14 +20,17 @@ Time compression, and why it is exact:
   the first call of a run on the ledger, looks at what it changed, and applies the
   rest of the run at once only when that change is one the next calls provably repeat:
   nothing changed (the ledger is a function of its state and `now`: the same call
-  again); a refusal (only a `rejected_*` counter, which no decision reads: every
-  later call is refused too); a count below the cap or quota (`concurrent` or
-  `messages_used` + 1, repeated while still below it); an overage paid without a
-  recharge (balance - price, charges + price, while the balance covers the price:
-  `np.add.accumulate` does the same IEEE operations in the same order, so the floats
-  are bit-identical). A recharge, or any other change, is never batched: the next call
-  goes to the ledger. `per_event=True` makes every call on the ledger; the tests check
-  both give the same ledger, field for field.
+  again); a refusal (a `rejected_*` counter, and for a publish the count it is already
+  over: nothing a decision reads moves, so every later call is refused too); a count
+  below the cap or quota (`concurrent` or `messages_used` + 1, repeated while still
+  below it); an overage paid without a recharge (balance - price, charges + price,
+  while the balance covers the price: `np.add.accumulate` does the same IEEE
+  operations in the same order, so the floats are bit-identical). A recharge, or any
+  other change, is never batched: the next call goes to the ledger. The driver knows
+  only where a run must stop (the cap, the quota, the balance against the price); what
+  a call does it reads off the ledger. `per_event=True` makes every call on the
+  ledger; tests check that both leave the same ledger, field for field, for random
+  plans and runs (rollovers included).
 - Ticks. Events sit on a grid (a minute, finer for short sessions or periods); within
   a tick: closes, then connects, then publishes. That is the traffic model's
   resolution: the ledger sees exactly this schedule, one call per event.
@@ -43,10 +46,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,6 +59,9 @@ from server.ledgers import MemoryLedgers
 from server.schema import ConfigError
 
 from .traffic import DAY_S, Schedule, Traffic, build_schedule
+
+if TYPE_CHECKING:
+    from ..scenario import Scenario
 
 FIELDS = ("balance", "overage_charges", "messages_used", "overage_messages",
           "overage_connections", "recharges", "rejected_messages", "rejected_connections",
@@ -264,8 +270,9 @@ def _sends_from(sched: Schedule, first: int) -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def _who(sched: Schedule, days: Iterator[int], hit: Any, detail: bool) -> dict[str, Any]:
-    """Sessions and clients for which `hit(day, tick, admitted)` holds."""
+def _who(sched: Schedule, days: Iterable[int], hit: Callable[[int], np.ndarray],
+         detail: bool) -> dict[str, Any]:
+    """The sessions `hit(day)` marks (a mask over the day's sessions), and their clients."""
     clients = np.zeros(sched.traffic.clients, dtype=bool)
     sessions, listed = 0, []
     for day in days:
@@ -314,7 +321,7 @@ def _over_quota(sched: Schedule, trace: Trace, refused: int, detail: bool
         return ok & np.where(sched.day_high(day), high[tick], low[tick])
 
     since = max(0, (first - sched.session_ticks) // sched.ticks_per_day)
-    who = _who(sched, iter(range(since, sched.days)), hit, detail)
+    who = _who(sched, range(since, sched.days), hit, detail)
     return {"first_at": when(sched, first), "messages": refused, **who}
 
 
@@ -337,7 +344,7 @@ def _demand(sched: Schedule) -> tuple[int, int | None]:
     return int(active.max()), int(active.argmax())
 
 
-def _app(scenario: Any, app_id: str | None, period_s: float | None) -> App:
+def _app(scenario: Scenario, app_id: str | None, period_s: float | None) -> App:
     apps = scenario.config.apps
     app = apps[0] if app_id is None else scenario.config.app(app_id)
     if app is None:
@@ -351,7 +358,7 @@ def _app(scenario: Any, app_id: str | None, period_s: float | None) -> App:
     return app
 
 
-def project_period(scenario: Any, traffic: Traffic, *, app_id: str | None = None,
+def project_period(scenario: Scenario, traffic: Traffic, *, app_id: str | None = None,
                    period_s: float | None = None, day_s: float = DAY_S,
                    ticks_per_day: int | None = None, per_event: bool = False,
                    detail: bool = False) -> dict[str, Any]:
@@ -417,7 +424,9 @@ def _result(app_id: str, plan: Plan, sched: Schedule, led: Ledger, trace: Trace,
 
 
 def _n(count: float, noun: str) -> str:
-    return f"{count:,g} {noun}" if count == 1 else f"{count:,g} {noun}s"
+    """`1 session`, `1,000,000 clients`, `1.5 sessions`."""
+    text = f"{int(count):,}" if float(count).is_integer() else f"{count:,.6g}"
+    return f"{text} {noun}" if count == 1 else f"{text} {noun}s"
 
 
 def _money(x: float) -> str:
@@ -490,4 +499,15 @@ def period_lines(result: dict[str, Any]) -> list[str]:
         f"messages used {m['attempted']:,}, accepted {m['accepted']:,}: "
         f"{m['deliveries']:,.0f} deliveries at fan-out {t['fanout']:g} "
         "(not counted by the quota)",
+        *_caveats(r),
     ]
+
+
+def _caveats(r: dict[str, Any]) -> list[str]:
+    """What the reader must know when the projection is mostly its own start."""
+    period_s, day_s = r["schedule"]["period_s"], r["schedule"]["day_s"]
+    if period_s >= day_s:
+        return []
+    return [f"note: the period ({period_s:g} s) is shorter than a traffic day and starts "
+            "with no one connected: it shows a ramp from zero, not a typical day "
+            "(--period-days projects a longer one)"]
