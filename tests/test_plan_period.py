@@ -10,7 +10,7 @@ import tomllib
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from wsclient import client_pool, close_code, wait_until
@@ -132,7 +132,10 @@ def test_the_same_seed_gives_the_same_projection_and_another_does_not():
 PRICES = st.sampled_from([0.0, 0.001, 0.1, 0.25, 0.3, 0.7])
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
+@example(cap=0, quota=0, allowed=False, enabled=False, balance=0.0, per_message=0.0,
+         per_connection=0.0, recharge=None,  # a rollover on a run's first call
+         ops=[("charge", 1, 3.0), ("charge", 2, 3.0)])
 @given(cap=st.integers(0, 6), quota=st.integers(0, 30), allowed=st.booleans(),
        enabled=st.booleans(), balance=st.sampled_from([0.0, 0.3, 1.0, 2.75]),
        per_message=PRICES, per_connection=PRICES,
@@ -233,6 +236,16 @@ def test_a_traffic_table_in_a_scenario_and_flags_over_it():
                                                  fanout=40.0)
     assert period_s_from_args(args) == 7 * DAY
     assert parse_traffic(sc.config.extra["traffic"]) == Traffic(10, 2.0, 30.0, 5.0)
+
+
+def test_the_capacity_planners_fanout_flag_is_shared():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fanout", type=float, help="subscribers a channel")  # rtmsim plan's
+    add_period_arguments(parser)
+    args = parser.parse_args(["--clients", "3", "--fanout", "12"])
+    sc = scenario("name = 'p'", traffic="[traffic]\nsessions_per_day = 2\nsession_min = 30\n"
+                                        "msgs_per_session = 5\n")
+    assert period_from_args(args, sc).fanout == 12.0
 
 
 @pytest.mark.parametrize(("argv", "message"), [

@@ -63,9 +63,10 @@ from .traffic import DAY_S, Schedule, Traffic, build_schedule
 if TYPE_CHECKING:
     from ..scenario import Scenario
 
-FIELDS = ("balance", "overage_charges", "messages_used", "overage_messages",
-          "overage_connections", "recharges", "rejected_messages", "rejected_connections",
-          "concurrent", "peak_concurrent")
+# Every field of the ledger but its plan: a change the driver does not expect (a
+# rollover's new period_start, a field added one day) stops a run from being batched.
+FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name != "plan")
+BALANCE, CHARGES = FIELDS.index("balance"), FIELDS.index("overage_charges")
 _state = attrgetter(*FIELDS)
 CHUNK = 1 << 18  # payments per accumulate
 DETAIL_MAX = 100_000  # sessions listed by `detail`
@@ -169,8 +170,8 @@ class LedgerDriver:
         return (op.overage is not None and changed.get(op.counter) == 1
                 and changed.get(op.overage) == 1
                 and set(changed) <= {op.counter, op.overage, "balance", "overage_charges"}
-                and led.balance == before[0] - op.price
-                and led.overage_charges == before[1] + op.price)
+                and led.balance == before[BALANCE] - op.price
+                and led.overage_charges == before[CHARGES] + op.price)
 
 
 def paid_run(balance: float, charges: float, price: float, n: int

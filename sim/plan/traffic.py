@@ -71,7 +71,8 @@ class Field:
 
     @property
     def dest(self) -> str:
-        return f"traffic_{self.key}"
+        # `--fanout` is also the capacity planner's flag (recipients a message): shared.
+        return "fanout" if self.key == "fanout" else f"traffic_{self.key}"
 
     def read(self, t: Table, key: str) -> Any:
         return t.number(key, None, minimum=self.minimum, maximum=self.maximum,
@@ -117,13 +118,18 @@ def parse_traffic(table: object, where: str = "traffic") -> Traffic:
 
 def add_period_arguments(parser: argparse.ArgumentParser) -> None:
     """The traffic flags of `rtmsim plan --period`; each overrides its `[traffic]` key.
-    (`--period` itself and `--app` are the caller's.)"""
+    (`--period` itself and `--app` are the caller's; a `--fanout` the parser already
+    has, the capacity planner's, is shared: same meaning, same `args.fanout`.)"""
     group = parser.add_argument_group("billing-period projection (--period)")
     for f in FIELDS:
         default = "" if f.default is None else f" (default {f.default:g})"
-        group.add_argument(f.flag, dest=f.dest, type=int if f.integer else float,
-                           default=None, metavar="N" if f.integer else "X",
-                           help=f"{f.help}; [traffic] {f.key}{default}")
+        try:
+            group.add_argument(f.flag, dest=f.dest, type=int if f.integer else float,
+                               default=None, metavar="N" if f.integer else "X",
+                               help=f"{f.help}; [traffic] {f.key}{default}")
+        except argparse.ArgumentError:
+            if f.key != "fanout":
+                raise
     group.add_argument("--period-days", dest="period_days", type=float, default=None,
                        metavar="D", help="project a period of D days instead of the "
                                          "plan's period_seconds")
