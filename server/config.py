@@ -22,7 +22,7 @@ MONTH_SECONDS = 30 * 24 * 3600
 # Top-level sections owned by other parts of the harness (faults, swarm, scenario).
 # The server accepts and ignores them so one file can describe a whole run.
 EXTENSION_SECTIONS = frozenset({"swarm", "scenario", "analysis", "clients", "thresholds",
-                                "model"})
+                                "model", "traffic"})
 
 
 @dataclass(frozen=True, slots=True)
