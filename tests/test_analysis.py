@@ -624,21 +624,6 @@ def test_errors_by_step_grow_with_the_load(rd: RunDir) -> None:
     assert not by_step.client_fault.iloc[0]
 
 
-def test_instances_needed_from_the_knee_with_headroom(rd: RunDir) -> None:
-    run = step_run(rd, {10: 10.0, 20: 50.0, 30: 200.0})  # knee: 20 conns, 20 msgs/s
-    plan = A.instances_needed(run, target_connections=1000, target_msgs_per_s=100,
-                              headroom=0.5)
-    assert (plan["connections_per_instance"], plan["msgs_per_s_per_instance"]) == (
-        20.0, pytest.approx(20.0))
-    assert plan["instances_for_connections"] == 100  # 1000 / (0.5 * 20)
-    assert plan["instances_for_msgs"] == 10  # 100 / (0.5 * 20)
-    assert (plan["instances"], plan["binding"], plan["is_upper_bound"]) == (
-        100, "connections", False)
-    assert any("linearly" in a for a in plan["assumptions"])
-    with pytest.raises(ValueError, match="headroom"):
-        A.instances_needed(run, 1, 1, headroom=0)
-
-
 def test_run_dirs_or_newest_prefers_the_named_scenario(tmp_path: Path) -> None:
     results = tmp_path / "results"
     for name, started in (("retry-bakeoff", 10.0), ("default", 30.0),
@@ -663,16 +648,6 @@ def test_whose_fault_reads_the_code_table() -> None:
                                        "backend_error", "over_message_quota",
                                        "peer_not_found", "teleported")] == [
         "client", "client", "service", "limit", "limit", "unknown"]
-
-
-def test_instances_needed_takes_the_smallest_capacity_of_several_runs(tmp_path: Path) -> None:
-    big = step_run(RunDir(tmp_path / "big"), {10: 10.0, 20: 10.0, 30: 10.0})  # no limit hit
-    small = step_run(RunDir(tmp_path / "small"), {10: 10.0, 20: 500.0, 30: 500.0})
-    plan = A.instances_needed([big, small], target_connections=50, target_msgs_per_s=0)
-    assert [r["knee_users"] for r in plan["runs"]] == [30, 10]
-    assert plan["connections_per_instance"] == 10.0
-    assert plan["instances"] == 8  # ceil(50 / (0.7 * 10))
-    assert plan["is_upper_bound"] is False  # the small run, the one used, crossed p99
 
 
 def test_capacity_names_the_resource_that_ran_out():

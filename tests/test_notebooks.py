@@ -97,11 +97,22 @@ def test_retry_behavior_on_two_runs_flags_the_looper(results: Path) -> None:
     assert "FLAGGED nb-faults" not in text  # the default policy follows the guidance
 
 
-def test_capacity_planning_projects_instances(results: Path) -> None:
+def test_capacity_planning_sets_the_model_beside_the_ramp_and_answers_from_the_planner(
+        results: Path) -> None:
     text = execute("capacity_planning", RUN_DIRS=[], RESULTS=str(results / "ramp"),
-                   SCENARIO="nb-ramp", TARGET_CONNECTIONS=100, TARGET_MSGS_PER_S=50)
+                   SCENARIO="nb-ramp", TARGET_CONNECTIONS=100, TARGET_MSGS_PER_S=50,
+                   MAX_INSTANCES=2, STEADY_S=2.0, RECOVER_S=0.0, PLAN_JOBS=1)
     assert "nb-ramp: scenario 'nb-ramp', shape step_ramp" in text
-    assert "instance(s)" in text and "capacity scales linearly" in text
+    # The same axes: the ramp replayed in virtual time, its steps measured alike.
+    assert "nb-ramp: what differs between the three curves" in text
+    assert ("knee, model, clients on their own devices: sustainable: 12 users, "
+            "12 connections, 59.9 msgs/s (step 3)") in text
+    # The planner's answer, its headroom, its assumptions and its points.
+    assert ("answer: 1 instance(s) (memory backend) for 100 connections, 50 msgs/s, "
+            "fan-out 50") in text
+    assert "headroom: keeps the limits up to" in text
+    assert "- the load generator is not modelled: clients are on their own devices" in text
+    assert "offered_msgs_per_s" in text
 
 
 def test_a_notebook_without_runs_says_what_to_do(tmp_path: Path) -> None:

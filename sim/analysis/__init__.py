@@ -11,9 +11,10 @@ a rate or a percentile on its own, so every number a user sees has one definitio
 The implementation is split by concept, one module each: loading (`run`), codes and
 reconciliation (`codes`), latency, delivery and retries (`latency`), server time
 series (`timeline`), fault effects (`faults`), capacity (`capacity`) and the summary
-(`summary`), runs as a dataset (`runs`). Import from this package, not from those
-modules: its names are the API (`sim.analysis.summary` is the function; the module
-behind it is an implementation detail).
+(`summary`), runs as a dataset (`runs`), a capacity plan's plan.json (`plans`).
+Import from this package, not from those modules: its names are the API
+(`sim.analysis.summary` is the function; the module behind it is an implementation
+detail).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from .capacity import (
     capacity,
     capacity_steps,
     errors_by_step,
-    instances_needed,
     load_steps,
 )
 from .codes import (
@@ -54,6 +54,7 @@ from .latency import (
     retry_outcomes,
     reused_message_ids,
 )
+from .plans import load_plan, plan_points
 from .regression import headline_metrics, regressions
 from .run import Run, fault_windows, load_run, run_dirs_or_newest
 from .runs import runs, summary_row
@@ -79,14 +80,15 @@ __all__ = [
     "errors_by_step",
     "fault_windows",
     "headline_metrics",
-    "instances_needed",
     "latency_over_time",
     "latency_percentiles",
+    "load_plan",
     "load_run",
     "load_steps",
     "never_retry_violations",
     "per_second_health",
     "percentiles_of",
+    "plan_points",
     "quota_over_time",
     "reconcile",
     "reconnect_storms",

@@ -2,8 +2,10 @@
 
 The steps are read from what Locust actually ran (the user count in its stats
 history), not from the shape's parameters, so a ramp that could not spawn its users
-is measured as it happened. The first seconds of each step are skipped: users that
-just connected and subscribed would otherwise blur the step's steady state.
+is measured as it happened. A virtual run (`rtmsim simulate`) has no Locust: its
+steps are its shape's, which its swarm follows exactly. The first seconds of each step
+are skipped: users that just connected and subscribed would otherwise blur the step's
+steady state.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loadtests.schedules import target
 from server.codes import ERROR_CODES
 
 from .. import rundir
+from ..scenario import load_scenario
 from .run import Run, fault_windows, observed_counts
 from .timeline import timeline_total
 
@@ -27,14 +31,38 @@ STEP_OPS = ("connect", "subscribe", "unsubscribe", "publish", "send")
 
 
 def user_levels(run: Run) -> pd.DataFrame:
-    """(ts, users) from Locust's stats history (Aggregated rows), one row a second."""
+    """(ts, users) from Locust's stats history (Aggregated rows), one row a second; for a
+    virtual run, which has no Locust, the users its shape asked for each second."""
     path = run.dir / f"{rundir.LOCUST_PREFIX}_stats_history.csv"
     if not path.exists():
+        if run.meta.get("virtual") and (run.dir / rundir.SCENARIO).exists():
+            return _shape_levels(run)
         return pd.DataFrame(columns=["ts", "users"])
     hist = pd.read_csv(path, usecols=["Timestamp", "User Count", "Name"])
     hist = hist[hist.Name == "Aggregated"]
     return pd.DataFrame({"ts": hist.Timestamp.astype(float) - run.origin,
                          "users": hist["User Count"].astype(int)}).reset_index(drop=True)
+
+
+def _shape_levels(run: Run) -> pd.DataFrame:
+    """A virtual run's users each second: what its shape asked for (the virtual swarm
+    follows it as Locust's runner does, once a second, spawning `spawn_rate` a second);
+    without a shape, its users spawned `spawn_rate` a second."""
+    swarm = load_scenario(run.dir / rundir.SCENARIO).swarm
+    per = max(1, int(swarm.spawn_rate))
+    ts, users = [], []
+    for sec in range(math.ceil(swarm.duration_s)):
+        if swarm.shape:
+            want = target(swarm.shape, float(sec),
+                          {"duration_s": swarm.duration_s, **swarm.shape_params})
+            if want is None:
+                break
+            n = want[0]
+        else:
+            n = min(swarm.users, per * (sec + 1))
+        ts.append(float(sec))
+        users.append(int(n))
+    return pd.DataFrame({"ts": ts, "users": users})
 
 
 def load_steps(run: Run) -> pd.DataFrame:
@@ -195,100 +223,3 @@ def errors_by_step(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
                          "per_1000_requests": 1000 * n / len(in_step),
                          "client_fault": bool(entry and entry.is_client_fault)})
     return pd.DataFrame(rows, columns=cols)
-
-
-HEADROOM = 0.7
-
-
-def capacity_per_instance(run: Run, p99_limit_ms: float = P99_LIMIT_MS,
-                          error_rate_limit: float = ERROR_RATE_LIMIT) -> dict[str, Any]:
-    """One capacity run's knee divided by the instances it had (None: no knee)."""
-    cap = capacity(run, p99_limit_ms, error_rate_limit)
-    n = int(run.meta.get("instances") or max(1, len(run.stats)))
-    knee = cap["knee"]
-    return {"run": run.dir.name, "instances": n,
-            "knee_users": knee["users"] if knee else None,
-            "connections_per_instance": knee["connections"] / n if knee else None,
-            "msgs_per_s_per_instance": knee["msgs_per_s"] / n if knee else None,
-            "limit_crossed": cap["limit"] is not None, "verdict": cap["verdict"]}
-
-
-def _assumptions(headroom: float, p99_limit_ms: float, error_rate_limit: float) -> list[str]:
-    return [
-        "one instance's capacity is the knee of a step-ramp run (last step with publish "
-        f"p99 <= {p99_limit_ms:g} ms and errors <= {100 * error_rate_limit:g}%) "
-        "divided by that run's instances",
-        "with several runs the smallest per-instance capacity is used",
-        "capacity scales linearly with instances (no shared bottleneck modelled: "
-        "Redis, the network, the load generator)",
-        f"instances run at {100 * headroom:g}% of capacity (headroom for spikes, "
-        "deploys and losing an instance)",
-        "connections and msgs/s are independent limits; the larger need wins; "
-        "fan-out per publish is as in the measured runs"]
-
-
-def instances_needed(runs: Run | list[Run], target_connections: float,
-                     target_msgs_per_s: float, headroom: float = HEADROOM,
-                     p99_limit_ms: float = P99_LIMIT_MS,
-                     error_rate_limit: float = ERROR_RATE_LIMIT) -> dict[str, Any]:
-    """How many server instances a target load needs, projected from capacity runs.
-
-    Assumptions (also returned, in words, under "assumptions"):
-    - an instance's capacity is the knee of a step-ramp run (`capacity`: the last step
-      under the p99 and error-rate limits) divided by the instances that run had;
-    - with several runs, the smallest per-instance capacity counts (the conservative one);
-    - capacity scales linearly with instances: no shared bottleneck (Redis fan-out,
-      the load generator, the network) is modelled;
-    - each instance is run at `headroom` of its capacity, leaving room for spikes,
-      deploys (reconnect storms) and the loss of an instance;
-    - connections and publishes are independent limits; the larger need wins. Fan-out
-      (deliveries per publish) is as in the measured runs.
-    instances = max(ceil(target_connections / (headroom * per-instance connections)),
-    ceil(target_msgs_per_s / (headroom * per-instance msgs/s)), 1). When the run the
-    binding capacity came from crossed no limit, its knee is only a lower bound on
-    capacity, so the projection is an upper bound (`is_upper_bound`). `instances` is
-    None when no run has a knee.
-    """
-    if not 0 < headroom <= 1:
-        raise ValueError(f"headroom must be in (0, 1], got {headroom}")
-    if target_connections < 0 or target_msgs_per_s < 0:
-        raise ValueError("targets must be >= 0")
-    runs = [runs] if isinstance(runs, Run) else list(runs)
-    per_run = [capacity_per_instance(run, p99_limit_ms, error_rate_limit) for run in runs]
-    usable = [p for p in per_run if p["connections_per_instance"] is not None
-              and not math.isnan(p["connections_per_instance"])]
-    out: dict[str, Any] = {
-        "target_connections": target_connections, "target_msgs_per_s": target_msgs_per_s,
-        "headroom": headroom, "runs": per_run, "connections_per_instance": None,
-        "msgs_per_s_per_instance": None, "instances_for_connections": None,
-        "instances_for_msgs": None, "instances": None, "binding": None,
-        "is_upper_bound": False,
-        "assumptions": _assumptions(headroom, p99_limit_ms, error_rate_limit)}
-    if not usable:
-        out["verdict"] = "no run has a knee: nothing to project from"
-        return out
-    conn_run = min(usable, key=lambda p: p["connections_per_instance"])
-    msgs_run = min(usable, key=lambda p: p["msgs_per_s_per_instance"])
-    conns = conn_run["connections_per_instance"]
-    msgs = msgs_run["msgs_per_s_per_instance"]
-    for_conns = math.ceil(target_connections / (headroom * conns)) if conns > 0 else None
-    for_msgs = math.ceil(target_msgs_per_s / (headroom * msgs)) if msgs > 0 else None
-    needs = {k: v for k, v in (("connections", for_conns), ("msgs_per_s", for_msgs))
-             if v is not None}
-    out.update(connections_per_instance=conns, msgs_per_s_per_instance=msgs,
-               instances_for_connections=for_conns, instances_for_msgs=for_msgs)
-    if not needs:
-        out["verdict"] = "the knee carried no load: nothing to project from"
-        return out
-    binding = max(needs, key=lambda k: needs[k])
-    source = conn_run if binding == "connections" else msgs_run
-    out.update(instances=max(1, needs[binding]), binding=binding,
-               is_upper_bound=not source["limit_crossed"])
-    bound = (f" (at most: {source['run']} crossed no limit, so capacity may be higher)"
-             if out["is_upper_bound"] else "")
-    out["verdict"] = (f"{out['instances']} instance(s){bound} for {target_connections:g} "
-                      f"connections and {target_msgs_per_s:g} msgs/s at "
-                      f"{100 * headroom:g}% of a measured {conns:.0f} connections and "
-                      f"{msgs:.1f} msgs/s per instance; {binding.replace('_', ' ')} "
-                      "is the binding limit")
-    return out
