@@ -238,3 +238,38 @@ def test_a_publish_due_while_its_client_was_away_counts_from_the_reconnect() -> 
     got = connected_latency_ms(requests, publishes)
     assert list(got.index) == [3, 7]
     assert got.tolist() == pytest.approx([50.0, 2000.0])
+
+
+def test_plan_period_alone_writes_the_projection(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    capped = TINY.replace('[swarm]', '''[[apps]]
+id = "app_demo"
+[apps.plan]
+max_concurrent_connections = 2
+period_seconds = 86400
+[[apps.keys]]
+id = "pk_live_demo"
+
+[traffic]
+clients = 3
+sessions_per_day = 1
+session_min = 1400
+msgs_per_session = 4
+
+[swarm]''')
+    path = scenario_file(tmp_path, capped)
+    out = tmp_path / "plan"
+    assert main(["plan", str(path), "--period", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    period = json.loads((out / "period.json").read_text())
+    # Three clients, one session of 23 h 20 min a day each, a cap of two: all three
+    # overlap, so the ledger admits two and refuses the third (4010), which sends nothing.
+    assert period["connections"]["refused"] == 1
+    assert period["usage"]["peakConcurrent"] == 2
+    assert 0 < period["usage"]["messagesUsed"] <= 8  # 4 a session; a tail may pass the end
+    assert "no 4010" not in printed
+    assert not (out / "plan.json").exists()  # no targets: no capacity sweep
+    assert main(["plan", str(path), "--period", "--clients", "0",
+                 "--out", str(tmp_path / "p2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rtmsim: --clients") and err.count("\n") == 1

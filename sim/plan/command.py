@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from server.schema import ConfigError
 
@@ -39,6 +40,14 @@ def add_arguments(plan: argparse.ArgumentParser) -> None:
     plan.add_argument("--model", metavar="FILE", help="performance model (default: the "
                       "scenario's [model], else the shipped calibration)")
     plan.add_argument("--out", help="output directory (default results/plan-<name>-<time>)")
+    plan.add_argument("--period", action="store_true", help="also project one billing "
+                      "period of the scenario's [traffic] (or the flags below) through "
+                      "the server's own ledger: quota, 4010s, overage, cost")
+    plan.add_argument("--app", help="the app whose plan is projected (default: the "
+                      "scenario's first)")
+    from .traffic import add_period_arguments  # noqa: PLC0415 (the parser, not the run)
+
+    add_period_arguments(plan)
 
 
 def _loads(text: str) -> tuple[float, ...]:
@@ -58,7 +67,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
     from .workload import Targets, Timing  # noqa: PLC0415
 
     if args.connections is None or args.msgs_per_s is None:
-        raise ConfigError("plan: --connections and --msgs-per-s are required")
+        raise ConfigError("plan: --connections and --msgs-per-s are required (or --period "
+                          "alone, for the billing projection)")
     for flag, value, ok in (("--p99-ms", args.p99_ms, args.p99_ms > 0),
                             ("--error-rate", args.error_rate, 0 <= args.error_rate < 1),
                             ("--max-instances", args.max_instances, args.max_instances >= 1),
@@ -85,17 +95,39 @@ def _out_dir(args: argparse.Namespace, name: str) -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    """Sweep, answer, write plan.json and plan.html: 0 when a deployment was found, 1
-    when none was, 130 when interrupted (the plan so far is written)."""
+    """The billing period (`--period`) and the capacity sweep (the targets), either or
+    both, into one output directory: 0 when every part answered, 1 when no deployment
+    kept the limits, 130 when interrupted (what was done is written)."""
     from ..scenario import load_scenario  # noqa: PLC0415 (start-up time)
     from ..virtual.model import scenario_model  # noqa: PLC0415
     from .capacity import plan_capacity  # noqa: PLC0415
 
-    request = request_from_args(args)
+    capacity = not args.period or args.connections is not None or args.msgs_per_s is not None
+    request = request_from_args(args) if capacity else None
     scenario = load_scenario(args.scenario)
+    if args.period:
+        period = _period(args, scenario)  # checked before any sweep starts
+    out = _out_dir(args, scenario.name)
+    if args.period:
+        (out / "period.json").write_text(json.dumps(period, indent=2))
+        print(f"rtmsim: wrote {out / 'period.json'}")
+    if request is None:
+        return 0
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
-    result = plan_capacity(scenario, request, model, _out_dir(args, scenario.name),
-                           log=lambda s: print(s, flush=True))
+    result = plan_capacity(scenario, request, model, out, log=lambda s: print(s, flush=True))
     if result["answer"]["stopped"] == "interrupted":
         return 130
     return 0 if result["answer"]["instances"] is not None else 1
+
+
+def _period(args: argparse.Namespace, scenario: Any) -> dict[str, Any]:
+    """The billing-period projection, printed; its result (period.json)."""
+    from .period import period_lines, project_period  # noqa: PLC0415
+    from .traffic import period_from_args, period_s_from_args  # noqa: PLC0415
+
+    traffic = period_from_args(args, scenario)
+    result = project_period(scenario, traffic, app_id=args.app,
+                            period_s=period_s_from_args(args))
+    for line in period_lines(result):
+        print(line, flush=True)
+    return result
