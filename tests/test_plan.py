@@ -170,6 +170,11 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
     two = next(p for p in plan["points"] if p["instances"] == 2 and p["load"] == 1.0)
     assert two["passed"] and two["storm"] is not None
     assert two["storm"]["errors_by_code"].get("close 1001") is None  # the storm itself
+    # The work the counters account for is what the core did, hop included (each
+    # instance pays it for every publish behind Redis).
+    steady = two["steady"]["resource"]
+    assert sum(steady["parts"].values()) == pytest.approx(steady["share"], abs=0.02)
+    assert steady["parts"]["redis_hop"] == pytest.approx(200 * 140.89e-6, rel=0.05)
     # 200 publishes/s accepted in steady state, split over the two instances.
     assert two["steady"]["msgs_per_s"] == pytest.approx(200, rel=0.05)
     # The headroom was pushed until a limit was crossed: two instances run out too.

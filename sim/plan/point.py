@@ -65,28 +65,30 @@ def planned_closes(scenario: Scenario) -> frozenset[str]:
 
 
 def work_shares(per: dict[str, dict[str, float]], seconds: float, model: Model,
-                instances: int) -> dict[str, dict[str, float]]:
+                clustered: bool) -> dict[str, dict[str, float]]:
     """Per instance, the share of one core each kind of work took over `seconds`:
-    the model's costs times the instance's counters (`per`: their growth)."""
+    the model's costs times the instance's counters (`per`: their growth). Behind
+    Redis (`clustered`) an instance pays the hop for each publish it sends and for
+    each one every other instance sends: for every publish in the system."""
     published = sum(d.get("published", 0.0) for d in per.values())
     cost = model.costs_us
-    hop = model.redis.hop_us if instances > 1 else 0.0
+    hop = model.redis.hop_us if clustered else 0.0
     return {name: {
         "connects": d.get("connections_total", 0.0) * (cost["connect_key"]
                                                        + cost["disconnect"]) / 1e6 / seconds,
         "messages": (d.get("published", 0.0) * cost["publish"]
                      + d.get("sent", 0.0) * cost["send"]
                      + d.get("delivered", 0.0) * cost["delivery"]) / 1e6 / seconds,
-        "redis_hop": (published - d.get("published", 0.0)) * hop / 1e6 / seconds,
+        "redis_hop": published * hop / 1e6 / seconds,
     } for name, d in per.items()}
 
 
 RESOURCE_NAMES = {"connects": "connection admission (connects and their disconnects)",
                   "messages": "publishes and their deliveries",
-                  "redis_hop": "the Redis hop (every other instance's publishes)"}
+                  "redis_hop": "the Redis hop (every publish of every instance)"}
 
 
-def resource(window: dict[str, Any], model: Model, instances: int) -> dict[str, Any]:
+def resource(window: dict[str, Any], model: Model, clustered: bool) -> dict[str, Any]:
     """The resource nearest to running out in a window, and how near: the busiest
     second of any instance's core, and the work that filled it."""
     errors = window["errors_by_code"]
@@ -103,7 +105,7 @@ def resource(window: dict[str, Any], model: Model, instances: int) -> dict[str, 
         return {"kind": "none", "share": math.nan, "text": "no server samples"}
     name, share = peak["instance"], peak["cpu"]
     parts = work_shares(peak["instances"], peak["to_s"] - peak["from_s"], model,
-                        instances)[name]
+                        clustered)[name]
     part = max(parts, key=lambda k: parts[k])
     state = "ran out" if share >= SATURATED else "peaked"
     return {"kind": part, "share": share, "instance": name, "parts": parts,
@@ -146,6 +148,8 @@ def run_point(job: PointJob) -> dict[str, Any]:
     gc.collect()
     run = load_run(run_dir)
     planned = planned_closes(scenario)
+    server = scenario.config.server
+    clustered = server.backend == "redis" or server.instances > 1
     out: dict[str, Any] = {"instances": job.instances, "load": job.load,
                            "run_dir": str(run_dir), "status": status,
                            "events": events}
@@ -159,7 +163,7 @@ def run_point(job: PointJob) -> dict[str, Any]:
                               connects_from=0.0 if steady else None)
         window["crossed"] = judge(window, job.limits,
                                   scenario.swarm.users if steady else None)
-        window["resource"] = resource(window, job.model, job.instances)
+        window["resource"] = resource(window, job.model, clustered)
         crossed += [f"{name}: {c}" for c in window["crossed"]]
         out[name] = window
     out["passed"] = not crossed and status == "complete"

@@ -11,7 +11,8 @@ from .search import Planner
 
 def _binding(planner: Planner, chosen: int) -> dict[str, Any]:
     """What runs out first on the chosen deployment as the load grows: the resource of
-    the first load of its curve that crossed a limit, else the nearest at the target."""
+    the first load of its curve that crossed a limit, else the nearest at the highest
+    load it carried."""
     loads = sorted(x for k, x in planner.points if k == chosen)
     for load in loads:
         point = planner.points[(chosen, load)]
@@ -20,7 +21,7 @@ def _binding(planner: Planner, chosen: int) -> dict[str, Any]:
                           if w and w["crossed"])
             return {"at_load": load, **window["resource"],
                     "crossed": point["crossed"]}
-    point = planner.points[(chosen, 1.0)]
+    point = planner.points[(chosen, loads[-1])]
     windows = [w for w in (point["steady"], point["storm"]) if w]
     nearest = max(windows, key=lambda w: _share(w["resource"]))
     return {"at_load": None, **nearest["resource"], "crossed": []}
@@ -107,8 +108,8 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     if b["at_load"] is not None:
         lines.append(f"binding: at {b['at_load']:g}x the target, {b['text']}")
     else:
-        lines.append(f"binding: nothing ran out up to {a['headroom_load']:g}x; nearest: "
-                     f"{b['text']}")
+        lines.append(f"binding: nothing ran out up to {a['headroom_load']:g}x; nearest "
+                     f"there: {b['text']}")
     steady = a["busiest_core_steady"]
     storm = a["busiest_core_storm"]
     cores = (f"busiest core {100 * steady:.0f}% in steady state" if steady is not None

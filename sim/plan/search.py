@@ -47,12 +47,12 @@ class PlanRequest:
 
 def steady_cpu_share(mix: Mix, model: Model, instances: int, load: float) -> float:
     """The model's steady-state share of one core on each instance (arithmetic, for the
-    first guess only): publishes, their deliveries, and the Redis hop of every other
-    instance's publishes."""
+    first guess only): its share of the publishes and their deliveries, and, behind
+    Redis, the hop of every publish (its own as sender, the others' as receiver)."""
     msgs = mix.counts[mix.publisher] * mix.publish_rate * load
     cost = model.costs_us
     per_msg = (cost["publish"] + mix.fanout * cost["delivery"]) / instances
-    hop = model.redis.hop_us * (instances - 1) / instances if instances > 1 else 0.0
+    hop = model.redis.hop_us if instances > 1 else 0.0
     return msgs * (per_msg + hop) / 1e6 / model.cores
 
 
