@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from matplotlib.ticker import MaxNLocator
+
 from ..report.charts import colour, legend_outside, new_figure, no_data, save
 from ..report.formatting import esc
 from ..report.page import document, figure, html_table, para, section
@@ -57,6 +59,36 @@ def p99_chart(result: dict[str, Any], out_dir: Path) -> Path:
         ax.set_ylabel("publish p99 (ms, log)")
     legend_outside(axes[0][-1])
     return save(fig, out_dir, "plan_p99.png")
+
+
+def deployments_chart(result: dict[str, Any], out_dir: Path) -> Path:
+    """Publish p99 at the target load against the instance count: the search's view."""
+    at = sorted((p for p in result["points"] if p["load"] == 1.0),
+                key=lambda p: p["instances"])
+    if not at:
+        return no_data(out_dir, "plan_deployments.png", "Publish p99 against instances",
+                       "no point at the target load")
+    fig, axes = new_figure(height=4.0)
+    ax = axes[0][0]
+    for i, (name, style, label) in enumerate(WINDOWS):
+        pts = [p for p in at if p.get(name)]
+        if pts:
+            ax.plot([p["instances"] for p in pts], [p[name]["publish_p99_ms"] for p in pts],
+                    linestyle=style, marker="o", color=colour(i), label=f"p99, {label}")
+    chosen = result["answer"]["instances"]
+    if chosen is not None:
+        ax.axvline(chosen, color="#d62728", linestyle="-", alpha=0.5,
+                   label=f"the answer: {chosen}")
+    ax.axhline(result["limits"]["p99_ms"], color="#444444", linestyle=":",
+               label=f"limit {result['limits']['p99_ms']:g} ms")
+    ax.set_yscale("log")
+    ax.set_title("How many instances keep publishes fast? p99 at the target load",
+                 loc="left", fontsize=11)
+    ax.set_xlabel("instances")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("publish p99 (ms, log)")
+    legend_outside(ax)
+    return save(fig, out_dir, "plan_deployments.png")
 
 
 def throughput_chart(result: dict[str, Any], out_dir: Path) -> Path:
@@ -130,7 +162,9 @@ def _rows(result: dict[str, Any]) -> list[list[str]]:
 
 def write_page(result: dict[str, Any], out_dir: Path) -> Path:
     """plan.html beside plan.json, with its charts (PNGs, embedded)."""
-    charts = [(p99_chart(result, out_dir), "Publish p99 against the offered load, per "
+    charts = [(deployments_chart(result, out_dir), "Publish p99 at the target load for "
+               "each deployment simulated (steady solid, storms dashed)"),
+              (p99_chart(result, out_dir), "Publish p99 against the offered load, per "
                "deployment; the star is the answer at the target"),
               (throughput_chart(result, out_dir), "Accepted publishes against offered, in "
                "steady state: a curve that falls below the diagonal has run out"),
