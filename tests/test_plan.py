@@ -278,3 +278,24 @@ msgs_per_session = 4
                  "--out", str(tmp_path / "p2")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rtmsim: --clients") and err.count("\n") == 1
+
+
+def test_a_plan_resumes_from_its_points(tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = scenario_file(tmp_path, TINY + SLOW_PUBLISH)
+    out = tmp_path / "plan"
+    args = ["plan", str(path), "--connections", "60", "--msgs-per-s", "200", "--steady-s",
+            "5", "--loads", "1", "--max-load", "1", "--jobs", "1", "--out", str(out)]
+    assert main(args) == 0
+    first = json.loads((out / "plan.json").read_text())
+    capsys.readouterr()
+    assert main(args) == 2  # the directory is taken
+    assert "--resume" in capsys.readouterr().err
+    assert main([*args, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert f"resuming with {len(first['points'])} point(s)" in printed
+    assert " at 1x: " not in printed  # nothing simulated again
+    again = json.loads((out / "plan.json").read_text())
+    assert again["answer"] == first["answer"]
+    assert main([*args[:5], "201", *args[6:], "--resume"]) == 2
+    assert "planned with another targets" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.schema import ConfigError
+
 from ..scenario import Scenario
 from ..virtual.model import Model
 from .page import write_page
@@ -19,12 +21,18 @@ from .search import Planner, PlanRequest
 
 
 def plan_capacity(scenario: Scenario, request: PlanRequest, model: Model, out_dir: Path,
-                  log: Callable[[str], None] = print) -> dict[str, Any]:
+                  log: Callable[[str], None] = print, *, resume: bool = False
+                  ) -> dict[str, Any]:
     """Find the deployment for `request`, write `out_dir`/plan.json and plan.html; the
     result (plan.json's content). Ctrl-C stops the sweep: the plan of the points so
-    far is still written, with `answer.stopped = "interrupted"`."""
+    far is still written, with `answer.stopped = "interrupted"`, and `resume` takes
+    its points back (same scenario, targets, limits and timing) instead of simulating
+    them again."""
     out_dir.mkdir(parents=True, exist_ok=True)
     planner = Planner(scenario, request, model, out_dir, log=log)
+    if resume:
+        log(f"rtmsim plan: resuming with {planner.resume(earlier_points(out_dir, planner))}"
+            f" point(s) of {out_dir / 'plan.json'}")
     mix = planner.mix
     log(f"rtmsim plan: {scenario.name}: {request.targets.connections:,} connections "
         f"({mix.counts[mix.publisher]:,} publishers at {mix.publish_rate:g}/s, "
@@ -47,6 +55,24 @@ def plan_capacity(scenario: Scenario, request: PlanRequest, model: Model, out_di
         log(line)
     log(f"rtmsim: wrote {out_dir / 'plan.json'} and {page}")
     return result
+
+
+def earlier_points(out_dir: Path, planner: Planner) -> list[dict[str, Any]]:
+    """The points of `out_dir`/plan.json, if it is a plan of the same request
+    (ConfigError otherwise: its points would answer another question)."""
+    path = out_dir / "plan.json"
+    try:
+        earlier = json.loads(path.read_text())
+    except OSError:
+        return []
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not a plan.json ({exc.msg}); cannot --resume") from None
+    now = finite(plan_result(planner, None))
+    for key in ("scenario", "targets", "limits", "timing", "model"):
+        if earlier.get(key) != now[key]:
+            raise ConfigError(f"--resume: {path} was planned with another {key} "
+                              f"({earlier.get(key)!r}, now {now[key]!r})")
+    return list(earlier.get("points") or [])
 
 
 def finite(value: Any) -> Any:

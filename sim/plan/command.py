@@ -40,6 +40,12 @@ def add_arguments(plan: argparse.ArgumentParser) -> None:
     plan.add_argument("--model", metavar="FILE", help="performance model (default: the "
                       "scenario's [model], else the shipped calibration)")
     plan.add_argument("--out", help="output directory (default results/plan-<name>-<time>)")
+    plan.add_argument("--max-load", type=float, default=16.0, help="how far the answer's "
+                      "load rises to find its headroom, x the target (default 16; 1: "
+                      "not at all)")
+    plan.add_argument("--resume", action="store_true", help="take the points of --out's "
+                      "plan.json (an interrupted plan of the same request) instead of "
+                      "simulating them again")
     plan.add_argument("--period", action="store_true", help="also project one billing "
                       "period of the scenario's [traffic] (or the flags below) through "
                       "the server's own ledger: quota, 4010s, overage, cost")
@@ -74,7 +80,8 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
                             ("--max-instances", args.max_instances, args.max_instances >= 1),
                             ("--steady-s", args.steady_s, args.steady_s > 0),
                             ("--recover-s", args.recover_s, args.recover_s >= 0),
-                            ("--jobs", args.jobs, args.jobs >= 0)):
+                            ("--jobs", args.jobs, args.jobs >= 0),
+                            ("--max-load", args.max_load, args.max_load >= 1)):
         if not ok or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{flag}: out of range, got {value:g}")
     targets = Targets(args.connections, args.msgs_per_s, args.fanout)
@@ -82,14 +89,16 @@ def request_from_args(args: argparse.Namespace) -> PlanRequest:
     return PlanRequest(targets=targets, limits=Limits(args.p99_ms, args.error_rate),
                        timing=Timing(steady_s=args.steady_s, recover_s=args.recover_s),
                        max_instances=args.max_instances, loads=_loads(args.loads),
+                       max_load=args.max_load,
                        jobs=args.jobs or os.cpu_count() or 1)
 
 
 def _out_dir(args: argparse.Namespace, name: str) -> Path:
     out = Path(args.out) if args.out else Path("results") / (
         f"plan-{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out}: exists and is not empty; choose another --out")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise ConfigError(f"{out}: exists and is not empty; choose another --out (or "
+                          "--resume an interrupted plan there)")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -114,7 +123,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if request is None:
         return 0
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
-    result = plan_capacity(scenario, request, model, out, log=lambda s: print(s, flush=True))
+    result = plan_capacity(scenario, request, model, out, log=lambda s: print(s, flush=True),
+                           resume=args.resume)
     if result["answer"]["stopped"] == "interrupted":
         return 130
     return 0 if result["answer"]["instances"] is not None else 1

@@ -67,7 +67,11 @@ def plan_result(planner: Planner, chosen: int | None) -> dict[str, Any]:
     """plan.json: the request, the answer, every point, the assumptions."""
     r = planner.request
     mix = planner.mix
-    answer: dict[str, Any] = {"instances": chosen, "stopped": planner.stopped}
+    at_target = {k: p["passed"] for (k, x), p in planner.points.items() if x == 1.0}
+    answer: dict[str, Any] = {
+        "instances": chosen, "stopped": planner.stopped,
+        "passed_at_target": sorted(k for k, ok in at_target.items() if ok),
+        "failed_at_target": sorted(k for k, ok in at_target.items() if not ok)}
     if chosen is not None:
         point = planner.points[(chosen, 1.0)]
         headroom = planner.headroom(chosen)
@@ -100,7 +104,13 @@ def verdict_lines(result: dict[str, Any]) -> list[str]:
     if a["instances"] is None:
         why = a["stopped"] or (f"none of up to {result['max_instances']} instances kept "
                                "the limits (raise --max-instances?)")
-        return [f"no deployment found for {what}: {why}"]
+        lines = [f"no deployment found for {what}: {why}"]
+        passed, failed = a.get("passed_at_target"), a.get("failed_at_target")
+        if a["stopped"] == "interrupted" and (passed or failed):
+            lines.append(f"so far: {min(passed) if passed else 'none'} the fewest that kept "
+                         f"the limits, {max(failed) if failed else 'none'} the most that did "
+                         "not (--resume to go on)")
+        return lines
     b = a["binding"]
     lines = [f"answer: {a['instances']} instance(s) ({a['backend']} backend) for {what}, "
              "through the scenario's storms" if any(p.get("storm") for p in result["points"])

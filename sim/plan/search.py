@@ -42,6 +42,7 @@ class PlanRequest:
     timing: Timing = field(default_factory=Timing)
     max_instances: int = 32
     loads: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
+    max_load: float = MAX_LOAD  # the answer's load rises this far to find its headroom
     jobs: int = 1
 
 
@@ -103,6 +104,15 @@ class Planner:
         self.mix = plan_mix(scenario, request.targets)
         self.points: dict[tuple[int, float], dict[str, Any]] = {}
         self.stopped: str | None = None  # why the search gave up early
+
+    def resume(self, points: Iterable[dict[str, Any]]) -> int:
+        """Take points simulated by an earlier run of the same plan (its plan.json):
+        they are not simulated again. How many were taken."""
+        n = 0
+        for point in points:
+            self.points[(int(point["instances"]), float(point["load"]))] = revived(point)
+            n += 1
+        return n
 
     # -- points -------------------------------------------------------------------------
 
@@ -191,10 +201,11 @@ class Planner:
 
     def _beyond(self, chosen: int) -> None:
         """Raise the load on the chosen deployment until it crosses a limit (up to
-        `MAX_LOAD`), so that its headroom and what binds are measured, not bounded."""
+        `max_load`), so that its headroom and what binds are measured, not bounded."""
+        top = self.request.max_load
         load = max(x for k, x in self.points if k == chosen)
-        while self.headroom(chosen) == load and load < MAX_LOAD:
-            load = min(MAX_LOAD, round(load * 1.5, 2))
+        while self.headroom(chosen) == load and load < top:
+            load = min(top, round(load * 1.5, 2))
             self.evaluate([(chosen, load)])
 
     def headroom(self, instances: int) -> float | None:
@@ -206,6 +217,24 @@ class Planner:
                 break
             best = load
         return best
+
+
+def revived(point: dict[str, Any]) -> dict[str, Any]:
+    """A point read back from plan.json: the NaNs it wrote as null are NaN again (a
+    window that is null, the storm of a scenario without storms, stays None)."""
+    def nan(value: Any) -> Any:
+        if value is None:
+            return math.nan
+        if isinstance(value, dict):
+            return {k: nan(v) for k, v in value.items()}
+        return value
+    out = dict(point)
+    for name in ("steady", "storm"):
+        window = point.get(name)
+        if window is not None:
+            out[name] = {k: (v if k in ("busiest_second", "crossed", "errors_by_code")
+                             else nan(v)) for k, v in window.items()}
+    return out
 
 
 def point_line(p: dict[str, Any]) -> str:
