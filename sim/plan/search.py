@@ -193,7 +193,9 @@ class Planner:
         centre = chosen if chosen is not None else max((k for k, _ in self.points),
                                                        default=1)
         deployments = [k for k in (centre - 1, centre, centre + 1) if 1 <= k <= top]
-        if self.stopped:  # more instances cannot help: show only how the load fares
+        if self.stopped or self.request.loads == (1.0,):
+            # More instances cannot help, or no curve was asked for: the neighbours'
+            # points at the target would add nothing the search did not already find.
             deployments = [centre]
         self.evaluate((k, x) for k in deployments for x in self.request.loads)
         if chosen is not None:
