@@ -299,3 +299,13 @@ def test_a_plan_resumes_from_its_points(tmp_path: Path,
     assert again["answer"] == first["answer"]
     assert main([*args[:5], "201", *args[6:], "--resume"]) == 2
     assert "planned with another targets" in capsys.readouterr().err
+    # Killed before its plan.json: the complete run directories are measured again,
+    # not simulated again; one cut short is simulated afresh.
+    (out / "plan.json").unlink()
+    kept = (out / "points" / "k1-x1" / "run.json").read_text()
+    cut = out / "points" / "k2-x1" / "run.json"
+    cut.write_text(cut.read_text().replace('"status": "complete"', '"status": "running"'))
+    assert main([*args, "--resume"]) == 0
+    assert (out / "points" / "k1-x1" / "run.json").read_text() == kept
+    assert '"status": "complete"' in cut.read_text()
+    assert json.loads((out / "plan.json").read_text())["answer"] == first["answer"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gc
 import io
+import json
+import shutil
 import math
 import time
 import tomllib
@@ -133,6 +135,22 @@ def judge(window: dict[str, Any], limits: Limits, users: int | None = None) -> l
     return crossed
 
 
+def finished_run(run_dir: Path, job: PointJob) -> int | None:
+    """The events of a complete run of this very point already in `run_dir` (same
+    scenario text, same model), or None: a resumed plan measures it again without
+    simulating it again."""
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+        text = (run_dir / "scenario.toml").read_text(encoding="utf-8")
+    except (OSError, json.JSONDecodeError):
+        return None
+    engine = meta.get("engine") or {}
+    if (meta.get("status") != "complete" or text != job.scenario_text
+            or engine.get("model") != job.model.name):
+        return None
+    return int(engine.get("events") or 0)
+
+
 def run_point(job: PointJob) -> dict[str, Any]:
     """Simulate one point and measure it (runs in a worker process)."""
     data = tomllib.loads(job.scenario_text)
@@ -140,12 +158,17 @@ def run_point(job: PointJob) -> dict[str, Any]:
     scenario = parse_scenario(data, job.scenario_text, path=path)
     run_dir = Path(job.run_dir)
     wall = time.monotonic()
-    virtual = VirtualRun(scenario, run_dir, job.model, out=io.StringIO(), progress=False,
-                         log_deliveries=False, even_spawn=True)
-    status = virtual.run()
-    events = virtual.engine.events_run
-    del virtual  # a million clients' engine: freed before the analysis reads their rows
-    gc.collect()
+    done = finished_run(run_dir, job)
+    if done is not None:  # simulated by an earlier plan that stopped before its answer
+        status, events = "complete", done
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # a run cut short: its rows would mix
+        virtual = VirtualRun(scenario, run_dir, job.model, out=io.StringIO(),
+                             progress=False, log_deliveries=False, even_spawn=True)
+        status = virtual.run()
+        events = virtual.engine.events_run
+        del virtual  # a million clients' engine: freed before the analysis reads them
+        gc.collect()
     run = load_run(run_dir)
     planned = planned_closes(scenario)
     server = scenario.config.server
