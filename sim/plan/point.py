@@ -13,8 +13,8 @@ from __future__ import annotations
 import gc
 import io
 import json
-import shutil
 import math
+import shutil
 import time
 import tomllib
 from dataclasses import dataclass
