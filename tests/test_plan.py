@@ -111,7 +111,7 @@ def test_a_point_shifts_the_storms_after_the_steady_window(tmp_path: Path) -> No
     sc = load_scenario(scenario_file(tmp_path, TINY + DEPLOY))
     mix = plan_mix(sc, Targets(30, 50))
     point, windows = point_scenario(sc, mix, instances=3, load=2.0,
-                                    timing=Timing(steady_s=20, recover_s=7), connect_s=1e-3)
+                                    timing=Timing(steady_s=20, recover_s=7), client_s=1e-3)
     data = tomllib.loads(point.source)
     # 60 clients at most 3 x 0.5 / 1 ms = 1,500 a second: spawned in 1 s, settled in 5.
     assert windows.steady == (6.0, 26.0)
@@ -309,3 +309,16 @@ def test_a_plan_resumes_from_its_points(tmp_path: Path,
     assert (out / "points" / "k1-x1" / "run.json").read_text() == kept
     assert '"status": "complete"' in cut.read_text()
     assert json.loads((out / "plan.json").read_text())["answer"] == first["answer"]
+
+
+def test_the_spawn_leaves_room_for_the_steady_load(tmp_path: Path) -> None:
+    sc = load_scenario(scenario_file(tmp_path, TINY))
+    mix = plan_mix(sc, Targets(3000, 100))
+    timing = Timing()
+    # 3,000 clients at 1 ms each: half a core spawns 500 a second (6 s); with the
+    # steady load at 80% of the core, only the 10% left under 90% (100 a second: 30 s).
+    _, idle = point_scenario(sc, mix, instances=1, load=1.0, timing=timing, client_s=1e-3)
+    _, busy = point_scenario(sc, mix, instances=1, load=1.0, timing=timing, client_s=1e-3,
+                             busy_share=0.8)
+    assert idle.steady[0] == 6 + timing.settle_s
+    assert busy.steady[0] == 30 + timing.settle_s

@@ -57,6 +57,11 @@ def steady_cpu_share(mix: Mix, model: Model, instances: int, load: float) -> flo
     return msgs * (per_msg + hop) / 1e6 / model.cores
 
 
+def client_s(mix: Mix, model: Model) -> float:
+    """What one client's arrival costs its instance: the connect and the subscribes."""
+    return model.cost_s("connect_key") + mix.subscriptions * model.cost_s("subscribe")
+
+
 def wave_cpu_s(mix: Mix, model: Model, instances: int, fraction: float) -> float:
     """CPU seconds each instance spends when `fraction` of the clients reconnect at once
     (a deploy wave): a connect and a disconnect each (arithmetic, for the first guess)."""
@@ -119,7 +124,9 @@ class Planner:
     def _job(self, instances: int, load: float) -> PointJob:
         sc, windows = point_scenario(self.scenario, self.mix, instances=instances,
                                      load=load, timing=self.request.timing,
-                                     connect_s=self.model.cost_s("connect_key"))
+                                     client_s=client_s(self.mix, self.model),
+                                     busy_share=steady_cpu_share(self.mix, self.model,
+                                                                 instances, load))
         return PointJob(instances=instances, load=load, scenario_text=sc.source,
                         scenario_path=str(self.scenario.path) if self.scenario.path else None,
                         windows=windows, model=self.model, limits=self.request.limits,

@@ -34,7 +34,9 @@ from ..scenario import Scenario, parse_scenario
 from ..tomlwrite import toml_text
 
 CHANNEL_PREFIX = "plan"
-SPAWN_CPU_SHARE = 0.5  # the initial connects may use this share of each instance's core
+SPAWN_CPU_SHARE = 0.5  # the initial connects may use this share of each instance's core,
+BUSY_CEILING = 0.9  # ... less what the steady load will take, up to this in all,
+SPAWN_FLOOR = 0.05  # ... but never less than this
 SETTLE_S = 5.0  # after the last user spawned, before the steady window
 
 
@@ -191,12 +193,16 @@ def _shift_storms(data: dict[str, Any], start: float) -> tuple[float, float] | N
 
 
 def point_scenario(scenario: Scenario, mix: Mix, *, instances: int, load: float,
-                   timing: Timing, connect_s: float) -> tuple[Scenario, Windows]:
+                   timing: Timing, client_s: float,
+                   busy_share: float = 0.0) -> tuple[Scenario, Windows]:
     """The scenario of one point: `mix` at `load` on `instances`; and its windows.
 
-    `connect_s` (the model's cost of a connect) sets the spawn rate: the initial
-    connects take at most `SPAWN_CPU_SHARE` of each core, so the steady window starts
-    from a settled server rather than from the tail of a connect storm.
+    `client_s` (the model's cost of a client's connect and subscribes) sets the spawn
+    rate: the initial connects take at most `SPAWN_CPU_SHARE` of each core, and no
+    more than the steady load (`busy_share` of a core, the model's arithmetic) leaves
+    under `BUSY_CEILING`, so the steady window starts from a settled server rather
+    than from the backlog of a connect storm (at 80% busy, a spawn at half a core
+    left 10 s of queue that the window then measured).
     """
     data = copy.deepcopy(tomllib.loads(scenario.source)) if scenario.source else {}
     counts = {n: max(0, round(c * load)) for n, c in mix.counts.items()}
@@ -204,8 +210,9 @@ def point_scenario(scenario: Scenario, mix: Mix, *, instances: int, load: float,
         counts[mix.publisher] = max(1, counts[mix.publisher])
     counts[mix.subscriber] = max(1, counts[mix.subscriber])
     users = sum(counts.values())
-    spawn_rate = max(1.0, min(float(users), instances * SPAWN_CPU_SHARE / connect_s))
-    spawn_s = math.ceil(users / spawn_rate)
+    share = min(SPAWN_CPU_SHARE, max(SPAWN_FLOOR, BUSY_CEILING - busy_share))
+    spawn_rate = max(1.0, min(float(users), instances * share / client_s))
+    spawn_s = math.ceil(round(users / spawn_rate, 6))  # 30.000000001 s is 30
     steady = (spawn_s + timing.settle_s, spawn_s + timing.settle_s + timing.steady_s)
     storm = _shift_storms(data, steady[1])
     duration = (storm[1] if storm else steady[1]) + (timing.recover_s if storm else 0.0)
