@@ -46,10 +46,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from loadtests.benchconfig import BENCH_CONFIG, PUBLISHABLE_KEY
 from loadtests.eventload import load_client_events
 
+from .planload import slots_between
 from .procs import ROOT, BenchError, Child, checkout, machine, pin
 from .validate import run_child
 
@@ -129,7 +131,7 @@ def step_figures(latencies_ms: Sequence[float], errors: int, expected: float,
     error_rate = errors / offered if offered else 0.0
     crossed = []
     if not p99 <= p99_limit_ms:
-        crossed.append(f"p99 {p99:.1f} ms > {p99_limit_ms:g} ms")
+        crossed.append(f"p99 {_ms(_finite(p99))} > {p99_limit_ms:g} ms")
     if error_rate > error_rate_limit:
         crossed.append(f"errors {100 * error_rate:.2f}% > {100 * error_rate_limit:g}%")
     return {"offered": offered, "acked": acked, "errors": errors, "unanswered": missing,
@@ -175,7 +177,8 @@ def _finite(x: float) -> float | None:
 
 
 def _ms(x: float | None) -> str:
-    return "unbounded" if x is None else f"{x:.1f} ms"
+    """A latency; None is a publish that never got its answer in the step."""
+    return "unanswered" if x is None else f"{x:.1f} ms"
 
 
 # -- the prediction ------------------------------------------------------------------------
@@ -213,18 +216,31 @@ rate = 0.01
 """
 
 
-def virtual_step(run_dir: Path, rate: float, ladder: Ladder) -> dict[str, Any]:
+def offered_slots(rows: pd.DataFrame, per_user: float, lo: float, hi: float,
+                  publishers: int) -> float:
+    """The publishes the open model offered in [lo, hi): each publisher's slots are a
+    grid (one intended time, even outside the window, gives all of it), counted from
+    its first. A publisher that never published offers its rate times the window."""
+    interval = 1.0 / per_user
+    first = rows.groupby("user", observed=True).intended_t.min()
+    counted = sum(slots_between(t, interval, max(lo, t), hi) for t in first)
+    return counted + per_user * (hi - lo) * max(0, publishers - len(first))
+
+
+def virtual_step(run_dir: Path, rate: float, ladder: Ladder, publishers: int
+                 ) -> dict[str, Any]:
     """A simulated step's figures, from its run directory: the publishes of its window
     from the client event log, the instances' CPU and deliveries from the timeline."""
     origin = json.loads((run_dir / "run.json").read_text())["origin"]
     lo, hi = origin + ladder.settle_s, origin + ladder.step_s - ladder.tail_s
     rows = load_client_events(run_dir, rows="no deliveries",
-                              columns=("op", "outcome", "latency_ms", "intended_t"))
-    pubs = rows[(rows.op == "publish") & (rows.intended_t >= lo) & (rows.intended_t < hi)]
+                              columns=("user", "op", "outcome", "latency_ms", "intended_t"))
+    rows = rows[rows.op == "publish"]
+    pubs = rows[(rows.intended_t >= lo) & (rows.intended_t < hi)]
     ok = pubs.outcome == "ok"
     step = {"rate": rate, "window_s": hi - lo,
             **step_figures(pubs.latency_ms[ok].to_numpy(), int((~ok).sum()),
-                           rate * (hi - lo))}
+                           offered_slots(rows, rate / publishers, lo, hi, publishers))}
     samples: dict[str, list[tuple[float, float, float, dict[str, int]]]] = {}
     for line in (run_dir / "server-timeline.jsonl").read_text().splitlines():
         s = json.loads(line)
@@ -271,7 +287,7 @@ def predict_capacity(instances: int, workload: Workload, ladder: Ladder,
         scenario.write_text(scenario_text(instances, workload, rate, ladder))
         run_child("simulate", scenario, step_dir, users=None, seed=None,
                   log=lambda _: None, extra=extra)
-        return virtual_step(step_dir, rate, ladder)
+        return virtual_step(step_dir, rate, ladder, workload.publishers)
     try:
         result = run_ladder(measure, ladder.rates(), log, "predicted")
     finally:

@@ -51,6 +51,16 @@ def channel_names(channels: int) -> list[str]:
     return [f"{CHANNEL_PREFIX}{c}" for c in range(channels)]
 
 
+def slots_between(anchor: float, interval: float, lo: float, hi: float) -> int:
+    """How many of the slots anchor + k * interval (any integer k) fall in [lo, hi):
+    what an open-model publisher offers in a window, sent or not. One slot of a
+    schedule is enough to know all of them."""
+    if hi <= lo:
+        return 0
+    return (math.ceil((hi - anchor) / interval - 1e-9)
+            - math.ceil((lo - anchor) / interval - 1e-9))
+
+
 class PacedPublisher(RawClient):
     """Publishes at its step's rate in open-model slots, one publish in flight.
 
@@ -80,9 +90,8 @@ class PacedPublisher(RawClient):
 
     def slots_in(self, lo: float, hi: float) -> int:
         """How many of this step's slots fall in [lo, hi), sent or not."""
-        def index(t: float) -> int:  # the first slot at or after t
-            return max(0, math.ceil((t - self.first) / self.interval - 1e-9))
-        return max(0, index(min(hi, self.stop_at)) - index(lo))
+        return slots_between(self.first, self.interval, max(lo, self.first),
+                             min(hi, self.stop_at))
 
     def _next(self) -> None:
         if self.slot >= self.stop_at or self.pending is not None:
