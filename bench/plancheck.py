@@ -83,9 +83,9 @@ class Ladder:
     is exact.
     """
 
-    start_per_s: float = 2000.0
+    start_per_s: float = 1500.0
     ratio: float = 1.1
-    steps: int = 14
+    steps: int = 16
     step_s: float = 6.0
     settle_s: float = 1.5
     tail_s: float = 1.0
@@ -367,33 +367,40 @@ def plancheck(workload: Workload, ladder: Ladder, *, model: Path | None, keep: P
         "checkout": checkout(ROOT)}
 
 
-def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]) -> dict[str, Any] | None:
-    """At the real ladder's last step under the limits (else its first): the cores each
-    process took, and the instances' CPU per acked publish against the engine's at the
-    same offered rate. The model gives the instances their cores to themselves; what
-    the load, redis-server, interrupts and other processes took is what they lacked."""
-    steps = measured["steps"]
-    if not steps:
-        return None
-    cap = measured["capacity_per_s"]
-    step = next((s for s in steps if s["rate"] == cap), steps[0])
-    cpu = step["cpu"]
-    instances = {k: v for k, v in cpu.items() if k.startswith("i")}
-    taken = {"load": cpu.get("load", 0.0), "redis": cpu.get("redis", 0.0),
-             "irq": step["irq_cpu"], "other": step["other_cpu"]}
-    twin = next((s for s in predicted["steps"] if s["rate"] == step["rate"]), None)
+def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
+                 ) -> dict[str, dict[str, Any]]:
+    """What the real instances' cores did at the measured capacity ("knee") and at the
+    first step over it ("over", where they are busiest): the cores each instance used,
+    what the load process, redis-server, interrupts and other processes took (the model
+    gives the instances their cores to themselves), and the instances' CPU per acked
+    publish against the engine's at the same rate (the model's costs)."""
+    twins = {s["rate"]: s for s in predicted["steps"]}
+    out = {}
+    for name, rate in (("knee", measured["capacity_per_s"]),
+                       ("over", measured["first_over_per_s"])):
+        step = next((s for s in measured["steps"] if s["rate"] == rate), None)
+        if step is None:
+            continue
+        cpu = step["cpu"]
+        names = sorted(k for k in cpu if k.startswith("i"))
+        taken = {"load": cpu.get("load", 0.0), "redis": cpu.get("redis", 0.0),
+                 "irq": step["irq_cpu"], "other": step["other_cpu"]}
+        twin = twins.get(rate)
+        out[name] = {
+            "rate": rate, "instances": {n: cpu[n] for n in names},
+            "instance_cores": round(sum(cpu[n] for n in names), 3), "taken": taken,
+            "taken_cores": round(sum(taken.values()), 3), "busy_by_cpu": step["busy_by_cpu"],
+            "instance_us_per_publish": {"real": _us_per_publish(step, names),
+                                        "engine": _us_per_publish(twin, names)},
+            "redis_us_per_publish": _us_per_publish(step, ["redis"]),
+            "load_us_per_publish": _us_per_publish(step, ["load"])}
+    return out
 
-    def us_per_publish(s: dict[str, Any], names: Sequence[str]) -> float | None:
-        busy = sum(s["cpu"][n] for n in names if n in s["cpu"])
-        return round(busy / s["acked_per_s"] * 1e6, 1) if s["acked_per_s"] else None
-    return {"at_rate": step["rate"], "instances": instances, "taken": taken,
-            "taken_cores": round(sum(taken.values()), 3),
-            "busy_by_cpu": step["busy_by_cpu"],
-            "instance_us_per_publish": {
-                "real": us_per_publish(step, list(instances)),
-                "engine": us_per_publish(twin, list(instances)) if twin else None},
-            "redis_us_per_publish": us_per_publish(step, ["redis"]),
-            "load_us_per_publish": us_per_publish(step, ["load"])}
+
+def _us_per_publish(step: dict[str, Any] | None, names: Sequence[str]) -> float | None:
+    if step is None or not step["acked_per_s"]:
+        return None
+    return round(sum(step["cpu"].get(n, 0.0) for n in names) / step["acked_per_s"] * 1e6, 1)
 
 
 def plancheck_summary(result: dict[str, Any]) -> str:
@@ -419,16 +426,18 @@ def plancheck_summary(result: dict[str, Any]) -> str:
                      f"{result['error']:+.1%} of the measured capacity, "
                      f"{'within' if result['passed'] else 'OUTSIDE'} "
                      f"{result['tolerance']:.0%}")
-    s = result["shared"]
-    if s:
+    for name, what in (("knee", "at the measured capacity"),
+                       ("over", "at the first step over it")):
+        s = result["shared"].get(name)
+        if s is None:
+            continue
         per = s["instance_us_per_publish"]
-        lines.append(f"  at {s['at_rate']:,.0f}/s the instances used "
+        lines.append(f"  {what} ({s['rate']:,.0f}/s) the instances used "
                      + ", ".join(f"{k} {v:.2f}" for k, v in s["instances"].items())
-                     + " core; sharing their cores: "
+                     + " core; beside them: "
                      + ", ".join(f"{k} {v:.2f}" for k, v in s["taken"].items())
-                     + f" (= {s['taken_cores']:.2f} core)")
-        lines.append(f"  instance CPU per publish: real {per['real']} us, engine "
-                     f"{per['engine']} us; redis-server {s['redis_us_per_publish']} us, "
+                     + f" core; instance CPU per publish {per['real']} us (engine "
+                     f"{per['engine']} us), redis-server {s['redis_us_per_publish']} us, "
                      f"load process {s['load_us_per_publish']} us")
     la = result["load_average"]
     lines.append(f"  load average {la['before']:.2f} before, {la['after']:.2f} after the "
