@@ -33,7 +33,8 @@ from . import benchmarks
 from .analyze import analyze
 from .calibratecheck import calibrate_check
 from .calibratecheck import check_summary as calibrate_summary
-from .plancheck import add_plancheck_arguments, plancheck_from_args, plancheck_summary
+from .plancheck import add_plancheck_arguments, plancheck_from_args
+from .planreport import plancheck_summary
 from .procs import FAULT_MODES, ROOT, BenchError
 from .redisbench import redis_fanout
 from .simulate import check_summary, scale_summary, simulate_check, simulate_scale

@@ -46,6 +46,7 @@ from loadtests.eventload import load_client_events
 
 from .plandeploy import Deployment
 from .planload import slots_between
+from .planreport import at_instance_cores, shared_cores
 from .procs import ROOT, BenchError, Child, checkout, machine
 from .validate import run_child
 
@@ -354,6 +355,8 @@ def plancheck(workload: Workload, ladder: Ladder, *, model: Path | None, keep: P
     measured = measure_capacity(workload, ladder, log)
     real, model_cap = measured["capacity_per_s"], predicted["capacity_per_s"]
     error = model_cap / real - 1 if real and model_cap else None
+    shared = shared_cores(measured, predicted)
+    la = measured["load_average"]
     return {
         "benchmark": "plancheck", "workload": {**asdict(workload), "fanout": workload.fanout},
         "ladder": {**asdict(ladder), "rates": ladder.rates()},
@@ -362,87 +365,10 @@ def plancheck(workload: Workload, ladder: Ladder, *, model: Path | None, keep: P
         "ratio": round(real / model_cap, 4) if real and model_cap else None,
         "error": round(error, 4) if error is not None else None,
         "passed": error is not None and abs(error) <= TOLERANCE,
-        "load_average": {"before": round(load0, 2), **measured["load_average"]},
-        "shared": shared_cores(measured, predicted), "machine": machine(),
-        "checkout": checkout(ROOT)}
-
-
-def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
-                 ) -> dict[str, dict[str, Any]]:
-    """What the real instances' cores did at the measured capacity ("knee") and at the
-    first step over it ("over", where they are busiest): the cores each instance used,
-    what the load process, redis-server, interrupts and other processes took (the model
-    gives the instances their cores to themselves), and the instances' CPU per acked
-    publish against the engine's at the same rate (the model's costs)."""
-    twins = {s["rate"]: s for s in predicted["steps"]}
-    out = {}
-    for name, rate in (("knee", measured["capacity_per_s"]),
-                       ("over", measured["first_over_per_s"])):
-        step = next((s for s in measured["steps"] if s["rate"] == rate), None)
-        if step is None:
-            continue
-        cpu = step["cpu"]
-        names = sorted(k for k in cpu if k.startswith("i"))
-        taken = {"load": cpu.get("load", 0.0), "redis": cpu.get("redis", 0.0),
-                 "irq": step["irq_cpu"], "other": step["other_cpu"]}
-        twin = twins.get(rate)
-        out[name] = {
-            "rate": rate, "instances": {n: cpu[n] for n in names},
-            "instance_cores": round(sum(cpu[n] for n in names), 3), "taken": taken,
-            "taken_cores": round(sum(taken.values()), 3), "busy_by_cpu": step["busy_by_cpu"],
-            "instance_us_per_publish": {"real": _us_per_publish(step, names),
-                                        "engine": _us_per_publish(twin, names)},
-            "redis_us_per_publish": _us_per_publish(step, ["redis"]),
-            "load_us_per_publish": _us_per_publish(step, ["load"])}
-    return out
-
-
-def _us_per_publish(step: dict[str, Any] | None, names: Sequence[str]) -> float | None:
-    if step is None or not step["acked_per_s"]:
-        return None
-    return round(sum(step["cpu"].get(n, 0.0) for n in names) / step["acked_per_s"] * 1e6, 1)
-
-
-def plancheck_summary(result: dict[str, Any]) -> str:
-    """The result in a few lines: both capacities, the verdict, what shared the cores."""
-    w, p, m = result["workload"], result["predicted"], result["measured"]
-
-    def capacity(side: dict[str, Any]) -> str:
-        cap = side["capacity_per_s"]
-        text = "none (over a limit at the first step)" if cap is None else f"{cap:,.0f}/s"
-        if side["lower_bound"]:
-            return text + " (no step crossed a limit: at least this)"
-        return text + f"; {side['first_over_per_s']:,.0f}/s crossed: {side['limit']}"
-    lines = [f"plancheck: {m['instances']} instances behind Redis, {w['subscribers']} "
-             f"subscribers on {w['channels']} channels (fan-out {w['fanout']:g}), "
-             f"{w['publishers']} publishers; publish p99 <= {result['limits']['p99_ms']:g} "
-             f"ms, errors <= {100 * result['limits']['error_rate']:g}%",
-             f"  predicted capacity {capacity(p)}",
-             f"  measured capacity  {capacity(m)}"]
-    if result["error"] is None:
-        lines.append("  no ratio: a side has no capacity")
-    else:
-        lines.append(f"  measured/predicted {result['ratio']:.3f}: the prediction is "
-                     f"{result['error']:+.1%} of the measured capacity, "
-                     f"{'within' if result['passed'] else 'OUTSIDE'} "
-                     f"{result['tolerance']:.0%}")
-    for name, what in (("knee", "at the measured capacity"),
-                       ("over", "at the first step over it")):
-        s = result["shared"].get(name)
-        if s is None:
-            continue
-        per = s["instance_us_per_publish"]
-        lines.append(f"  {what} ({s['rate']:,.0f}/s) the instances used "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in s["instances"].items())
-                     + " core; beside them: "
-                     + ", ".join(f"{k} {v:.2f}" for k, v in s["taken"].items())
-                     + f" core; instance CPU per publish {per['real']} us (engine "
-                     f"{per['engine']} us), redis-server {s['redis_us_per_publish']} us, "
-                     f"load process {s['load_us_per_publish']} us")
-    la = result["load_average"]
-    lines.append(f"  load average {la['before']:.2f} before, {la['after']:.2f} after the "
-                 f"real ladder; {m['wall_s']:g} s real, {p['wall_s']:g} s predicted")
-    return "\n".join(lines)
+        "load_average": {"before_prediction": round(load0, 2),
+                         "before_real": la["before"], "after_real": la["after"]},
+        "shared": shared, "at_instance_cores": at_instance_cores(model_cap, real, shared),
+        "machine": machine(), "checkout": checkout(ROOT)}
 
 
 # -- the command line (`python -m bench plancheck`) ------------------------------------------
