@@ -210,10 +210,11 @@ def usage(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     cpu["load"] = (last["client"] - first["client"]) / wall
     m0, m1 = first["machine"], last["machine"]
     busy = (last["busy"] - first["busy"]) / wall
+    irq = (m1["irq"] - m0["irq"]) / wall
     return {"delivered_per_s": (last["frames"] - first["frames"]) / wall,
             "cpu": {k: round(v, 3) for k, v in cpu.items()},
-            "other_cpu": round(max(0.0, busy - sum(cpu.values())), 3),
-            "irq_cpu": round((m1["irq"] - m0["irq"]) / wall, 3),
+            "other_cpu": round(max(0.0, busy - irq - sum(cpu.values())), 3),
+            "irq_cpu": round(irq, 3),
             "busy_by_cpu": {k[5:]: round((m1[k] - m0.get(k, 0.0)) / wall, 3)
                             for k in m1 if k.startswith("busy:")}}
 

@@ -23,6 +23,7 @@ from bench.plancheck import (
     step_figures,
 )
 from bench.planload import slots_between
+from bench.planreport import at_instance_cores, plancheck_summary, shared_cores
 from sim.scenario import parse_scenario
 from sim.virtual.model import DEFAULT_MODEL
 from sim.virtual.spawn import class_order
@@ -170,3 +171,49 @@ def test_an_open_model_window_offers_the_slots_of_the_grid_in_it():
     assert [slots_between(a, 0.25, 0.5, 1.0) for a in (0.0, 0.75, 10.0)] == [2, 2, 2]
     assert slots_between(0.05, 0.1, 0.0, 1.0) == 10
     assert slots_between(0.0, 0.1, 1.0, 1.0) == 0
+
+
+# -- what the result says -------------------------------------------------------------------
+
+
+def step(rate: float, cpu: dict[str, float], crossed: bool = False, **more: float) -> dict:
+    return {"rate": rate, "crossed": ["p99 x"] if crossed else [], "acked_per_s": rate,
+            "cpu": cpu, "irq_cpu": more.get("irq", 0.0), "other_cpu": more.get("other", 0.0),
+            "busy_by_cpu": {"0": 1.0, "1": 1.0}}
+
+
+def test_what_shared_the_cores_is_read_at_the_knee_and_at_the_first_step_over_it():
+    measured = {"steps": [step(2000, {"i0": 0.5, "i1": 0.5, "redis": 0.1, "load": 0.2}),
+                          step(2500, {"i0": 0.75, "i1": 0.75, "redis": 0.125, "load": 0.25},
+                               crossed=True, irq=0.1, other=0.025)],
+                **capacity_of([{"rate": 2000, "crossed": []},
+                               {"rate": 2500, "crossed": ["p99 x"]}])}
+    predicted = {"steps": [step(2000, {"i0": 0.4, "i1": 0.4}),
+                           step(2500, {"i0": 0.5, "i1": 0.5})]}
+    shared = shared_cores(measured, predicted)
+    over = shared["over"]
+    assert (over["instance_cores"], over["taken_cores"]) == (1.5, 0.5)
+    assert over["instance_us_per_publish"] == {"real": 600.0, "engine": 400.0}
+    assert (over["redis_us_per_publish"], over["load_us_per_publish"]) == (50.0, 100.0)
+    assert shared["knee"]["instance_us_per_publish"] == {"real": 500.0, "engine": 400.0}
+    # the model's 4000/s is for two whole cores; the instances got 1.5 of them
+    assert at_instance_cores(4000, 2000, shared) == {"instance_cores": 1.5,
+                                                     "predicted": 3000, "error": 0.5}
+
+
+def test_the_summary_gives_both_capacities_and_the_verdict():
+    side = {"capacity_per_s": 4000, "first_over_per_s": 4400, "limit": "p99 300.0 ms > 100 ms",
+            "lower_bound": False, "instances": 2, "wall_s": 60.0, "steps": []}
+    result = {"workload": {"subscribers": 40, "channels": 4, "fanout": 10.0,
+                           "publishers": 20},
+              "predicted": {**side, "capacity_per_s": 5187, "first_over_per_s": 5696},
+              "measured": side, "limits": {"p99_ms": 100.0, "error_rate": 0.01},
+              "ratio": 0.7712, "error": 0.2968, "passed": False, "tolerance": 0.25,
+              "shared": {}, "at_instance_cores": None,
+              "load_average": {"before_real": 0.5, "after_real": 1.9}}
+    lines = plancheck_summary(result).splitlines()
+    assert lines[1:4] == [
+        "  predicted capacity 5,187/s; 5,696/s crossed: p99 300.0 ms > 100 ms",
+        "  measured capacity  4,000/s; 4,400/s crossed: p99 300.0 ms > 100 ms",
+        "  measured/predicted 0.771: the prediction is +29.7% of the measured capacity, "
+        "OUTSIDE 25%"]
