@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+QUIET_CPU = 0.15  # cores other processes may take while the machine still counts as quiet
 
 def at_instance_cores(predicted: float | None, measured: float | None,
                       shared: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
@@ -103,6 +104,10 @@ def plancheck_summary(result: dict[str, Any]) -> str:
         lines.append(f"  the prediction at the {scaled['instance_cores']:.2f} cores the "
                      f"instances got: {scaled['predicted']:,.0f}/s, {scaled['error']:+.1%} "
                      "of the measured capacity")
+    other = max((s["taken"]["other"] for s in result["shared"].values()), default=0.0)
+    if other > QUIET_CPU:
+        lines.append(f"  ! other processes took up to {other:.2f} core of the instances' "
+                     "two: the machine was not quiet, and the ratio reads that too")
     la = result["load_average"]
     lines.append(f"  load average {la['before_real']:.2f} before, {la['after_real']:.2f} "
                  f"after the real ladder; {m['wall_s']:g} s real, {p['wall_s']:g} s predicted")
