@@ -268,7 +268,7 @@ def predict_capacity(instances: int, workload: Workload, ladder: Ladder,
     cannot import sim), returning the same keys: capacity_per_s, first_over_per_s,
     limit, lower_bound, steps.
     """
-    base = keep or Path(tempfile.mkdtemp(prefix="rtmsim-plancheck-"))
+    base = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="rtmsim-plancheck-"))
     extra = ["--no-deliveries"] + (["--model", str(model.resolve())] if model else [])
     started = time.perf_counter()
 
