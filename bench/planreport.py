@@ -53,7 +53,17 @@ def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
             "instance_us_per_publish": {"real": _us_per_publish(step, names),
                                         "engine": _us_per_publish(twin, names)},
             "redis_us_per_publish": _us_per_publish(step, ["redis"]),
-            "load_us_per_publish": _us_per_publish(step, ["load"])}
+            "load_us_per_publish": _us_per_publish(step, ["load"]),
+            "irq_us_per_publish": _us_per_publish({**step, "cpu": {"irq": step["irq_cpu"]}},
+                                                  ["irq"])}
+        ours = [out[name][k] for k in ("redis_us_per_publish", "load_us_per_publish",
+                                       "irq_us_per_publish")]
+        ours.append(out[name]["instance_us_per_publish"]["real"])
+        if None not in ours:
+            # Everything this deployment and its load cost the machine per publish, and
+            # the most two cores would carry at that price with nothing else running.
+            out[name]["ours_us_per_publish"] = round(sum(ours), 1)
+            out[name]["machine_alone_per_s"] = round(len(names) * 1e6 / sum(ours))
     return out
 
 
@@ -98,7 +108,13 @@ def plancheck_summary(result: dict[str, Any]) -> str:
                      + ", ".join(f"{k} {v:.2f}" for k, v in s["taken"].items())
                      + f" core; instance CPU per publish {per['real']} us (engine "
                      f"{per['engine']} us), redis-server {s['redis_us_per_publish']} us, "
-                     f"load process {s['load_us_per_publish']} us")
+                     f"load process {s['load_us_per_publish']} us, interrupts "
+                     f"{s['irq_us_per_publish']} us")
+    over = result["shared"].get("over") or result["shared"].get("knee")
+    if over and over.get("ours_us_per_publish"):
+        lines.append(f"  all of it {over['ours_us_per_publish']} us of CPU a publish: two "
+                     f"cores with nothing else on them carry at most "
+                     f"{over['machine_alone_per_s']:,.0f}/s")
     scaled = result["at_instance_cores"]
     if scaled:
         lines.append(f"  the prediction at the {scaled['instance_cores']:.2f} cores the "
