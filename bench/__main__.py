@@ -9,12 +9,15 @@
     python -m bench simulate --clients 100000       the virtual engine at scale: wall, RSS
     python -m bench calibrate-check --json          calibrated costs vs fanout/reqack saturation
     python -m bench validate --check                rtmsim run vs rtmsim simulate, same seed
+    python -m bench plancheck --json                predicted vs measured capacity, 2 instances
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
 traceback). These print numbers; nothing here asserts on speed. `simulate --check` and
 `calibrate-check` are checks: they exit 1 when a figure misses its bound.
 `validate --check` are checks: they exit 1 when a figure misses its bound.
+`plancheck` is a check: it exits 1 when the prediction misses the measured capacity by
+more than 25%.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from . import benchmarks
 from .analyze import analyze
 from .calibratecheck import calibrate_check
 from .calibratecheck import check_summary as calibrate_summary
+from .plancheck import add_plancheck_arguments, plancheck_from_args
+from .planreport import plancheck_summary
 from .procs import FAULT_MODES, ROOT, BenchError
 from .redisbench import redis_fanout
 from .simulate import check_summary, scale_summary, simulate_check, simulate_scale
@@ -203,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 1 if a check misses its bound")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    text = ("capacity of 2 instances behind Redis: the model's prediction vs real processes "
+            "pinned to a core each (exit 1 if they are more than a quarter apart)")
+    add_plancheck_arguments(sub.add_parser("plancheck", help=text, description=text),
+                            _positive)
     return parser
 
 
@@ -229,6 +238,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                calibrate_seconds=args.calibrate_seconds,
                                placement=benchmarks.Placement.choose(pinned=not args.no_pin),
                                log=log)
+    if args.command == "plancheck":
+        return plancheck_from_args(args, log)
     if args.command == "validate":
         if args.existing is not None and (args.users is not None or args.seed is not None):
             raise BenchError("--from compares runs already made: --users and --seed do "
@@ -296,6 +307,8 @@ def summary(result: dict[str, Any]) -> str:
         return calibrate_summary(result)
     if result.get("benchmark") == "validate":
         return validate_summary(result)
+    if result.get("benchmark") == "plancheck":
+        return plancheck_summary(result)
     if result.get("benchmark") == "analyze":
         if "candidates" in result:
             return "analyze candidates: " + "; ".join(
