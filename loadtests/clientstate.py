@@ -23,7 +23,7 @@ ACK_CHANGES_STATE = frozenset({"subscribe", "unsubscribe"})
 class ClientState:
     """One client's view of its connection; satisfies `intents.ClientView`."""
 
-    __slots__ = ("close_code", "going_away_ms", "is_open", "peers", "subscriptions", "token")
+    __slots__ = ("_peers", "close_code", "going_away_ms", "is_open", "subscriptions", "token")
 
     def __init__(self, token: str | None = None) -> None:
         self.token = token  # the credential, when a JWT (None: the API key)
@@ -31,8 +31,16 @@ class ClientState:
         self.close_code: int | None = None
         self.going_away_ms: int | None = None  # the last `going_away` hint
         self.subscriptions: dict[str, float] = {}  # channel -> when its subscribe was acked
-        # channel -> peers present; kept across reconnects (presence frames say who left)
-        self.peers: dict[str, set[str]] = collections.defaultdict(set)
+        # channel -> peers present; kept across reconnects (presence frames say who left).
+        # Made when first used: most clients never see presence (72 bytes each).
+        self._peers: collections.defaultdict[str, set[str]] | None = None
+
+    @property
+    def peers(self) -> dict[str, set[str]]:
+        """Channel -> the peers present there, from presence frames."""
+        if self._peers is None:
+            self._peers = collections.defaultdict(set)
+        return self._peers
 
     def connecting(self) -> None:
         """A connect begins: what the previous connection knew (its close, its hint, its

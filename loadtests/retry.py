@@ -78,7 +78,14 @@ class RetryPolicy:
     Parameters come from the scenario as keyword arguments; a subclass takes the ones it
     knows and hands the rest to `super().__init__`, which rejects leftovers with a
     ValueError naming the field.
+
+    The built-in policies are slotted (every user has one: a `__dict__` each was about
+    100 bytes at a million users); a subclass without `__slots__` has a `__dict__` as
+    usual.
     """
+
+    __slots__ = ("attempts", "budget", "retries", "retries_denied_by_budget",
+                 "retries_denied_by_throttle", "rng", "throttle")
 
     name: ClassVar[str] = "custom"
 
@@ -157,6 +164,7 @@ class RetryPolicy:
 class NoRetryPolicy(RetryPolicy):
     """Never retry, never reconnect: every fault costs the request or the user."""
 
+    __slots__ = ()
     name = "none"
 
     def after_error(self, op: str, code: str, attempt: int) -> Decision:
@@ -174,6 +182,7 @@ class NaivePolicy(RetryPolicy):
     server will always reject, which is what some real clients do.
     """
 
+    __slots__ = ()
     name = "naive"
 
     def after_error(self, op: str, code: str, attempt: int) -> Decision:
@@ -197,6 +206,8 @@ class DefaultPolicy(RetryPolicy):
     alone. `max_reconnects` (default: no limit) caps one connection's reconnect loop.
     """
 
+    __slots__ = ("backoff", "floor_4010_s", "jitter_1001_s", "max_attempts", "max_reconnects",
+                 "peer_not_found_delay_s", "quota_probe_s", "retry_timeouts")
     name = "default"
 
     def __init__(

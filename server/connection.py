@@ -8,6 +8,7 @@ Nothing here reads a clock or touches a socket.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,7 +138,10 @@ class Connection:
             return self._error("channel_limit_exceeded",
                                f"subscription limit reached ({limit})",
                                rid, "subscribe", now)
-        return [Route("subscribe", rid, name, msg.get("includeSenderMetadata") is True)]
+        # Interned: the connections subscribed to one channel hold one copy of its name,
+        # not one each from their frames (mortal: gone with the last subscription).
+        return [Route("subscribe", rid, sys.intern(name),
+                      msg.get("includeSenderMetadata") is True)]
 
     def _unsubscribe(self, msg: dict[str, Any], rid: str | None, now: float) -> list[Action]:
         name = msg.get("channel")

@@ -218,7 +218,9 @@ class Hub:
         origin = msg.origin
         frame = {"type": "message", "channel": channel, "from": msg.sender, "data": msg.data}
         if msg.sender_metadata is None:
-            plain = tuple(c for c in targets if c is not origin)
+            # A message from another instance (origin None) goes to every target.
+            plain = tuple(targets) if origin is None else \
+                tuple(c for c in targets if c is not origin)
             return [Deliver(plain, dumps(frame), "message", channel)] if plain else []
         plain_list, meta_list = [], []
         for conn, with_meta in targets.items():

@@ -11,7 +11,6 @@ the engine, not here.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -65,48 +64,54 @@ class _Pending:
 
 
 class VirtualClient:
-    """One user: its behaviour's generator, its current connection, its requests."""
+    """One user: its behaviour's generator, its current connection, its requests.
+
+    A million of these are alive at once, so what only some users need is made when
+    first needed (the requests in flight, bad input's queue) and dropped when empty,
+    and the client is itself its behaviour's `client()`.
+    """
 
     __slots__ = ("behaviour", "conn", "connecting", "core", "credential", "disconnecting",
                  "drain", "engine", "gen", "idle", "instance", "pending", "policy", "rids",
                  "stopped", "syn_tries", "timeout_s", "uncorrelated", "user", "user_class",
                  "view")
 
-    def __init__(self, engine: Engine, user: str, user_class: str, behaviour: Any,
-                 instance: Instance, credential: tuple[str, str],
-                 core: ProcessCore | None = None) -> None:
+    def __init__(self, engine: Engine, user: str, user_class: str, instance: Instance,
+                 credential: tuple[str, str], core: ProcessCore | None = None) -> None:
+        """`credential`: ("key", value) or ("token", value). The behaviour comes next
+        (`drive`): it is made with this client as its `client()`."""
         self.engine = engine
         self.core = core  # its Locust process, when the run models the load generator
-        params = getattr(behaviour, "params", None)
-        self.timeout_s = getattr(params, "timeout_s", engine.timeout_s)
         self.user = user
         self.user_class = user_class
-        self.behaviour = behaviour
-        self.policy = behaviour.policy.name
         self.instance = instance
-        self.credential = credential  # ("key", value) or ("token", value)
+        self.credential = credential
         self.view = ClientState(credential[1] if credential[0] == "token" else None)
         self.conn: Connection | None = None
-        self.gen = self._lifetime()
         self.rids = 0
-        self.pending: dict[str, _Pending] = {}
-        self.uncorrelated: list[_Pending] = []  # bad input, answered in order
+        self.pending: dict[str, _Pending] | None = None  # by requestId, while any
+        self.uncorrelated: list[_Pending] | None = None  # bad input, answered in order
         self.connecting: _Pending | None = None
         self.syn_tries = 0
-        self.idle: tuple[float, float] | None = None
+        self.idle: Idle | None = None  # the Idle the behaviour waits in, while open
         self.stopped = False
         self.disconnecting = False
         self.drain: tuple[float, Any] | None = None  # a Disconnect waiting for replies
 
-    def _lifetime(self) -> Generator[Any, Any, None]:
-        yield from self.behaviour.on_start()
-        while True:
-            yield from self.behaviour.task()
+    def __call__(self) -> ClientState:
+        """The behaviour's `client()`: the current connection's view."""
+        return self.view
+
+    def drive(self, behaviour: Any) -> None:
+        """Take `behaviour` (made with this client as its `client()`) and start it."""
+        self.behaviour = behaviour
+        params = getattr(behaviour, "params", None)
+        self.timeout_s = getattr(params, "timeout_s", self.engine.timeout_s)
+        self.policy = behaviour.policy.name
+        self.gen = behaviour.on_start()
+        self.resume(None)
 
     # -- driving the behaviour ---------------------------------------------------------
-
-    def start(self) -> None:
-        self.resume(None)
 
     def resume(self, value: Any) -> None:
         """Send `value` to the behaviour; perform intents until one has to wait."""
@@ -115,8 +120,11 @@ class VirtualClient:
             try:
                 intent = self.gen.send(value)
             except StopIteration:
-                self.stopped = True
-                return
+                # `on_start`, or one task, is over: the next task. (The driver's loop,
+                # not a generator looping over them: one frame less a user.)
+                self.gen = self.behaviour.task()
+                value = None
+                continue
             cls = intent.__class__
             if cls is Request:
                 self._request(intent, fired=False)
@@ -128,7 +136,7 @@ class VirtualClient:
                 value = None
             elif cls is Idle:
                 if self.view.is_open:
-                    self.idle = (intent.first_at, intent.tick_s)
+                    self.idle = intent
                     return
                 engine.at_unix(max(intent.first_at, engine.now()), self._wake)
                 return
@@ -271,6 +279,8 @@ class VirtualClient:
         frame["requestId"] = rid
         text = orjson.dumps(frame).decode()
         p = _Pending(r, started, now + self.timeout_s, len(text), fired, rid)
+        if self.pending is None:
+            self.pending = {}
         self.pending[rid] = p
         if not fired:
             engine.timeouts.add(p, self._timed_out, self.timeout_s)
@@ -291,6 +301,8 @@ class VirtualClient:
             return
         data = r.data
         p = _Pending(r, now, now + self.timeout_s, len(data), False)
+        if self.uncorrelated is None:
+            self.uncorrelated = []
         self.uncorrelated.append(p)
         engine.timeouts.add(p, self._timed_out, self.timeout_s)
         instance = self.instance
@@ -312,19 +324,34 @@ class VirtualClient:
             return
         p.done = True
         if p.rid is None:
-            with contextlib.suppress(ValueError):
-                self.uncorrelated.remove(p)
+            if self.uncorrelated:
+                with contextlib.suppress(ValueError):
+                    self.uncorrelated.remove(p)
         else:
-            self.pending.pop(p.rid, None)
+            self._pop_pending(p.rid)
         self.resume(self._report(p, "timeout"))
+
+    def _pop_pending(self, rid: str) -> _Pending | None:
+        """The request in flight with this id, forgotten (None: none such)."""
+        pending = self.pending
+        if pending is None:
+            return None
+        p = pending.pop(rid, None)
+        if not pending:
+            self.pending = None
+        return p
+
+    def _fired_in_flight(self) -> bool:
+        """Whether a fired (pipelined) request still waits for its reply."""
+        return self.pending is not None and any(
+            q.fired and not q.done for q in self.pending.values())
 
     def _reply(self, p: _Pending, outcome: str) -> None:
         p.done = True
         now = self.engine.env.now
         result = self._report(p, outcome)
         if p.fired:
-            if self.drain is not None and not any(
-                    q.fired and not q.done for q in self.pending.values()):
+            if self.drain is not None and not self._fired_in_flight():
                 self._drain_over()
             return
         r = p.request
@@ -347,7 +374,7 @@ class VirtualClient:
         if kind == "ack" or kind == "error":
             frame = loads(payload)
             rid = frame.get("requestId")
-            p = self.pending.pop(rid, None) if rid is not None else None
+            p = self._pop_pending(rid) if rid is not None else None
             if p is None and kind == "error" and rid is None and self.uncorrelated:
                 p = self.uncorrelated.pop(0)
             if p is not None and not p.done:
@@ -391,16 +418,16 @@ class VirtualClient:
             self.drain = None
             self.resume(None)
         elif self.idle is not None:
-            first_at, tick = self.idle
-            self.idle = None
-            self.engine.at_unix(ceil_tick(first_at, tick, self.engine.now()), self._wake)
+            idle, self.idle = self.idle, None
+            self.engine.at_unix(ceil_tick(idle.first_at, idle.tick_s, self.engine.now()),
+                                self._wake)
 
     def _fail_waiting(self, outcome: str) -> _Pending | None:
         """Every request in flight ends as `outcome` (logged); the one the behaviour
         waits for, if any."""
-        waiting = list(self.pending.values()) + self.uncorrelated
-        self.pending.clear()
-        self.uncorrelated = []
+        waiting = list(self.pending.values()) if self.pending is not None else []
+        waiting += self.uncorrelated or ()
+        self.pending = self.uncorrelated = None
         resume = None
         for p in waiting:
             if not p.done:
@@ -419,7 +446,7 @@ class VirtualClient:
         if conn is None or not self.view.is_open:
             self.conn = None
             return False
-        if drain_s > 0 and any(p.fired and not p.done for p in self.pending.values()):
+        if drain_s > 0 and self._fired_in_flight():
             self.drain = (self.engine.env.now + drain_s, conn)
             self.engine.after(drain_s, self._drain_over)
             return True

@@ -52,18 +52,6 @@ DRAIN_S = 2.0  # after the users stop: closes and in-flight replies land
 GC_EVERY_S = 60.0  # virtual seconds between collections of the young generations
 
 
-class ViewOf:
-    """A behaviour's `client()`: its virtual client's current view. (A closure over a
-    holder list did the same in 224 bytes a user; this is 48.)"""
-
-    __slots__ = ("client",)
-
-    client: VirtualClient
-
-    def __call__(self) -> Any:
-        return self.client.view
-
-
 class Hangup:
     """A stopping user's close reaching its instance: the disconnect, as a job on the
     instance's core. (Every user stops at once: this is one small object a user where
@@ -148,9 +136,14 @@ class VirtualRun:
             self._behaviours = BEHAVIOURS
         self.params = {}
         self.bases = {}
+        # What every user of a class is given, made once: a million users each held
+        # their own (a credential tuple, a bound method of the clock: 120 bytes).
+        self.credentials = {}
+        self.clock = engine.clock
         for name, table in sc.swarm.classes.items():
-            self.params[name] = parse_params(name, table)
+            self.params[name] = params = parse_params(name, table)
             self.bases[name] = table.get("class", name)
+            self.credentials[name] = ("key", params.key or DEFAULT_KEY)
         self.order = class_order({n: (p.weight, p.fixed_count)
                                   for n, p in self.params.items()})
 
@@ -162,17 +155,14 @@ class VirtualRun:
         user = f"{name}-virtual-{index}"
         instances = engine.instances
         instance = instances[index % len(instances)]
-        view = ViewOf()
+        client = VirtualClient(engine, user, name, instance, self.credentials[name],
+                               engine.process_core(index))
         seed = self.scenario.config.server.seed
         behaviour = self._behaviours[self.bases[name]](
             params, user_id=user, seed=seed, model=self.scenario.swarm.model,
-            clock=engine.clock, client=view, rng=SmallRandom(f"{seed}:{user}"))
-        client = VirtualClient(engine, user, name, behaviour, instance,
-                               ("key", params.key or DEFAULT_KEY),
-                               engine.process_core(index))
-        view.client = client
+            clock=self.clock, client=client, rng=SmallRandom(f"{seed}:{user}"))
         self.clients.append(client)
-        client.start()
+        client.drive(behaviour)
 
     # -- the schedule ---------------------------------------------------------------------------
 
