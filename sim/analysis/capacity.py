@@ -101,8 +101,7 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     r = run.requests()
     r = r[r.op.isin(STEP_OPS)]
-    client_fault = {c for c, e in ERROR_CODES.items() if e.is_client_fault}
-    failed = (r.outcome != "ok") & ~r.outcome.isin(client_fault)
+    failed = service_errors(r)
     published = timeline_total(run, "published")
     conns = timeline_total(run, "connections_now")
     cpu = timeline_total(run, "cpu_s")  # server processes' CPU seconds, all instances
@@ -137,6 +136,16 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
                                                    & (windows.end_s >= lo)]),
                      "server_cpu": busy})
     return pd.DataFrame(rows, columns=cols)
+
+
+def service_errors(requests: pd.DataFrame,
+                   planned_closes: frozenset[str] = frozenset()) -> pd.Series:
+    """Which request rows failed for the service's reasons (a boolean mask): not ok,
+    not the client's own fault, and not one of `planned_closes` (the closes a
+    scenario's faults send on purpose, e.g. {"close 1001"})."""
+    client_fault = {c for c, e in ERROR_CODES.items() if e.is_client_fault}
+    out = requests.outcome
+    return (out != "ok") & ~out.isin(client_fault) & ~out.isin(planned_closes)
 
 
 def capacity(run: Run, p99_limit_ms: float = P99_LIMIT_MS,

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from server.codes import ERROR_CODES
-
-from .capacity import STEP_OPS
+from .capacity import STEP_OPS, service_errors
 from .run import Run, observed_counts
 
 COUNTERS = ("connections_total", "published", "sent", "delivered", "cpu_s")
@@ -69,13 +67,6 @@ def busiest_second(run: Run, lo: float, hi: float) -> dict[str, Any] | None:
     return {"from_s": a, "to_s": b, "instance": name, "cpu": share,
             "instances": {n: {k: v for k, v in d.items() if k != "cpu_s"}
                           for n, d in diffs.items()}}
-
-
-def service_errors(requests: pd.DataFrame, planned_closes: frozenset[str]) -> pd.Series:
-    """Which request rows failed for the service's reasons (a boolean mask)."""
-    client_fault = {c for c, e in ERROR_CODES.items() if e.is_client_fault}
-    out = requests.outcome
-    return (out != "ok") & ~out.isin(client_fault) & ~out.isin(planned_closes)
 
 
 def connected_latency_ms(requests: pd.DataFrame, publishes: pd.DataFrame) -> pd.Series:
