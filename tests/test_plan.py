@@ -78,6 +78,18 @@ publish = 4500.0
 """
 
 
+def with_app_plan(plan: str, extra: str = "") -> str:
+    """TINY with the demo app on `plan` (lines of [apps.plan]), and `extra` tables."""
+    return TINY.replace("[swarm]", f"""[[apps]]
+id = "app_demo"
+[apps.plan]
+{plan}
+[[apps.keys]]
+id = "pk_live_demo"
+{extra}
+[swarm]""")
+
+
 def scenario_file(tmp_path: Path, text: str, name: str = "tiny.toml") -> Path:
     path = tmp_path / name
     path.write_text(text)
@@ -190,14 +202,7 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
 
 def test_plan_stops_when_the_apps_plan_is_what_binds(tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    capped = TINY.replace('[swarm]', '''[[apps]]
-id = "app_demo"
-[apps.plan]
-max_concurrent_connections = 40
-[[apps.keys]]
-id = "pk_live_demo"
-
-[swarm]''')
+    capped = with_app_plan("max_concurrent_connections = 40")
     path = scenario_file(tmp_path, capped)
     out = tmp_path / "plan"
     code = main(["plan", str(path), "--connections", "60", "--msgs-per-s", "20",
@@ -247,21 +252,13 @@ def test_a_publish_due_while_its_client_was_away_counts_from_the_reconnect() -> 
 
 def test_plan_period_alone_writes_the_projection(tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    capped = TINY.replace('[swarm]', '''[[apps]]
-id = "app_demo"
-[apps.plan]
-max_concurrent_connections = 2
-period_seconds = 86400
-[[apps.keys]]
-id = "pk_live_demo"
-
+    capped = with_app_plan("max_concurrent_connections = 2\nperiod_seconds = 86400", '''
 [traffic]
 clients = 3
 sessions_per_day = 1
 session_min = 1400
 msgs_per_session = 4
-
-[swarm]''')
+''')
     path = scenario_file(tmp_path, capped)
     out = tmp_path / "plan"
     assert main(["plan", str(path), "--period", "--out", str(out)]) == 0
