@@ -134,7 +134,7 @@ def test_toml_text_round_trips_through_tomllib() -> None:
 def test_without_redis_the_file_says_the_defaults_were_kept() -> None:
     table, record, source = command._redis(None, dict(KNOWN_US), [0.001],
                                            "no redis-server on PATH")
-    assert table == {"hop_us": 25.0, "latency_ms": 0.15}
+    assert table == {"send_us": 25.0, "receive_us": 25.0, "server_us": 0.0, "latency_ms": 0.15}
     assert record == {"measured": False}
     assert source == ("rtmsim calibrate; [model.redis] left at the defaults: no "
                       "redis-server on PATH")

@@ -278,7 +278,7 @@ def test_a_deploy_on_a_backlogged_core_fires_once(tmp_path: Path) -> None:
 
 
 def test_two_instances_deliver_across_the_redis_hop(tmp_path: Path) -> None:
-    model = replace(QUIET, redis=RedisModel(hop_us=5.0, latency_ms=1.0))
+    model = replace(QUIET, redis=RedisModel(send_us=5.0, receive_us=5.0, latency_ms=1.0))
     text = SUBS.format(server='backend = "redis"\ninstances = 2', faults="")
     run_dir = simulate(tmp_path, text, model)
     rows = events(run_dir)

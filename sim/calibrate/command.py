@@ -338,34 +338,36 @@ def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[fl
            missing: str = "") -> tuple[dict[str, float], dict[str, Any], str]:
     defaults = RedisModel()
     if redis is None:
-        return ({"hop_us": defaults.hop_us, "latency_ms": defaults.latency_ms},
+        return ({"send_us": defaults.send_us, "receive_us": defaults.receive_us,
+                 "server_us": defaults.server_us, "latency_ms": defaults.latency_ms},
                 {"measured": False},
                 f"rtmsim calibrate; [model.redis] left at the defaults: {missing}")
     n = redis["publishes"]
-    sender_us = redis["cpu_s"]["i0"] / n * 1e6 - costs["publish"]
-    receiver_us = redis["cpu_s"]["i1"] / n * 1e6
-    hop_us = max(0.1, (sender_us + receiver_us) / 2)
+    sender_us = max(0.1, redis["cpu_s"]["i0"] / n * 1e6 - costs["publish"])
+    receiver_us = max(0.1, redis["cpu_s"]["i1"] / n * 1e6)
+    server_us = redis["cpu_s"]["redis"] / n * 1e6
     extra_ms = (statistics.median(redis["crossed_delivery_s"])
                 - statistics.median(local)) * 1e3
     # The engine waits 2 x latency_ms per hop (instance -> Redis -> instance) and charges
-    # hop_us on each side: what a crossing adds beyond that CPU, halved.
-    latency_ms = max(MIN_LATENCY_MS, (extra_ms - 2 * hop_us / 1e3) / 2)
+    # the sender's and the receiver's CPU on the way: what a crossing adds beyond that
+    # CPU, halved.
+    latency_ms = max(MIN_LATENCY_MS, (extra_ms - (sender_us + receiver_us) / 1e3) / 2)
     record = {
         "measured": True, "publishes": n, "wall_s": redis["wall_s"],
         "cpu_s": redis["cpu_s"], "idle_per_s": redis["idle_per_s"],
-        "sender_us": round(sender_us, 2), "receiver_us": round(receiver_us, 2),
-        "redis_server_us": round(redis["cpu_s"]["redis"] / n * 1e6, 2),
         "crossed_delivery_median_ms": round(
             statistics.median(redis["crossed_delivery_s"]) * 1e3, 4),
         "local_delivery_median_ms": round(statistics.median(local) * 1e3, 4),
-        "hop_us": "mean of sender_us (i0's CPU per publish less a memory publish) and "
-                  "receiver_us (i1's CPU per message it receives and finds no one for)",
+        "send_us": "i0's CPU per publish (nobody subscribed) less a memory publish",
+        "receive_us": "i1's CPU per message it receives from Redis and finds no one for",
+        "server_us": "redis-server's CPU per publish (the ledger's charge included)",
         "latency_ms": "one way, instance <-> Redis: (median publish->delivery through "
-                      "Redis - a local one - 2 x hop_us) / 2 (includes the quota "
-                      "ledger's round trip to Redis before each publish)",
+                      "Redis - a local one - send_us - receive_us) / 2 (includes the "
+                      "quota ledger's round trip to Redis before each publish)",
     }
-    return ({"hop_us": round(hop_us, 2), "latency_ms": round(latency_ms, 4)}, record,
-            "rtmsim calibrate")
+    return ({"send_us": round(sender_us, 2), "receive_us": round(receiver_us, 2),
+             "server_us": round(server_us, 2), "latency_ms": round(latency_ms, 4)},
+            record, "rtmsim calibrate")
 
 
 def header(model: dict[str, Any], scale: Scale) -> str:
@@ -399,7 +401,8 @@ def table(model: dict[str, Any]) -> str:
         f"({m['network']['round_trips']} round trips)",
         "wake-up       " + ", ".join(f"{us:g} us after {ms:g} ms idle"
                                      for ms, us in model["wake_curve"]),
-        f"redis         hop {red['hop_us']} us, latency {red['latency_ms']} ms"
+        f"redis         send {red['send_us']} us, receive {red['receive_us']} us, "
+        f"redis-server {red['server_us']} us, latency {red['latency_ms']} ms"
         + ("" if m["redis"]["measured"] else "  (defaults: not measured)"),
         f"predicted     fan-out 50 subscribers {pred['fanout_delivered_per_s']:,.0f} "
         f"delivered/s; reqack {pred['reqack_round_trips_per_s']:,.0f} round trips/s "

@@ -70,24 +70,25 @@ def work_shares(per: dict[str, dict[str, float]], seconds: float, model: Model,
                 clustered: bool) -> dict[str, dict[str, float]]:
     """Per instance, the share of one core each kind of work took over `seconds`:
     the model's costs times the instance's counters (`per`: their growth). Behind
-    Redis (`clustered`) an instance pays the hop for each publish it sends and for
-    each one every other instance sends: for every publish in the system."""
+    Redis (`clustered`) an instance pays the sender's side of the hop for each publish
+    it sends and the receiver's for each one every other instance sends."""
     published = sum(d.get("published", 0.0) for d in per.values())
     cost = model.costs_us
-    hop = model.redis.hop_us if clustered else 0.0
+    send, receive = (model.redis.send_us, model.redis.receive_us) if clustered else (0, 0)
     return {name: {
         "connects": d.get("connections_total", 0.0) * (cost["connect_key"]
                                                        + cost["disconnect"]) / 1e6 / seconds,
         "messages": (d.get("published", 0.0) * cost["publish"]
                      + d.get("sent", 0.0) * cost["send"]
                      + d.get("delivered", 0.0) * cost["delivery"]) / 1e6 / seconds,
-        "redis_hop": published * hop / 1e6 / seconds,
+        "redis_hop": (d.get("published", 0.0) * send
+                      + (published - d.get("published", 0.0)) * receive) / 1e6 / seconds,
     } for name, d in per.items()}
 
 
 RESOURCE_NAMES = {"connects": "connection admission (connects and their disconnects)",
                   "messages": "publishes and their deliveries",
-                  "redis_hop": "the Redis hop (every publish of every instance)"}
+                  "redis_hop": "the Redis hop (sending its publishes, receiving the others')"}
 
 
 def resource(window: dict[str, Any], model: Model, clustered: bool) -> dict[str, Any]:

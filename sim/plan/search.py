@@ -49,12 +49,13 @@ class PlanRequest:
 def steady_cpu_share(mix: Mix, model: Model, instances: int, load: float) -> float:
     """The model's steady-state share of one core on each instance (arithmetic, for the
     first guess only): its share of the publishes and their deliveries, and, behind
-    Redis, the hop of every publish (its own as sender, the others' as receiver)."""
+    Redis, the hop of every publish (sent by one instance, received by the others)."""
     msgs = mix.counts[mix.publisher] * mix.publish_rate * load
     cost = model.costs_us
-    per_msg = (cost["publish"] + mix.fanout * cost["delivery"]) / instances
-    hop = model.redis.hop_us if instances > 1 else 0.0
-    return msgs * (per_msg + hop) / 1e6 / model.cores
+    per_msg = cost["publish"] + mix.fanout * cost["delivery"]
+    if instances > 1:
+        per_msg += model.redis.send_us + (instances - 1) * model.redis.receive_us
+    return msgs * per_msg / instances / 1e6 / model.cores
 
 
 def client_s(mix: Mix, model: Model) -> float:

@@ -115,7 +115,7 @@ def _arrived(others: list[Instance], job: Any) -> None:
 
 
 def _hopped(instance: Instance, job: Any) -> None:
-    instance.spend_s(instance.model.redis.hop_us / 1e6)
+    instance.spend_s(instance.model.redis.receive_us / 1e6)
     job(instance)
 
 
@@ -206,7 +206,7 @@ class ClusterBackend:
     async def publish(self, msg: Message) -> int:
         self._check()
         node = self.node
-        node.spend_s(node.model.redis.hop_us / 1e6)
+        node.spend_s(node.model.redis.send_us / 1e6)
         remote = Message(msg.app_id, msg.channel, msg.sender, msg.data, msg.sender_metadata,
                          None)
         self.redis.hop(node, lambda other: other.deliver(
@@ -224,7 +224,7 @@ class ClusterBackend:
             counts = self.redis.peer_counts(msg.app_id, msg.to)
             remote = sum(n for i, n in counts.items() if i != self.node.index)
             if remote:
-                self.node.spend_s(self.node.model.redis.hop_us / 1e6)
+                self.node.spend_s(self.node.model.redis.send_us / 1e6)
                 self.redis.hop(self.node, lambda other: other.deliver(
                     other.backend.hub.deliver_direct(msg)))
         self.node.deliver(local)

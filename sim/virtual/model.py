@@ -17,12 +17,22 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     median_ms = 0.05
     sigma = 0.5
     [model.redis]             # only with more than one instance
-    hop_us = 25.0
-    latency_ms = 0.15
+    send_us = 200.0           # the sending instance's CPU a message through Redis
+    receive_us = 70.0         # each other instance's CPU a message from Redis
+    server_us = 40.0          # redis-server's CPU a message (its own core)
+    latency_ms = 0.15         # one way, instance <-> Redis
     [model.load_generator]    # the Locust processes of a real run (--load-generator)
     send_us = 14.0
     receive_us = 14.0
     delivery_us = 12.0
+    [model.raw_client]        # the raw load client (--load-generator raw)
+    send_us = 10.0
+    receive_us = 8.0
+    delivery_us = 5.0
+
+`colocated = true` puts redis-server and the modelled load processes on the instances'
+cores instead of cores of their own, as on one machine: their work then takes turns
+with the instances' on the least busy instance core.
 
 `DEFAULT_MODEL` (`default_model.toml` beside this file) is the calibration shipped
 with the project; a scenario without `[model]` runs on it.
@@ -76,9 +86,16 @@ class Network:
 
 @dataclass(frozen=True, slots=True)
 class RedisModel:
-    """What a message that crosses instances adds: CPU on each side, one-way latency."""
+    """What a message that crosses instances adds: CPU on each side and in
+    redis-server, one-way latency. Sender and receivers differ (calibrated: the sender
+    also charges the quota ledger in Redis and writes the PUBLISH; a receiver only
+    parses what arrives), so a deployment of K instances pays send + (K-1) x receive a
+    message, not K times their mean. A model file's `hop_us` (the older single figure)
+    sets both."""
 
-    hop_us: float = 25.0
+    send_us: float = 25.0
+    receive_us: float = 25.0
+    server_us: float = 0.0
     latency_ms: float = 0.15
 
 
@@ -141,6 +158,10 @@ class Model:
     network: Network = field(default_factory=Network)
     redis: RedisModel = field(default_factory=RedisModel)
     load_generator: LoadGenerator = field(default_factory=LoadGenerator)
+    raw_client: LoadGenerator = field(default_factory=LoadGenerator)
+    # redis-server and the modelled load processes run on the instances' cores (one
+    # machine), not each on its own
+    colocated: bool = False
 
     def cost_s(self, op: str) -> float:
         """Seconds of one core for `op` (KeyError names an operation the model lacks)."""
@@ -221,13 +242,19 @@ def _read(data: object, where: str, base: Model) -> Model:
             costs[key] = float(c.number(key, None, minimum=0))
         c.done()
         changes["costs_us"] = costs
+    if "colocated" in t.data:
+        changes["colocated"] = t.boolean("colocated", False)
     for key, kind in (("network", Network), ("redis", RedisModel),
-                      ("load_generator", LoadGenerator)):
+                      ("load_generator", LoadGenerator), ("raw_client", LoadGenerator)):
         if key in t.data:
             sub = t.table(key)
             current = getattr(base, key)
             values = {f.name: float(sub.number(f.name, getattr(current, f.name), minimum=0))
                       for f in fields(kind) if f.name in sub.data}
+            if kind is RedisModel and "hop_us" in sub.data:
+                hop = float(sub.number("hop_us", None, minimum=0))
+                values.setdefault("send_us", hop)
+                values.setdefault("receive_us", hop)
             sub.done()
             changes[key] = replace(current, **values)
     t.done()
