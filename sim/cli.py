@@ -108,10 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=_int, help="override server.seed")
     simulate.add_argument("--no-deliveries", action="store_true", help="count deliveries and "
                           "keep their latency histogram, without a log row each")
-    simulate.add_argument("--load-generator", action="store_true", help="model the Locust "
-                          "processes of `rtmsim run` (swarm.workers, the model's "
-                          "[model.load_generator] costs): predict what a real run here "
-                          "measures, not what clients on their own devices see")
+    simulate.add_argument("--load-generator", nargs="?", const="locust", default=False,
+                          choices=("locust", "raw"), help="model the Locust processes of "
+                          "`rtmsim run` (swarm.workers, the model's [model.load_generator] "
+                          "costs): predict what a real run here measures, not what clients "
+                          "on their own devices see; `raw`: one process of the raw load "
+                          "client ([model.raw_client]), as the benchmarks load a server")
     simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
     simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")
     plan = sub.add_parser("plan", help="capacity: the fewest instances that keep publish "

@@ -130,7 +130,8 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     model = replace(QUIET, load_generator=LoadGenerator(send_us=1.0))
     meta = json.loads((simulate(tmp_path, FLOOD, model) / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] == {
-        "processes": 1, "send_us": 1.0, "receive_us": 0.0, "delivery_us": 0.0}
+        "kind": "locust", "processes": 1, "colocated": False, "send_us": 1.0,
+        "receive_us": 0.0, "delivery_us": 0.0}
     meta = json.loads((simulate(tmp_path, FLOOD, model, load_generator=False)
                        / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] is None

@@ -28,7 +28,7 @@ from server.jsonenc import loads
 
 from .instance import COUNTED, Instance
 from .loadgen import ProcessCore, process_cores
-from .model import Model
+from .model import LoadGenerator, Model
 
 
 class Timer:
@@ -151,9 +151,11 @@ class Engine:
 
     def __init__(self, model: Model, *, epoch: float, origin: float, seed: int,
                  log: EventLog, timeout_s: float, log_deliveries: bool = True,
-                 queue: str = "heap", load_generator: int = 0) -> None:
-        """`load_generator`: how many Locust processes to model (0: none, each user a
-        client on its own device)."""
+                 queue: str = "heap", load_generator: int = 0,
+                 load_costs: LoadGenerator | None = None) -> None:
+        """`load_generator`: how many load processes to model (0: none, each user a
+        client on its own device), with `load_costs` (default: the model's Locust
+        process, `model.load_generator`)."""
         self.env: HeapQueue | SimPyQueue = QUEUES[queue]()
         self.model = model
         self.epoch = epoch
@@ -177,8 +179,9 @@ class Engine:
         self.deliveries = 0  # delivered frames (message and direct)
         self.events_run = 0  # events the queue has run (progress: events/s)
         self._latency_counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
-        self.cores = process_cores(model.load_generator, load_generator) \
-            if load_generator else []
+        steal = self.steal if model.colocated else None
+        self.cores = process_cores(load_costs or model.load_generator, load_generator,
+                                   steal) if load_generator else []
 
     # -- time -------------------------------------------------------------------------------
 
@@ -206,6 +209,18 @@ class Engine:
 
     def soon(self, fn: Callable[[], None]) -> None:
         self.at(self.env.now, fn)
+
+    # -- one machine: other processes on the instances' cores -------------------------------
+
+    def host_core(self) -> Instance:
+        """The instance core another process's work lands on: the least busy (the
+        scheduler wakes a runnable process on an idle CPU), the first on a tie."""
+        return min(self.instances, key=lambda i: (len(i.queue), max(i.free_at, self.env.now)))
+
+    def steal(self, at: float, seconds: float) -> None:
+        """Another process's `seconds` of CPU from `at`, on an instance core."""
+        if self.instances and seconds > 0:
+            self.env.call_at(max(at, self.env.now), lambda: self.host_core().lend(seconds))
 
     def fresh_token(self, user: str) -> str | None:
         """`FreshToken`: as under `rtmsim run`, whose swarm has no token endpoint."""

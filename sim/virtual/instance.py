@@ -81,6 +81,7 @@ class Instance:
         self.free_at = 0.0  # when the core has done every job it has been given
         self.draining = False
         self.busy_s = 0.0  # CPU seconds used, for the stats' `process.cpu_s`
+        self.lent_s = 0.0  # CPU of other processes run on this core (`lend`)
         self.connects_waiting = 0  # upgrades in the accept queue (the listen backlog)
         self.costs = {op: model.cost_s(op) for op in model.costs_us}
         self.wake = WakeCurve(model.wake_curve)
@@ -143,6 +144,18 @@ class Instance:
     def spend_s(self, seconds: float) -> None:
         """Charge CPU not named by an operation (a Redis hop)."""
         self.cursor += seconds
+
+    def lend(self, seconds: float, then: Callable[[float], None] | None = None) -> None:
+        """Another process's work on this core (`Model.colocated`: redis-server, the
+        load process): it takes its turn in the queue and delays this instance's jobs,
+        but is not this process's CPU. `then(done)` when it is over."""
+        def job() -> None:
+            self.cursor += seconds
+            self.busy_s -= seconds
+            self.lent_s += seconds
+            if then is not None:
+                then(self.cursor)
+        self.submit(job)
 
     # -- jobs ----------------------------------------------------------------------------
 

@@ -77,13 +77,15 @@ class VirtualRun:
                  out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
                  log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None,
-                 load_generator: bool = False, even_spawn: bool = False) -> None:
+                 load_generator: bool | str = False, even_spawn: bool = False) -> None:
         """`load_generator`: model the Locust processes a real run of the scenario
-        would use (`swarm.workers` of them, the model's `load_generator` costs), to
-        predict what `rtmsim run` measures rather than what clients on their own
-        devices would. `even_spawn`: spread each second's users evenly over the
-        second, as clients on their own devices arrive, instead of Locust's
-        `SPAWN_GAP_S` apart (which spreads 10,000 a second over 20 s)."""
+        would use (True or "locust": `swarm.workers` of them, the model's
+        `load_generator` costs), to predict what `rtmsim run` measures rather than
+        what clients on their own devices would; "raw": one process of the raw load
+        client (`model.raw_client`), as the benchmarks load a server. `even_spawn`:
+        spread each second's users evenly over the second, as clients on their own
+        devices arrive, instead of Locust's `SPAWN_GAP_S` apart (which spreads 10,000
+        a second over 20 s)."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
@@ -93,12 +95,16 @@ class VirtualRun:
         self.log_deliveries = log_deliveries
         self.queue = queue
         self._behaviours = behaviours
-        self.load_generator = load_generator
+        if load_generator not in (False, True, "locust", "raw"):
+            raise ValueError(f"load_generator: {load_generator!r}")
+        self.load_generator: str | None = ("locust" if load_generator is True
+                                           else load_generator or None)
         self.even_spawn = even_spawn
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
         self.wall_s = 0.0
         self.busiest_share = 0.0  # of a modelled Locust process, in its busiest second
+        self.redis: VirtualRedis | None = None
 
     # -- building --------------------------------------------------------------------------
 
@@ -112,12 +118,11 @@ class VirtualRun:
                                       timeout_s=DEFAULT_TIMEOUT_S,
                                       log_deliveries=self.log_deliveries,
                                       queue=self.queue,
-                                      load_generator=sc.swarm.workers if self.load_generator
-                                      else 0)
+                                      **self._load_processes())
         self.events = JsonlEventLog(self.dir / rundir.SERVER_EVENTS)
         n = config.server.instances
         if config.server.backend == "redis" or n > 1:
-            redis = VirtualRedis(engine)
+            self.redis = redis = VirtualRedis(engine)
             ledgers: MemoryLedgers = SharedLedgers(config, self.epoch, redis)
             backend = functools.partial(ClusterBackend, redis=redis)
             for at_s, down_s in sc.redis_blips:
@@ -332,12 +337,35 @@ class VirtualRun:
         self.out.flush()
         return mono
 
+    def _load_processes(self) -> dict[str, Any]:
+        """The engine's arguments for the modelled load processes."""
+        if self.load_generator is None:
+            return {"load_generator": 0}
+        if self.load_generator == "raw":
+            return {"load_generator": 1, "load_costs": self.model.raw_client}
+        return {"load_generator": self.scenario.swarm.workers,
+                "load_costs": self.model.load_generator}
+
     def _load_generator_meta(self) -> dict[str, Any] | None:
-        """What run.json says of the modelled Locust processes (None: not modelled)."""
-        if not self.load_generator:
+        """What run.json says of the modelled load processes (None: not modelled)."""
+        if self.load_generator is None:
             return None
-        return {"processes": self.scenario.swarm.workers,
-                **dataclasses.asdict(self.model.load_generator)}
+        args = self._load_processes()
+        return {"kind": self.load_generator, "processes": args["load_generator"],
+                "colocated": self.model.colocated,
+                **dataclasses.asdict(args["load_costs"])}
+
+    def _redis_meta(self) -> dict[str, Any] | None:
+        """redis-server's modelled CPU, and what other processes took of the
+        instances' cores (`Model.colocated`)."""
+        engine = getattr(self, "engine", None)
+        redis = getattr(self, "redis", None)
+        if engine is None:
+            return None
+        lent = {i.service.instance_id or str(i.index): round(i.lent_s, 6)
+                for i in engine.instances}
+        return {"redis_cpu_s": round(redis.busy_s, 6) if redis is not None else None,
+                "colocated": self.model.colocated, "lent_cpu_s": lent}
 
     def _write_meta(self, status: str) -> None:
         self.meta.update(run_meta(self.scenario), status=status)
@@ -352,6 +380,6 @@ class VirtualRun:
             "server_lead_s": SERVER_LEAD_S,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
             "deliveries_logged": self.log_deliveries,
-            "load_generator": self._load_generator_meta()}
+            "load_generator": self._load_generator_meta(), "host": self._redis_meta()}
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,
                                                       default=str))
