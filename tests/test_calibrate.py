@@ -23,7 +23,15 @@ import pytest
 
 from bench.calibratecheck import compare
 from sim.calibrate import command, servers
-from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, saturation
+from sim.calibrate.fit import (
+    FLOOR_US,
+    FitError,
+    Row,
+    fit_costs,
+    fit_nonnegative,
+    lognormal,
+    saturation,
+)
 from sim.calibrate.steps import NUISANCE
 from sim.cli import main
 from sim.tomlwrite import toml_text
@@ -138,6 +146,21 @@ def test_without_redis_the_file_says_the_defaults_were_kept() -> None:
     assert record == {"measured": False}
     assert source == ("rtmsim calibrate; [model.redis] left at the defaults: no "
                       "redis-server on PATH")
+
+
+def test_the_nonnegative_fit_holds_at_zero_a_cost_the_data_put_below_it() -> None:
+    """A second step that did 100,000 deliveries more for less CPU: unconstrained, a
+    delivery would cost less than nothing; held at 0, the round trip is the weighted
+    least squares of the two steps alone."""
+    rows = [Row("publish_to_0", {"round_trip": 10000, "delivery": 0}, 0.30),
+            Row("publish_to_10", {"round_trip": 10000, "delivery": 100000}, 0.29)]
+    assert fit_costs(rows, ["round_trip", "delivery"]).raw_us["delivery"] < 0
+    fit = fit_nonnegative(rows, ["round_trip", "delivery"])
+    a = [10000 / 0.30, 10000 / 0.29]
+    assert fit.costs_us["delivery"] == 0.0
+    assert fit.costs_us["round_trip"] == pytest.approx(
+        sum(a) / sum(x * x for x in a) * 1e6, rel=1e-12)
+    assert fit.clamped == ["delivery"]
 
 
 def bench_result(busy: float, share: float, us: float) -> dict:
