@@ -142,7 +142,7 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
             log(f"    {row.step}: {_ops_text(row.ops)} in {row.wall_s:.2f} s: "
                 f"{_per_op_us(row):.1f} us cpu per {_main_op(row)}; server "
                 f"{row.extra['server_busy']:.0%} busy, its core {others:.0%} busy "
-                "with others")
+                f"with others; load {row.extra['load_busy']:.0%} busy")
     log(f"[{total - 3}/{total}] publishes with 1 and with 8 in flight (batching, "
         "for the record)")
     batch = await steps.batching(s)
