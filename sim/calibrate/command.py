@@ -300,9 +300,7 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     lg = measured.get("load_generator")
     if lg is not None:
         model["load_generator"] = loadgen.load_generator_table(lg)
-        record["load_generator"] = {
-            **lg, "split": "receive_us = delivery_us (at most the round trip's CPU); "
-                           "send_us = the round trip's CPU less receive_us"}
+        record["load_generator"] = {**lg, "split": loadgen.SPLIT}
     return model
 
 
