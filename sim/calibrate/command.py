@@ -36,7 +36,8 @@ from sim.virtual.model import OPERATIONS, RedisModel, load_model
 
 from ..tomlwrite import toml_text
 from . import loadgen, steps
-from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation
+from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation, used_rows
+from .rawclient import raw_client_costs
 from .servers import ROOT, CalibrationError, Processes, process_cpu_s, split_cpus
 from .steps import NUISANCE, Meter, Scale, Session
 
@@ -301,6 +302,9 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     if lg is not None:
         model["load_generator"] = loadgen.load_generator_table(lg)
         record["load_generator"] = {**lg, "split": loadgen.SPLIT}
+    raw_client, record["raw_client"] = raw_client_costs(rows)
+    if raw_client is not None:
+        model["raw_client"] = raw_client
     return model
 
 
@@ -323,8 +327,7 @@ def _others(rows: list[Row]) -> float:
 
 
 def _step_records(rows: list[Row], fit: Fit) -> list[dict[str, Any]]:
-    used = [r for r in rows if r.cpu_s > 0 and any(r.ops.values())]
-    residual = dict(zip((r.step for r in used), fit.residuals, strict=True))
+    residual = dict(zip((r.step for r in used_rows(rows)), fit.residuals, strict=True))
     return [{"step": r.step, "ops": {op: int(n) for op, n in r.ops.items()},
              "cpu_s": round(r.cpu_s, 6), "wall_s": round(r.wall_s, 3), **r.extra,
              "fitted_cpu_s": round(fit.predicted_cpu_s(r), 6),
@@ -413,6 +416,12 @@ def table(model: dict[str, Any]) -> str:
     if lg is not None:
         lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
                      f"{lg['receive_us']} us, delivery {lg['delivery_us']} us of its core")
+    raw = model.get("raw_client")
+    if raw is not None:
+        lines.append(f"raw client    send {raw['send_us']} us, receive {raw['receive_us']} us, "
+                     f"delivery {raw['delivery_us']} us of its core")
+    else:
+        lines.append(f"raw client    not measured: {m['raw_client']['reason']}")
     if m["server_core_used_by_others"] > OTHERS_WARNING:
         lines.append(f"warning: other processes and interrupts used "
                      f"{m['server_core_used_by_others']:.0%} of the server's core during "
