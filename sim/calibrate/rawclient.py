@@ -14,11 +14,18 @@ payload skipped unread). Over those steps, the least squares of
 gives the two figures, and the round trip is split as the Locust process's is
 (`loadgen.SPLIT`): only the sum is measured.
 
-The process's other threads are in that CPU too: uvloop's libuv workers (busy
-only at the start) and the jemalloc thread pyarrow brings; neither is meant to run
-during a step, and each step records what they did (`load_other_threads_cpu_s`, 0 in
-the calibrations tried). Like bench/planload.py's figure (the same clock), it counts
-the process's own CPU, not interrupt time the kernel accounts apart from it.
+Where it does not hold: a delivery costs the client less the more frames one wake-up
+finds (as the server's batching), so the straight line misses the steps by 10-20%
+(on the 2-vCPU VM, 2026-12: a publish with 10 deliveries took 81-87 us of load CPU in
+publish_to_10, the fit says 66-67; publish_to_50 is over-predicted by ~11%). The
+residuals are in the record.
+
+The process's other threads are in that CPU too: uvloop's libuv workers and the
+jemalloc thread pyarrow brings; neither is meant to run during a step, and each step
+records what they did (`load_other_threads_cpu_s`: 0 in every step of the
+calibrations tried but the first REST one, rest_get, 0.1-0.2 ms). Like
+bench/planload.py's figure (the same clock), it counts the process's own CPU, not
+interrupt time the kernel accounts apart from it.
 """
 
 from __future__ import annotations
