@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,17 @@ import pytest
 
 from bench.calibratecheck import compare
 from sim.calibrate import command, servers
-from sim.calibrate.fit import FLOOR_US, FitError, Row, fit_costs, lognormal, saturation
-from sim.calibrate.steps import NUISANCE
+from sim.calibrate.fit import (
+    FLOOR_US,
+    FitError,
+    Row,
+    fit_costs,
+    fit_nonnegative,
+    lognormal,
+    saturation,
+)
+from sim.calibrate.rawclient import raw_client_costs
+from sim.calibrate.steps import NUISANCE, Scale
 from sim.cli import main
 from sim.tomlwrite import toml_text
 from sim.virtual.model import DEFAULT_MODEL, OPERATIONS, load_model
@@ -140,6 +150,137 @@ def test_without_redis_the_file_says_the_defaults_were_kept() -> None:
                       "redis-server on PATH")
 
 
+# -- the raw client's costs -------------------------------------------------------------
+
+RAW_US = {"round_trip": 30.0, "delivery": 5.0}
+
+
+def with_load(rows: list[Row], costs: dict[str, float] | None, noise: float = 0.0,
+              seed: int = 2) -> list[Row]:
+    """`rows` with the extras a real step has; in the publish steps, the load CPU of a
+    raw client of `costs` (+- noise) or, with None, no load CPU at all."""
+    rng = random.Random(seed)
+    out = []
+    for r in rows:
+        load = 0.0
+        if costs is not None and r.step.startswith("publish_to_"):
+            load = (r.ops["publish"] * costs["round_trip"]
+                    + r.ops.get("delivery", 0) * costs["delivery"]) / 1e6
+            load *= 1 + rng.uniform(-noise, noise)
+        out.append(Row(r.step, r.ops, r.cpu_s, 1.0,
+                       {"server_busy": 0.9, "core_busy": 0.9, "load_cpu_s": load,
+                        "load_busy": load, "load_other_threads_cpu_s": 0.0}))
+    return out
+
+
+def test_raw_client_costs_recover_the_costs_put_into_the_publish_steps() -> None:
+    table, record = raw_client_costs(with_load(steps_like_calibrate(KNOWN_US, 0.0), RAW_US))
+    # the round trip split as the Locust one: receive = a delivery, send = the rest
+    assert table == {"send_us": 25.0, "receive_us": 5.0, "delivery_us": 5.0}
+    assert record["measured"] is True
+    assert (record["round_trip_us"], record["delivery_us"]) == (30.0, 5.0)
+    assert record["held_at_zero"] == []
+    assert record["max_abs_residual"] == 0.0
+    assert [(s["step"], s["round_trips"], s["deliveries"], s["load_cpu_s"], s["residual"])
+            for s in record["steps"]] == [("publish_to_0", 60000, 0, 1.8, 0.0),
+                                          ("publish_to_10", 20000, 200000, 1.6, 0.0),
+                                          ("publish_to_50", 5000, 250000, 1.4, 0.0)]
+
+
+def test_raw_client_costs_within_the_noise_of_the_steps() -> None:
+    rows = with_load(steps_like_calibrate(KNOWN_US, 0.0), RAW_US, noise=0.02)
+    _, record = raw_client_costs(rows)
+    assert record["round_trip_us"] == pytest.approx(30.0, rel=0.03)
+    assert record["delivery_us"] == pytest.approx(5.0, rel=0.1)
+    assert 0 < record["max_abs_residual"] <= 0.02
+
+
+def test_the_nonnegative_fit_holds_at_zero_a_cost_the_data_put_below_it() -> None:
+    """A second step that did 100,000 deliveries more for less CPU: unconstrained, a
+    delivery would cost less than nothing; held at 0, the round trip is the weighted
+    least squares of the two steps alone."""
+    rows = [Row("publish_to_0", {"round_trip": 10000, "delivery": 0}, 0.30),
+            Row("publish_to_10", {"round_trip": 10000, "delivery": 100000}, 0.29)]
+    assert fit_costs(rows, ["round_trip", "delivery"]).raw_us["delivery"] < 0
+    fit = fit_nonnegative(rows, ["round_trip", "delivery"])
+    a = [10000 / 0.30, 10000 / 0.29]
+    assert fit.costs_us["delivery"] == 0.0
+    assert fit.costs_us["round_trip"] == pytest.approx(
+        sum(a) / sum(x * x for x in a) * 1e6, rel=1e-12)
+    assert fit.clamped == ["delivery"]
+
+
+@pytest.mark.parametrize(("rows", "why"), [
+    (with_load(steps_like_calibrate(KNOWN_US, 0.0), None),
+     "publish_to_0, publish_to_10, publish_to_50) do not determine the raw client's "
+     "costs: no measured step does round_trip: its cost is undetermined; no load CPU "
+     "measured in publish_to_0, publish_to_10, publish_to_50; [model.raw_client] left out"),
+    ([r for r in with_load(steps_like_calibrate(KNOWN_US, 0.0), RAW_US)
+      if r.step not in ("publish_to_10", "publish_to_50")],
+     "publish_to_0) do not determine the raw client's costs: no measured step does "
+     "delivery: its cost is undetermined; [model.raw_client] left out"),
+], ids=["no_load_cpu", "no_deliveries"])
+def test_raw_client_costs_that_the_steps_do_not_give_are_left_out(rows: list[Row],
+                                                                   why: str) -> None:
+    table, record = raw_client_costs(rows)
+    assert table is None
+    assert record["measured"] is False
+    assert record["reason"] == "the publish steps (" + why
+
+
+def measured_like_calibrate(rows: list[Row]) -> dict:
+    """What `command.measure` returns, around `rows` (no Redis, no Locust swarms)."""
+    rtts = [0.0001 * (1 + i / 100) for i in range(100)]
+    return {"rows": rows, "idle_per_s": 0.0, "rtts": rtts,
+            "idle_rtts": {5.0: [0.0005] * 10, 1000.0: [0.0002] * 10},
+            "local_delivery": [0.0001] * 10, "spin_rate": [1.0, 1.0],
+            "batching": {"publish_us_1_in_flight": 60.0, "publish_us_8_in_flight": 30.0},
+            "load_generator": None, "redis": None, "redis_missing": "--no-redis"}
+
+
+MACHINE = {"host": "h", "cpus": 2, "arch": "x86_64", "cpu_model": "c", "python": "3",
+           "kernel": "k"}
+WHEN = datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def written_model(tmp_path: Path, rows: list[Row]) -> tuple[dict, Path]:
+    model = command.build_model(measured_like_calibrate(rows), Scale(), MACHINE, WHEN)
+    out = tmp_path / "model.toml"
+    out.write_text(toml_text({"model": model}, command.header(model, Scale())))
+    return model, out
+
+
+def test_the_model_file_carries_the_raw_client_the_engine_reads(tmp_path: Path) -> None:
+    model, out = written_model(tmp_path, with_load(steps_like_calibrate(KNOWN_US, 0.0),
+                                                   RAW_US))
+    raw_client = load_model(out).raw_client
+    assert (raw_client.send_us, raw_client.receive_us, raw_client.delivery_us) == (
+        25.0, 5.0, 5.0)
+    recorded = tomllib.loads(out.read_text())["model"]["measured"]["raw_client"]
+    assert recorded["measured"] is True
+    assert [s["step"] for s in recorded["steps"]] == ["publish_to_0", "publish_to_10",
+                                                      "publish_to_50"]
+    steps = {s["step"]: s for s in tomllib.loads(out.read_text())["model"]["measured"][
+        "steps"]}
+    assert steps["publish_to_10"]["load_cpu_s"] == 1.6
+    assert ("raw client    send 25.0 us, receive 5.0 us, delivery 5.0 us of its core"
+            in command.table(model).splitlines())
+
+
+def test_a_raw_client_not_measured_is_left_out_of_the_file_with_the_reason(
+        tmp_path: Path) -> None:
+    model, out = written_model(tmp_path, with_load(steps_like_calibrate(KNOWN_US, 0.0),
+                                                   None))
+    assert "raw_client" not in tomllib.loads(out.read_text())["model"]
+    raw_client = load_model(out).raw_client
+    assert (raw_client.send_us, raw_client.receive_us, raw_client.delivery_us) == (
+        0.0, 0.0, 0.0)  # the model's default: nothing charged
+    reason = tomllib.loads(out.read_text())["model"]["measured"]["raw_client"]["reason"]
+    assert reason.endswith("no load CPU measured in publish_to_0, publish_to_10, "
+                           "publish_to_50; [model.raw_client] left out")
+    assert f"raw client    not measured: {reason}" in command.table(model).splitlines()
+
+
 def bench_result(busy: float, share: float, us: float) -> dict:
     return {"ours": 30_000.0, "bare": 31_000.0, "unit": "round trips/s",
             "other_cpu": 0.4, "client_cpu": 0.5, "busy_by_cpu": {"0": busy, "1": 0.9},
@@ -210,6 +351,20 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     assert swarms["requests"]["round_trips"] > 0 and swarms["deliveries"]["deliveries"] > 0
     assert swarms["requests"]["round_trip_us"] == pytest.approx(lg.send_us + lg.receive_us,
                                                                 abs=0.02)
+    # The raw client's costs, fitted from the load's own CPU in the publish steps.
+    fitted = raw["measured"]["raw_client"]
+    assert fitted["measured"] is True, fitted.get("reason")
+    assert [s["step"] for s in fitted["steps"]] == ["publish_to_0", "publish_to_10",
+                                                    "publish_to_50"]
+    rc = model.raw_client
+    assert raw["raw_client"] == {"send_us": rc.send_us, "receive_us": rc.receive_us,
+                                 "delivery_us": rc.delivery_us}
+    assert rc.send_us + rc.receive_us == pytest.approx(fitted["round_trip_us"], abs=0.02)
+    assert rc.delivery_us == fitted["delivery_us"]
+    assert rc.send_us + rc.receive_us > 0
+    for step in raw["measured"]["steps"]:  # the load's CPU is its event loop's
+        assert step["load_cpu_s"] > 0, step["step"]
+        assert step["load_other_threads_cpu_s"] <= 0.01 * step["load_cpu_s"], step["step"]
 
 
 @pytest.mark.parametrize("where", ["dir", "under_a_file"])

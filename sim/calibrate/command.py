@@ -36,7 +36,8 @@ from sim.virtual.model import OPERATIONS, RedisModel, load_model
 
 from ..tomlwrite import toml_text
 from . import loadgen, steps
-from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation
+from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation, used_rows
+from .rawclient import raw_client_costs
 from .servers import ROOT, CalibrationError, Processes, process_cpu_s, split_cpus
 from .steps import NUISANCE, Meter, Scale, Session
 
@@ -142,7 +143,7 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
             log(f"    {row.step}: {_ops_text(row.ops)} in {row.wall_s:.2f} s: "
                 f"{_per_op_us(row):.1f} us cpu per {_main_op(row)}; server "
                 f"{row.extra['server_busy']:.0%} busy, its core {others:.0%} busy "
-                "with others")
+                f"with others; load {row.extra['load_busy']:.0%} busy")
     log(f"[{total - 3}/{total}] publishes with 1 and with 8 in flight (batching, "
         "for the record)")
     batch = await steps.batching(s)
@@ -300,9 +301,10 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     lg = measured.get("load_generator")
     if lg is not None:
         model["load_generator"] = loadgen.load_generator_table(lg)
-        record["load_generator"] = {
-            **lg, "split": "receive_us = delivery_us (at most the round trip's CPU); "
-                           "send_us = the round trip's CPU less receive_us"}
+        record["load_generator"] = {**lg, "split": loadgen.SPLIT}
+    raw_client, record["raw_client"] = raw_client_costs(rows)
+    if raw_client is not None:
+        model["raw_client"] = raw_client
     return model
 
 
@@ -325,8 +327,7 @@ def _others(rows: list[Row]) -> float:
 
 
 def _step_records(rows: list[Row], fit: Fit) -> list[dict[str, Any]]:
-    used = [r for r in rows if r.cpu_s > 0 and any(r.ops.values())]
-    residual = dict(zip((r.step for r in used), fit.residuals, strict=True))
+    residual = dict(zip((r.step for r in used_rows(rows)), fit.residuals, strict=True))
     return [{"step": r.step, "ops": {op: int(n) for op, n in r.ops.items()},
              "cpu_s": round(r.cpu_s, 6), "wall_s": round(r.wall_s, 3), **r.extra,
              "fitted_cpu_s": round(fit.predicted_cpu_s(r), 6),
@@ -415,6 +416,12 @@ def table(model: dict[str, Any]) -> str:
     if lg is not None:
         lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
                      f"{lg['receive_us']} us, delivery {lg['delivery_us']} us of its core")
+    raw = model.get("raw_client")
+    if raw is not None:
+        lines.append(f"raw client    send {raw['send_us']} us, receive {raw['receive_us']} us, "
+                     f"delivery {raw['delivery_us']} us of its core")
+    else:
+        lines.append(f"raw client    not measured: {m['raw_client']['reason']}")
     if m["server_core_used_by_others"] > OTHERS_WARNING:
         lines.append(f"warning: other processes and interrupts used "
                      f"{m['server_core_used_by_others']:.0%} of the server's core during "

@@ -12,6 +12,7 @@ they share.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,32 +52,73 @@ class FitError(ValueError):
 
 def fit_costs(rows: Sequence[Row], unknowns: Iterable[str]) -> Fit:
     """Least-squares costs (us) of `unknowns` from `rows`; FitError if undetermined."""
+    names, a = _weighted_system(rows, unknowns)
+    solution, _, rank, _ = np.linalg.lstsq(a, np.ones(len(a)), rcond=None)
+    if rank < len(names):
+        raise FitError(f"the steps determine only {rank} of {len(names)} costs: "
+                       "two operations always occur together")
+    raw = {n: float(x) * 1e6 for n, x in zip(names, solution, strict=True)}
+    clamped = [n for n in names if not raw[n] > FLOOR_US]
+    costs = {n: (raw[n] if n not in clamped else FLOOR_US) for n in names}
+    residuals = [float(x - 1.0) for x in a @ solution]
+    return Fit(costs, raw, residuals, clamped)
+
+
+def fit_nonnegative(rows: Sequence[Row], unknowns: Iterable[str]) -> Fit:
+    """As `fit_costs` (same rows, same weights), but the least-squares costs under
+    the constraint that none is negative, and no floor: a cost the data put below
+    zero is held at 0 and named in `clamped`. Exact: the constrained optimum is the
+    unconstrained one over the costs not held at 0, for some set held at 0, so every
+    set is tried (2^n; meant for the two or three unknowns of a client's costs)."""
+    names, a = _weighted_system(rows, unknowns)
+    b = np.ones(len(a))
+    if np.linalg.matrix_rank(a) < len(names):
+        raise FitError(f"the steps determine only {np.linalg.matrix_rank(a)} of "
+                       f"{len(names)} costs: two operations always occur together")
+    best: tuple[float, np.ndarray] | None = None
+    for held in itertools.chain.from_iterable(
+            itertools.combinations(range(len(names)), k) for k in range(len(names))):
+        free = [i for i in range(len(names)) if i not in held]
+        part = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+        if (part < 0).any():
+            continue
+        x = np.zeros(len(names))
+        x[free] = part
+        err = float(np.sum((a @ x - b) ** 2))
+        if best is None or err < best[0]:
+            best = (err, x)
+    assert best is not None  # a >= 0, b > 0: a single free cost is never negative
+    x = best[1]
+    costs = {n: float(v) * 1e6 for n, v in zip(names, x, strict=True)}
+    residuals = [float(v - 1.0) for v in a @ x]
+    return Fit(costs, dict(costs), residuals, [n for n in names if costs[n] == 0])
+
+
+def _weighted_system(rows: Sequence[Row], unknowns: Iterable[str]
+                     ) -> tuple[list[str], np.ndarray]:
+    """(names, a) with `a @ cost_s = 1` the rows' equations, each divided by its CPU
+    (rows without CPU or without operations left out, as `used_rows` says)."""
     names = list(unknowns)
     index = {name: i for i, name in enumerate(names)}
-    used = [r for r in rows if r.cpu_s > 0 and any(r.ops.values())]
+    used = used_rows(rows)
     for r in used:
         unknown = set(r.ops) - set(index)
         if unknown:
             raise FitError(f"step {r.step}: operation {sorted(unknown)[0]} is not fitted")
     a = np.zeros((len(used), len(names)))
-    b = np.zeros(len(used))
     for i, r in enumerate(used):
         for op, n in r.ops.items():
             a[i, index[op]] = n / r.cpu_s
-        b[i] = 1.0
     missing = [n for n in names if not a[:, index[n]].any()] if used else names
     if missing:
         raise FitError(f"no measured step does {missing[0]}: its cost is undetermined")
-    solution, _, rank, _ = np.linalg.lstsq(a, b, rcond=None)
-    if rank < len(names):
-        raise FitError(f"the steps determine only {rank} of {len(names)} costs: "
-                       "two operations always occur together")
-    raw = {n: float(solution[index[n]]) * 1e6 for n in names}
-    clamped = [n for n in names if not raw[n] > FLOOR_US]
-    costs = {n: (raw[n] if n not in clamped else FLOOR_US) for n in names}
-    fitted = a @ solution
-    residuals = [float(x - 1.0) for x in fitted]
-    return Fit(costs, raw, residuals, clamped)
+    return names, a
+
+
+def used_rows(rows: Sequence[Row]) -> list[Row]:
+    """The rows a fit uses (its residuals are theirs, in this order): those with CPU
+    and with operations."""
+    return [r for r in rows if r.cpu_s > 0 and any(r.ops.values())]
 
 
 def lognormal(samples: Sequence[float]) -> tuple[float, float]:

@@ -201,8 +201,18 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
 
 def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
     """`[model.load_generator]` from `measure`'s figures."""
-    delivery_us = measured["deliveries"]["delivery_us"]
-    round_trip_us = measured["requests"]["round_trip_us"]
+    return client_table(measured["requests"]["round_trip_us"],
+                        measured["deliveries"]["delivery_us"])
+
+
+# How `client_table` splits a round trip, for the record of each load client measured.
+SPLIT = ("receive_us = delivery_us (at most the round trip's CPU); send_us = the round "
+         "trip's CPU less receive_us")
+
+
+def client_table(round_trip_us: float, delivery_us: float) -> dict[str, float]:
+    """A load client's `send_us`, `receive_us`, `delivery_us` from its CPU per round
+    trip and per delivered frame (as `SPLIT` says: only their sum is measured)."""
     receive_us = min(delivery_us, round_trip_us)
     return {"send_us": round(round_trip_us - receive_us, 2), "receive_us": round(receive_us, 2),
             "delivery_us": round(delivery_us, 2)}

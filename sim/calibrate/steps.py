@@ -1,5 +1,6 @@
 """The calibration steps: each loads the server with one kind of operation and
-returns `Row`s (operations done, server CPU used), one per kind of phase.
+returns `Row`s (operations done, server CPU used; the load's own CPU for the record
+and for the raw client's costs, `rawclient.py`), one per kind of phase.
 
 Between steps every socket is closed and the server is seen to have forgotten it
 (its `/v1/usage` counts no connection), so no step pays for the last one's cleanup.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -72,15 +75,39 @@ class Scale:
 
 @dataclass
 class Meter:
-    """Server CPU between two readings, and the server core's (busy, interrupts)."""
+    """Server CPU between two readings, the server core's (busy, interrupts), and the
+    load's CPU: this process's, where the raw clients run (all threads; the others
+    apart, as a check that they idle)."""
 
     server: Served
     core: int | None
     idle_per_s: float = 0.0
 
-    def read(self) -> tuple[float, float, float, float]:
+    def read(self) -> tuple[float, float, float, float, float, float]:
+        """(wall, server CPU, server core busy, its interrupts, load CPU, load CPU of
+        the threads other than this one), seconds."""
         busy, irq = core_seconds(self.core) if self.core is not None else (0.0, 0.0)
-        return time.perf_counter(), self.server.cpu_s(), busy, irq
+        # process_time (CLOCK_PROCESS_CPUTIME_ID, all threads, ns-precise even for the
+        # running one): the clock bench/planload.py reads for its load process
+        return (time.perf_counter(), self.server.cpu_s(), busy, irq, time.process_time(),
+                other_threads_cpu_s())
+
+
+def other_threads_cpu_s() -> float:
+    """CPU seconds run by this process's threads other than the calling one (the event
+    loop's): uvloop's libuv workers, pyarrow's jemalloc thread. From schedstat, which is
+    exact for a thread that is not running, as these should not be during a step."""
+    me = threading.get_native_id()
+    total = 0
+    for task in os.listdir("/proc/self/task"):
+        if int(task) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{task}/schedstat", "rb") as f:
+                total += int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return total / 1e9
 
 
 @dataclass
@@ -93,6 +120,8 @@ class Tally:
     wall_s: float = 0.0
     busy_s: float = 0.0
     irq_s: float = 0.0
+    load_s: float = 0.0
+    load_others_s: float = 0.0
 
     def add(self, before: tuple[float, ...], after: tuple[float, ...],
             ops: dict[str, float]) -> None:
@@ -100,6 +129,8 @@ class Tally:
         self.cpu_s += after[1] - before[1]
         self.busy_s += after[2] - before[2]
         self.irq_s += after[3] - before[3]
+        self.load_s += after[4] - before[4]
+        self.load_others_s += after[5] - before[5]
         for op, n in ops.items():
             self.ops[op] = self.ops.get(op, 0) + n
 
@@ -109,7 +140,11 @@ class Tally:
                    self.wall_s, {"server_cpu_s": round(self.cpu_s, 6),
                                  "server_busy": round(self.cpu_s / w, 3),
                                  "core_busy": round(self.busy_s / w, 3),
-                                 "core_irq": round(self.irq_s / w, 3)})
+                                 "core_irq": round(self.irq_s / w, 3),
+                                 "load_cpu_s": round(self.load_s, 6),
+                                 "load_busy": round(self.load_s / w, 3),
+                                 "load_other_threads_cpu_s": round(self.load_others_s,
+                                                                   6)})
 
 
 class Session:
