@@ -12,25 +12,28 @@ the first step whose publish p99 is over the limit or whose error rate is over 1
 (`capacity_of`). The capacity is the last step before it.
 
 The prediction (`predict_capacity`) runs every step in the virtual engine: the same
-server core, two virtual instances behind the virtual Redis, the calibrated costs, and
-the Subscriber and Publisher behaviours under the open model, as
-`sim.virtual.saturation` does. `bench` may not import `sim` (the layers keep the two
+server core, two virtual instances behind the virtual Redis, the Subscriber and
+Publisher behaviours under the open model, on a model of this machine calibrated just
+before (`rtmsim calibrate`, about a minute: a calibration from another hour is of
+another machine here, 30-60% apart). The deployment is modelled as it is: one machine
+(`[model] colocated = true`), where redis-server (`redis.server_us` a message) and the
+raw load process (`--load-generator raw`, `[model.raw_client]`) take turns with the
+instances on their two cores. `bench` may not import `sim` (the layers keep the two
 independent), so each step is an `rtmsim simulate` child and its run directory is read
 back. That function is the seam: once `rtmsim plan` answers "the largest load under
 the limits for K instances and this workload", it is one child of that instead.
 
-The real side shares its two cores with what the model does not see: the load
-process, redis-server and the kernel's loopback work. Every step records their CPU so
-a miss can be read against it.
+Every real step records the CPU of each process, interrupts and the rest of the
+machine, so a miss can be read against the model's CPU a publish.
 
-Where it stands (2 vCPU Xeon, 40 subscribers on 4 channels, 20 publishers; runs of
-2026-12-07 on a machine other sessions kept at load 3-4): predicted 5,178/s, measured
-1,815-1,997/s (+159% to +185%, outside 25%). The instances got 0.8-0.9 of their two
-cores: other processes took 0.7-1.0 core, and ours beside them (the load process,
-redis-server, interrupts) about 185 us of CPU a publish, a third of all the CPU a
-publish costs, which the model does not charge anywhere. Scaled to the cores the
-instances got, the prediction is +14% to +18% of the measured capacity; their own CPU a
-publish was 400-420 us against the engine's 364.
+Where it stands (2 vCPU Xeon, quiet machine, load average about 1; 40 subscribers on 4
+channels, 20 publishers), 2026-12-07 05:15: predicted 3,537/s, measured 2,657/s (+33%,
+outside 25%; it was +95% with the shipped model and no sharing). At the first step over
+the limit the deployment costs 662 us of CPU a publish in all (instances 540, load
+process 79, redis-server 44; interrupts are inside these), the model 566 (454, 63, 49):
+the instances' own CPU a publish is 19% above the calibrated costs when they share their
+cores and run below saturation, and the real p99 crosses 100 ms at 90% busy, the
+model's near 100%.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +60,7 @@ from loadtests.eventload import load_client_events
 from .plandeploy import Deployment
 from .planload import slots_between
 from .planreport import at_instance_cores, shared_cores
-from .procs import ROOT, BenchError, Child, checkout, machine
+from .procs import ROOT, BenchError, Child, checkout, json_child, machine
 from .validate import run_child
 
 P99_LIMIT_MS = 100.0
@@ -185,13 +189,16 @@ def _ms(x: float | None) -> str:
 # -- the prediction ------------------------------------------------------------------------
 
 
-def scenario_text(instances: int, workload: Workload, rate: float, ladder: Ladder) -> str:
+def scenario_text(instances: int, workload: Workload, rate: float, ladder: Ladder,
+                  colocated: bool = True) -> str:
     """One step as a scenario: the benchmarks' server config on `instances` instances
-    behind Redis, the workload's users under the open model at `rate` publishes/s in all.
+    behind Redis, the workload's users under the open model at `rate` publishes/s in all;
+    `colocated`: redis-server and the load process on the instances' cores, as here.
     """
     channels = json.dumps([f"{CHANNEL_PREFIX}{c}" for c in range(workload.channels)])
+    machine = "[model]\ncolocated = true\n" if colocated else ""
     return f"""{BENCH_CONFIG}
-[scenario]
+{machine}[scenario]
 name = "plancheck-{rate:.0f}"
 [server]
 seed = 1
@@ -268,9 +275,13 @@ def virtual_step(run_dir: Path, rate: float, ladder: Ladder, publishers: int
 
 def predict_capacity(instances: int, workload: Workload, ladder: Ladder,
                      model: Path | None, log: Callable[[str], None],
-                     keep: Path | None = None) -> dict[str, Any]:
+                     keep: Path | None = None, colocated: bool = True) -> dict[str, Any]:
     """The model's capacity for `instances` instances behind Redis and `workload`: the
-    ladder run in the virtual engine, judged as the real ladder is.
+    ladder run in the virtual engine, judged as the real ladder is. `colocated` (the
+    real deployment's case): one machine, so the model's redis-server and the raw load
+    process (`--load-generator raw`, the model's `raw_client` costs) take turns on the
+    instances' two cores; without it each has a core of its own, as the planner
+    assumes of a deployment.
 
     THE SEAM: once `rtmsim plan` gives the largest load under the limits for a
     deployment and a workload (its chosen deployment's headroom, as a multiple of the
@@ -281,13 +292,14 @@ def predict_capacity(instances: int, workload: Workload, ladder: Ladder,
     """
     base = keep.resolve() if keep else Path(tempfile.mkdtemp(prefix="rtmsim-plancheck-"))
     extra = ["--no-deliveries"] + (["--model", str(model.resolve())] if model else [])
+    extra += ["--load-generator", "raw"] if colocated else []
     started = time.perf_counter()
 
     def measure(rate: float) -> dict[str, Any]:
         step_dir = base / f"virtual-{rate:.0f}"
         scenario = step_dir.with_suffix(".toml")
         step_dir.parent.mkdir(parents=True, exist_ok=True)
-        scenario.write_text(scenario_text(instances, workload, rate, ladder))
+        scenario.write_text(scenario_text(instances, workload, rate, ladder, colocated))
         run_child("simulate", scenario, step_dir, users=None, seed=None,
                   log=lambda _: None, extra=extra)
         return virtual_step(step_dir, rate, ladder, workload.publishers)
@@ -297,7 +309,24 @@ def predict_capacity(instances: int, workload: Workload, ladder: Ladder,
         if keep is None:
             shutil.rmtree(base, ignore_errors=True)
     return {**result, "instances": instances, "model": str(model) if model else "shipped",
-            "wall_s": round(time.perf_counter() - started, 1)}
+            "colocated": colocated, "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def calibrate_here(out: Path, log: Callable[[str], None]) -> dict[str, Any]:
+    """`rtmsim calibrate` of this machine now (its Redis and raw client figures
+    included, not its Locust swarms), into `out`: the prediction's model. A model from
+    another hour is another machine here: the shipped one's costs were 30-60% lower
+    than a calibration of the same vCPU model on another day."""
+    args = [sys.executable, "-m", "sim.cli", "calibrate", "--no-load-generator", "--json",
+            "--out", str(out)]
+    result = json_child(args, "rtmsim calibrate", lambda line: log(f"  {line}"))
+    if not isinstance(result, dict) or "model" not in result or not out.is_file():
+        raise BenchError("rtmsim calibrate wrote no model")
+    model = result["model"]
+    return {"file": str(out), "costs_us": model["costs_us"], "redis": model.get("redis"),
+            "raw_client": model.get("raw_client"),
+            "cpu_model": model["measured"].get("cpu_model"),
+            "others": model["measured"].get("server_core_used_by_others")}
 
 
 # -- the real deployment -------------------------------------------------------------------
@@ -353,16 +382,25 @@ def measure_capacity(workload: Workload, ladder: Ladder, log: Callable[[str], No
 
 
 def plancheck(workload: Workload, ladder: Ladder, *, model: Path | None, keep: Path | None,
-              log: Callable[[str], None]) -> dict[str, Any]:
-    """The prediction (run first, while nothing else of ours runs), then the real
-    ladder; both capacities, their ratio and the 25 % verdict, and what shared the
-    real instances' cores at the measured capacity."""
+              log: Callable[[str], None], colocated: bool = True) -> dict[str, Any]:
+    """A calibration of this machine now (unless `model` is given), the prediction
+    from it (run first, while nothing else of ours runs), then the real ladder; both
+    capacities, their ratio and the 25 % verdict, and what shared the real instances'
+    cores at the measured capacity."""
     log(f"plancheck: {INSTANCES} instances behind Redis; {workload.subscribers} subscribers "
         f"on {workload.channels} channels (fan-out {workload.fanout:g}), "
         f"{workload.publishers} publishers; steps of {ladder.step_s:g} s from "
         f"{ladder.start_per_s:g} publishes/s, x{ladder.ratio:g}")
     load0 = os.getloadavg()[0]
-    predicted = predict_capacity(INSTANCES, workload, ladder, model, log, keep)
+    calibration = None
+    with tempfile.TemporaryDirectory(prefix="rtmsim-plancal-") as tmp:
+        if model is None:
+            model = (keep.resolve() if keep else Path(tmp)) / "model.toml"
+            model.parent.mkdir(parents=True, exist_ok=True)
+            log("plancheck: rtmsim calibrate (this machine, now)")
+            calibration = calibrate_here(model, log)
+        predicted = predict_capacity(INSTANCES, workload, ladder, model, log, keep,
+                                     colocated)
     measured = measure_capacity(workload, ladder, log)
     real, model_cap = measured["capacity_per_s"], predicted["capacity_per_s"]
     error = model_cap / real - 1 if real and model_cap else None
@@ -372,7 +410,8 @@ def plancheck(workload: Workload, ladder: Ladder, *, model: Path | None, keep: P
         "benchmark": "plancheck", "workload": {**asdict(workload), "fanout": workload.fanout},
         "ladder": {**asdict(ladder), "rates": ladder.rates()},
         "limits": {"p99_ms": P99_LIMIT_MS, "error_rate": ERROR_RATE_LIMIT},
-        "tolerance": TOLERANCE, "predicted": predicted, "measured": measured,
+        "tolerance": TOLERANCE, "calibration": calibration,
+        "predicted": predicted, "measured": measured,
         "ratio": round(real / model_cap, 4) if real and model_cap else None,
         "error": round(error, 4) if error is not None else None,
         "passed": error is not None and abs(error) <= TOLERANCE,
@@ -405,7 +444,11 @@ def add_plancheck_arguments(p: argparse.ArgumentParser, positive: Callable[[type
                    help=f"per step; the first {ladder.settle_s:g} s and last "
                    f"{ladder.tail_s:g} s are not judged (default {ladder.step_s:g})")
     p.add_argument("--model", type=Path, metavar="FILE",
-                   help="the prediction's model (default: the shipped calibration)")
+                   help="the prediction's model (default: `rtmsim calibrate` of this "
+                   "machine first, about a minute)")
+    p.add_argument("--apart", action="store_true",
+                   help="predict as if redis-server and the load process had cores of "
+                   "their own (the planner's deployment), not this machine's sharing")
     p.add_argument("--keep", type=Path, metavar="DIR",
                    help="keep the virtual steps' run directories in DIR")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -431,4 +474,5 @@ def plancheck_from_args(args: argparse.Namespace, log: Callable[[str], None]
         raise BenchError(f"--keep {args.keep}: exists and is not empty; choose another")
     workload = Workload(subscribers=args.subscribers, publishers=args.publishers,
                         channels=args.channels)
-    return plancheck(workload, ladder, model=args.model, keep=args.keep, log=log)
+    return plancheck(workload, ladder, model=args.model, keep=args.keep, log=log,
+                     colocated=not args.apart)

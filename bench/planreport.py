@@ -43,8 +43,14 @@ def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
             continue
         cpu = step["cpu"]
         names = sorted(k for k in cpu if k.startswith("i"))
+        busy = sum(step["busy_by_cpu"].values())
+        # Interrupts the kernel charged to the task they interrupted are inside the
+        # processes' CPU already (this kernel: the processes' CPU adds up to the
+        # cores' busy time, interrupts included); only what busy time has beyond the
+        # processes can be interrupts of their own.
+        irq_outside = max(0.0, min(step["irq_cpu"], busy - sum(cpu.values())))
         taken = {"load": cpu.get("load", 0.0), "redis": cpu.get("redis", 0.0),
-                 "irq": step["irq_cpu"], "other": step["other_cpu"]}
+                 "irq": round(irq_outside, 3), "other": step["other_cpu"]}
         twin = twins.get(rate)
         out[name] = {
             "rate": rate, "instances": {n: cpu[n] for n in names},
@@ -54,8 +60,10 @@ def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
                                         "engine": _us_per_publish(twin, names)},
             "redis_us_per_publish": _us_per_publish(step, ["redis"]),
             "load_us_per_publish": _us_per_publish(step, ["load"]),
-            "irq_us_per_publish": _us_per_publish({**step, "cpu": {"irq": step["irq_cpu"]}},
-                                                  ["irq"])}
+            "irq_us_per_publish": _us_per_publish({**step, "cpu": {"irq": irq_outside}},
+                                                  ["irq"]),
+            "irq_inside_us_per_publish": _us_per_publish(
+                {**step, "cpu": {"irq": step["irq_cpu"] - irq_outside}}, ["irq"])}
         ours = [out[name][k] for k in ("redis_us_per_publish", "load_us_per_publish",
                                        "irq_us_per_publish")]
         ours.append(out[name]["instance_us_per_publish"]["real"])
@@ -64,6 +72,21 @@ def shared_cores(measured: dict[str, Any], predicted: dict[str, Any]
             # the most two cores would carry at that price with nothing else running.
             out[name]["ours_us_per_publish"] = round(sum(ours), 1)
             out[name]["machine_alone_per_s"] = round(len(names) * 1e6 / sum(ours))
+    return out
+
+
+def model_us_per_publish(calibration: dict[str, Any] | None, fanout: float
+                         ) -> dict[str, float] | None:
+    """The calibrated model's CPU a publish of the workload, to hold against the
+    measured figures: both instances together, redis-server, the raw load process."""
+    if not calibration or not calibration.get("redis"):
+        return None
+    c, r = calibration["costs_us"], calibration["redis"]
+    out = {"instances": c["publish"] + r["send_us"] + r["receive_us"]
+           + fanout * c["delivery"], "redis-server": r["server_us"]}
+    raw = calibration.get("raw_client")
+    if raw:
+        out["load process"] = raw["send_us"] + raw["receive_us"] + fanout * raw["delivery_us"]
     return out
 
 
@@ -109,12 +132,17 @@ def plancheck_summary(result: dict[str, Any]) -> str:
                      + f" core; instance CPU per publish {per['real']} us (engine "
                      f"{per['engine']} us), redis-server {s['redis_us_per_publish']} us, "
                      f"load process {s['load_us_per_publish']} us, interrupts "
-                     f"{s['irq_us_per_publish']} us")
+                     f"{s['irq_us_per_publish']} us beside them (and "
+                     f"{s['irq_inside_us_per_publish']} us inside them)")
     over = result["shared"].get("over") or result["shared"].get("knee")
     if over and over.get("ours_us_per_publish"):
         lines.append(f"  all of it {over['ours_us_per_publish']} us of CPU a publish: two "
                      f"cores with nothing else on them carry at most "
                      f"{over['machine_alone_per_s']:,.0f}/s")
+    model = model_us_per_publish(result.get("calibration"), w["fanout"])
+    if model:
+        lines.append("  the model (this machine's calibration): " + ", ".join(
+            f"{k} {v:.0f} us" for k, v in model.items()) + " a publish")
     scaled = result["at_instance_cores"]
     if scaled:
         lines.append(f"  the prediction at the {scaled['instance_cores']:.2f} cores the "

@@ -183,10 +183,12 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
     assert two["passed"] and two["storm"] is not None
     assert two["storm"]["errors_by_code"].get("close 1001") is None  # the storm itself
     # The work the counters account for is what the core did, hop included (each
-    # instance pays it for every publish behind Redis).
+    # instance sends half the publishes and receives the other half).
     steady = two["steady"]["resource"]
     assert sum(steady["parts"].values()) == pytest.approx(steady["share"], abs=0.02)
-    assert steady["parts"]["redis_hop"] == pytest.approx(200 * 140.89e-6, rel=0.05)
+    redis = load_model().redis
+    assert steady["parts"]["redis_hop"] == pytest.approx(
+        100 * (redis.send_us + redis.receive_us) / 1e6, rel=0.05)
     # 200 publishes/s accepted in steady state, split over the two instances.
     assert two["steady"]["msgs_per_s"] == pytest.approx(200, rel=0.05)
     # The headroom was pushed until a limit was crossed: two instances run out too.
@@ -198,6 +200,28 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
     html = (out / "plan.html").read_text()
     assert "data:image/png;base64," in html and "slow publish (a test)" in html
     assert (out / "points" / "k2-x1" / "run.json").exists()
+
+
+def test_plan_stops_when_redis_server_is_what_binds(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # One instance runs out (4.5 ms a publish); behind Redis, redis-server at 5 ms a
+    # message carries 200 publishes/s at 100% of its core: more instances cannot help.
+    slow_redis = SLOW_PUBLISH + "[model.redis]\nserver_us = 5000.0\n"
+    path = scenario_file(tmp_path, TINY + slow_redis)
+    out = tmp_path / "plan"
+    code = main(["plan", str(path), "--connections", "60", "--msgs-per-s", "200",
+                 "--steady-s", "10", "--loads", "1", "--jobs", "1", "--max-instances", "4",
+                 "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 1, printed
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["answer"]["instances"] is None
+    assert "redis-server" in plan["answer"]["stopped"]
+    behind = [p for p in plan["points"] if p["instances"] > 1]
+    assert len(behind) == 1  # no more instances tried after it
+    steady = behind[0]["steady"]["resource"]
+    assert steady["kind"] == "redis_server"
+    assert steady["share"] == pytest.approx(200 * 5000e-6, rel=0.05)
 
 
 def test_plan_stops_when_the_apps_plan_is_what_binds(tmp_path: Path,

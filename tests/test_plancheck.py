@@ -23,7 +23,12 @@ from bench.plancheck import (
     step_figures,
 )
 from bench.planload import slots_between
-from bench.planreport import at_instance_cores, plancheck_summary, shared_cores
+from bench.planreport import (
+    at_instance_cores,
+    model_us_per_publish,
+    plancheck_summary,
+    shared_cores,
+)
 from sim.scenario import parse_scenario
 from sim.virtual.model import DEFAULT_MODEL
 from sim.virtual.spawn import class_order
@@ -199,6 +204,30 @@ def test_what_shared_the_cores_is_read_at_the_knee_and_at_the_first_step_over_it
     # the model's 4000/s is for two whole cores; the instances got 1.5 of them
     assert at_instance_cores(4000, 2000, shared) == {"instance_cores": 1.5,
                                                      "predicted": 3000, "error": 0.5}
+
+
+def test_interrupts_inside_the_processes_cpu_are_not_counted_twice():
+    # The processes' CPU adds up to the cores' busy time: the interrupts (0.3 core)
+    # were charged to the tasks they interrupted, and are already inside it.
+    over = step(2500, {"i0": 0.8, "i1": 0.8, "redis": 0.125, "load": 0.275}, crossed=True,
+                irq=0.3)
+    measured = {"steps": [step(2000, {"i0": 0.5, "i1": 0.5}), over],
+                **capacity_of([{"rate": 2000, "crossed": []},
+                               {"rate": 2500, "crossed": ["p99 x"]}])}
+    shared = shared_cores(measured, {"steps": []})["over"]
+    assert shared["taken"]["irq"] == 0.0
+    assert (shared["irq_us_per_publish"], shared["irq_inside_us_per_publish"]) == (0.0, 120.0)
+    assert shared["ours_us_per_publish"] == 800.0  # 640 + 50 + 110, no interrupts again
+    assert shared["machine_alone_per_s"] == 2500
+
+
+def test_the_model_side_of_a_publish_comes_from_the_calibration():
+    calibration = {"costs_us": {"publish": 50.0, "delivery": 5.0},
+                   "redis": {"send_us": 250.0, "receive_us": 80.0, "server_us": 45.0},
+                   "raw_client": {"send_us": 12.0, "receive_us": 4.0, "delivery_us": 4.0}}
+    assert model_us_per_publish(calibration, 10.0) == {
+        "instances": 430.0, "redis-server": 45.0, "load process": 56.0}
+    assert model_us_per_publish(None, 10.0) is None
 
 
 def test_the_summary_gives_both_capacities_and_the_verdict():

@@ -31,7 +31,7 @@ from .workload import Mix, Targets, Timing, plan_mix, point_scenario
 
 GUESS_SHARE = 0.7  # the first guess aims the busiest core at this share in steady state
 GUESS_WAVE_S = 2.0  # ... and a wave's reconnects at this much CPU (retryAfterMs + jitter)
-UNFIXABLE = ("plan_quota", "redis_outage")
+UNFIXABLE = ("plan_quota", "redis_outage", "redis_server")
 MAX_LOAD = 16.0  # the curve of the answer goes this far (x the target) to find its limit
 
 
