@@ -402,3 +402,24 @@ def test_a_server_that_fails_to_start_is_one_line(
                        "code 2): rtmsim: cannot listen on 127.0.0.1")
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "m.toml").exists()
+
+
+def test_the_wake_ups_cpu_is_taken_out_of_their_latency(tmp_path: Path) -> None:
+    # Back to back a ping costs the server 30 us and takes 0.1 ms; after 200 ms idle
+    # (5 a second) 230 us and 0.5 ms; after 1 ms idle 80 us and 0.2 ms.
+    rows = with_load(steps_like_calibrate(KNOWN_US, 0.0), RAW_US)
+    measured = {**measured_like_calibrate(rows),
+                "rtts": [0.0001] * 100, "rtt_cpu": 30e-6,
+                "idle_cpu": {5.0: 230e-6, 1000.0: 80e-6}}
+    model = command.build_model(measured, Scale(), MACHINE, WHEN)
+    assert model["wake_cpu_curve"] == [[1.0, 50.0], [200.0, 200.0]]
+    # 400 us more a round trip after 200 ms idle, 200 of them the server's CPU.
+    assert model["wake_curve"] == [[1.0, 50.0], [200.0, 200.0]]
+    out = tmp_path / "model.toml"
+    out.write_text(toml_text({"model": model}, command.header(model, Scale())))
+    assert load_model(out).wake_cpu_curve == ((1.0, 50.0), (200.0, 200.0))
+    # Without the CPU figures (an older calibration) the latency keeps all of it
+    # (back to back: a median of 0.1495 ms).
+    older = command.build_model(measured_like_calibrate(rows), Scale(), MACHINE, WHEN)
+    assert older["wake_cpu_curve"] == []
+    assert older["wake_curve"] == [[1.0, 50.5], [200.0, 350.5]]

@@ -150,13 +150,15 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"    {batch['publish_us_1_in_flight']} us cpu per publish with 1 in flight, "
         f"{batch['publish_us_8_in_flight']} with 8")
     log(f"[{total - 2}/{total}] round trips (one ping in flight)")
-    rtts = await steps.round_trips(s)
-    log(f"    {len(rtts)} round trips, median {statistics.median(rtts) * 1e3:.3f} ms")
+    rtts, rtt_cpu = await steps.round_trips(s)
+    log(f"    {len(rtts)} round trips, median {statistics.median(rtts) * 1e3:.3f} ms, "
+        f"{rtt_cpu * 1e6:.1f} us server cpu each")
     log(f"[{total - 1}/{total}] round trips after an idle 1/rate, rate "
         f"{', '.join(f'{r:g}' for r in steps.WAKE_RATES)} a second")
-    idle_rtts = await steps.idle_round_trips(s)
+    idle_rtts, idle_cpu = await steps.idle_round_trips(s)
     log("    medians " + ", ".join(f"{statistics.median(v) * 1e3:.3f}" for v in
-                                   idle_rtts.values()) + " ms")
+                                   idle_rtts.values()) + " ms; server cpu each "
+        + ", ".join(f"{v * 1e6:.1f}" for v in idle_cpu.values()) + " us")
     log(f"[{total}/{total}] publish -> delivery, one message in flight")
     local = await steps.delivery_latencies(s.server.ws_url, s.server.ws_url,
                                            sc.latency_samples // 4, sc.seconds / 2)
@@ -164,7 +166,8 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"    {len(local)} deliveries, median {statistics.median(local) * 1e3:.3f} ms")
     speed.append(steps.spin_rate())
     return {"rows": rows, "idle_per_s": s.meter.idle_per_s, "rtts": rtts,
-            "idle_rtts": idle_rtts, "local_delivery": local, "batching": batch,
+            "idle_rtts": idle_rtts, "rtt_cpu": rtt_cpu, "idle_cpu": idle_cpu,
+            "local_delivery": local, "batching": batch,
             "spin_rate": speed}
 
 
@@ -285,14 +288,21 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "steps": _step_records(rows, fit),
     }
     network = {"median_ms": round(median_ms, 4), "sigma": round(sigma, 3)}
+    wake_cpu = wake_cpu_curve(measured.get("rtt_cpu"), measured.get("idle_cpu"))
     record["wake"] = {
         "round_trips_median_ms": {f"{rate:g}": round(statistics.median(v) * 1e3, 4)
                                   for rate, v in measured["idle_rtts"].items()},
+        "server_cpu_us": {"back_to_back": round(measured.get("rtt_cpu", math.nan) * 1e6, 2),
+                          **{f"{rate:g}": round(v * 1e6, 2) for rate, v in
+                             (measured.get("idle_cpu") or {}).items()}},
         "wake_curve": "[1000/rate ms, (median round trip at rate - median back to back) "
-                      "us], a ping at a time 1/rate apart"}
+                      "us - the wake_cpu_curve's us there], a ping at a time 1/rate apart",
+        "wake_cpu_curve": "[1000/rate ms, server CPU a round trip at rate - back to back "
+                          "us]"}
     model = {
         "name": name, "source": source, "cores": 1, "backlog": 2048,
-        "wake_curve": wake_curve(measured["rtts"], measured["idle_rtts"]),
+        "wake_curve": wake_curve(measured["rtts"], measured["idle_rtts"], wake_cpu),
+        "wake_cpu_curve": wake_cpu,
         "costs_us": {op: round(v, 2) for op, v in costs.items()},
         "network": network,
         "redis": redis_table,
@@ -308,14 +318,28 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     return model
 
 
-def wake_curve(back_to_back: list[float], idle: dict[float, list[float]]
-               ) -> list[list[float]]:
+def wake_curve(back_to_back: list[float], idle: dict[float, list[float]],
+               cpu: list[list[float]] | None = None) -> list[list[float]]:
     """`wake_curve` points: after 1/rate idle, what a round trip takes beyond one
-    back to back (medians; never below 0), idle ascending."""
+    back to back (medians; never below 0), idle ascending; less the server's extra CPU
+    at that idle (`cpu`: the `wake_cpu_curve`), which the engine charges as CPU."""
     base = statistics.median(back_to_back)
-    points = [[round(1e3 / rate, 3), round(max(0.0, statistics.median(rtts) - base) * 1e6, 1)]
+    extra_cpu = {ms: us for ms, us in cpu or []}
+    points = [[ms := round(1e3 / rate, 3),
+               round(max(0.0, (statistics.median(rtts) - base) * 1e6
+                         - extra_cpu.get(ms, 0.0)), 1)]
               for rate, rtts in idle.items() if rtts]
     return sorted(points)
+
+
+def wake_cpu_curve(back_to_back_cpu: float | None, idle_cpu: dict[float, float] | None
+                   ) -> list[list[float]]:
+    """`wake_cpu_curve` points: after 1/rate idle, the server's CPU a round trip beyond
+    one back to back (never below 0), idle ascending; none without the figures."""
+    if back_to_back_cpu is None or not idle_cpu or back_to_back_cpu != back_to_back_cpu:
+        return []
+    return sorted([round(1e3 / rate, 3), round(max(0.0, cpu - back_to_back_cpu) * 1e6, 1)]
+                  for rate, cpu in idle_cpu.items() if cpu == cpu)
 
 
 def _others(rows: list[Row]) -> float:
@@ -402,6 +426,9 @@ def table(model: dict[str, Any]) -> str:
         f"({m['network']['round_trips']} round trips)",
         "wake-up       " + ", ".join(f"{us:g} us after {ms:g} ms idle"
                                      for ms, us in model["wake_curve"]),
+        "wake-up CPU   " + (", ".join(f"{us:g} us after {ms:g} ms idle"
+                                      for ms, us in model["wake_cpu_curve"])
+                            or "not measured"),
         f"redis         send {red['send_us']} us, receive {red['receive_us']} us, "
         f"redis-server {red['server_us']} us, latency {red['latency_ms']} ms"
         + ("" if m["redis"]["measured"] else "  (defaults: not measured)"),

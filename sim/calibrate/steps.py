@@ -424,37 +424,52 @@ async def rest_publishes(s: Session) -> list[Row]:
     return [t.row(s.meter.idle_per_s)]
 
 
-async def round_trips(s: Session) -> list[float]:
-    """Light-load ping round trips (one in flight), in seconds."""
+async def round_trips(s: Session) -> tuple[list[float], float]:
+    """Light-load ping round trips (one in flight), in seconds, and the server's CPU
+    a round trip (over its idle CPU)."""
     (client,) = await s.requesters(1)
     client.rtts = []
     start = time.perf_counter()
     budget = s.scale.latency_samples
+    before = s.meter.read()
     while len(client.rtts) < budget and s.until(start):
         await run_each([client], [[b'{"type":"ping"}'] * min(100, budget)], (b'"pong"',))
+    cpu = _cpu_per(s, before, len(client.rtts))
     await s.done_with([client])
-    return client.rtts[:budget]
+    return client.rtts[:budget], cpu
+
+
+def _cpu_per(s: Session, before: tuple[float, ...], n: int) -> float:
+    """The server's CPU since `before` over its idle CPU, a round trip of `n`."""
+    after = s.meter.read()
+    cpu = after[1] - before[1] - s.meter.idle_per_s * (after[0] - before[0])
+    return max(0.0, cpu) / n if n else float("nan")
 
 
 # Round trips a second of the idle-server step: one ping each 1/rate apart.
 WAKE_RATES = (5.0, 20.0, 100.0, 300.0, 1000.0)
 
 
-async def idle_round_trips(s: Session) -> dict[float, list[float]]:
+async def idle_round_trips(s: Session) -> tuple[dict[float, list[float]], dict[float, float]]:
     """Ping round trips (one in flight, seconds), `1/rate` apart for each of
-    `WAKE_RATES`: how long a server (and a client) that slept take to answer."""
+    `WAKE_RATES`: how long a server (and a client) that slept take to answer, and the
+    server's CPU a round trip at each rate (a core that slept runs slower: cold caches,
+    the wake-up itself)."""
     (client,) = await s.requesters(1)
     out: dict[float, list[float]] = {}
+    cpu: dict[float, float] = {}
     per_rate = max(0.5, s.scale.seconds)
     for rate in WAKE_RATES:
         client.rtts = []
         start = time.perf_counter()
+        before = s.meter.read()
         while time.perf_counter() - start < per_rate:
             await run_each([client], [[b'{"type":"ping"}']], (b'"pong"',))
             await asyncio.sleep(1.0 / rate)
         out[rate] = client.rtts
+        cpu[rate] = _cpu_per(s, before, len(client.rtts))
     await s.done_with([client])
-    return out
+    return out, cpu
 
 
 async def delivery_latencies(ws_pub: str, ws_sub: str, samples: int,

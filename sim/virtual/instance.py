@@ -85,12 +85,13 @@ class Instance:
         self.connects_waiting = 0  # upgrades in the accept queue (the listen backlog)
         self.costs = {op: model.cost_s(op) for op in model.costs_us}
         self.wake = WakeCurve(model.wake_curve)
+        self.wake_cpu = WakeCurve(model.wake_cpu_curve)
         self.cursor = 0.0  # within a job: the virtual time its output has reached
         self.timers: dict[int, Any] = {}
 
     # -- the event loop: one job at a time, FIFO -----------------------------------------
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], None], own: bool = True) -> None:
         """Queue `job`: it runs when the core is free, and its output leaves as its
         costs accrue (`spend` advances `self.cursor`).
 
@@ -99,21 +100,24 @@ class Instance:
         (the core's clock reads the job's start). Every input of a queued job has
         arrived, and everything else that touches this instance's state is a job too,
         so this keeps a FIFO core's order; what the stats show runs at most the
-        horizon ahead.
+        horizon ahead. `own`: the instance's work (not another process's, `lend`).
         """
         now = self.env.now
         if self.free_at <= now and not self.queue:
-            # An idle core first wakes up (latency, not CPU): the job runs that much
-            # later, and what arrives meanwhile queues behind it.
-            self._run(job, now + self.wake(now - self.free_at))
+            # An idle core first wakes up: the job runs that much later, and what
+            # arrives meanwhile queues behind it; and it runs slower (more CPU) the
+            # longer the core idled.
+            idle = now - self.free_at
+            self._run(job, now + self.wake(idle), self.wake_cpu(idle) if own else 0.0)
             return
         self.queue.append(job)
         if not self.draining:
             self.draining = True
             self.engine.at(self.free_at, self._drain)
 
-    def _run(self, job: Callable[[], None], start: float) -> None:
-        self.started = self.cursor = start
+    def _run(self, job: Callable[[], None], start: float, extra: float = 0.0) -> None:
+        self.started = start
+        self.cursor = start + extra
         job()
         self.busy_s += self.cursor - start
         self.free_at = self.cursor
@@ -155,7 +159,7 @@ class Instance:
             self.lent_s += seconds
             if then is not None:
                 then(self.cursor)
-        self.submit(job)
+        self.submit(job, own=False)
 
     # -- jobs ----------------------------------------------------------------------------
 
