@@ -311,3 +311,29 @@ def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:
     a = events(simulate(tmp_path, text, model, "a"))
     b = events(simulate(tmp_path, text, model, "b"))
     assert a == b and len(a) > 100
+
+
+SLOW_SOAK = """
+[server]
+seed = 6
+[swarm]
+users = 40
+spawn_rate = 10
+duration_s = 12
+shape = { kind = "soak", users = 40, spawn_rate = 10, duration_s = 12 }
+[swarm.classes.Subscriber]
+fixed_count = 39
+[swarm.classes.Chatter]
+fixed_count = 1
+"""
+
+
+def test_a_shape_slower_than_its_target_spawns_each_user_once(tmp_path: Path) -> None:
+    # The shape asks for 40 users each second and they come 10 a second: each tick
+    # once added its shortfall again on top of the spawns still on their way, and the
+    # 41st spawn found every class at its fixed_count (StopIteration).
+    run_dir = simulate(tmp_path, SLOW_SOAK, QUIET)
+    connects = sorted(r["t"] - ORIGIN for r in events(run_dir) if r["op"] == "connect")
+    assert len(connects) == 40
+    # Locust's pace: 10 at the start of each second, for four seconds.
+    assert [sum(1 for t in connects if s <= t < s + 1) for s in range(5)] == [10] * 4 + [0]

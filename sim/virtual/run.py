@@ -105,6 +105,8 @@ class VirtualRun:
         self.wall_s = 0.0
         self.busiest_share = 0.0  # of a modelled Locust process, in its busiest second
         self.redis: VirtualRedis | None = None
+        self.batch = 0  # the spawn batch whose spawns still count (`_spawn_batches`)
+        self.batch_left, self.batch_rate = 0, 0.0  # its spawns to come, and its rate
 
     # -- building --------------------------------------------------------------------------
 
@@ -152,10 +154,15 @@ class VirtualRun:
         self.order = class_order({n: (p.weight, p.fixed_count)
                                   for n, p in self.params.items()})
 
-    def _spawn(self) -> None:
+    def _spawn(self, batch: int) -> None:
+        if batch != self.batch:  # a later target replaced this spawn, as Locust does
+            return
+        self.batch_left -= 1
+        name = next(self.order, None)
+        if name is None:  # every class at its fixed_count: Locust spawns no more
+            return
         engine = self.engine
         index = len(self.clients) + 1
-        name = next(self.order)
         params = self.params[name]
         user = f"{name}-virtual-{index}"
         instances = engine.instances
@@ -188,11 +195,18 @@ class VirtualRun:
 
     def _spawn_batches(self, users: int, rate: float, start: float) -> None:
         """`users` more, as Locust spawns them: `rate` at once each second (a few ms
-        apart), the rest a second later."""
+        apart), the rest a second later. A new batch replaces the spawns of the last
+        one still to come (Locust's runner restarts its spawning on every new target,
+        from the users it has): a shape's tick each second would otherwise add its
+        shortfall again on top of the spawns still on their way. One callable for the
+        whole batch (a million spawns hold one, not a million)."""
+        self.batch += 1
+        self.batch_left, self.batch_rate = users, rate
+        spawn = functools.partial(self._spawn, self.batch)
         per = max(1, int(rate))
         gap = 1.0 / per if self.even_spawn else SPAWN_GAP_S
         for i in range(users):
-            self.engine.at(start + i // per + (i % per) * gap, self._spawn)
+            self.engine.at(start + i // per + (i % per) * gap, spawn)
 
     def _shape_tick(self) -> None:
         """Follow the shape as Locust's runner does, once a second."""
@@ -204,8 +218,12 @@ class VirtualRun:
         users, rate = want
         live = [c for c in self.clients if not c.stopped]
         if users > len(live):
-            self._spawn_batches(users - len(live), rate, self.engine.env.now)
-        elif users < len(live):
+            # The batch on its way already spawns exactly this: keep it (restarting it
+            # each second would schedule a ramp's spawns over and over).
+            if (users - len(live), rate) != (self.batch_left, self.batch_rate):
+                self._spawn_batches(users - len(live), rate, self.engine.env.now)
+        else:
+            self.batch += 1  # a lower target (or the same) stops the spawning
             for client in live[users:]:
                 self._stop_one(client)
         self.engine.after(1.0, self._shape_tick)
