@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from loadtests.accounting import delivery_report, delivery_report_of_run
+from loadtests.accounting import DeliveryReport, delivery_report, delivery_report_of_run
 from loadtests.eventload import load_client_events
 
 from .codes import NEVER_RETRY
@@ -41,6 +41,35 @@ def percentiles_of(samples: np.ndarray | pd.Series,
     for p, v in zip(percentiles, values, strict=True):
         out[percentile_name(p)] = float(v)
     out["max"] = float(x.max()) if len(x) else np.nan
+    return out
+
+
+def histogram_percentiles(bounds_ms: Sequence[float], counts: Sequence[int],
+                          percentiles: Sequence[float] = (50, 90, 99, 99.9)
+                          ) -> dict[str, float]:
+    """`percentiles_of` from a histogram (counts[i]: samples at or under bounds_ms[i]
+    and above the bound before; one more count, above the last): each percentile as
+    the upper bound of the bin holding the upper of the two samples PERCENTILE_METHOD
+    ("linear") interpolates between, so never below the percentile of the raw samples
+    and at most two bins' width above (a bin: 12% here; two when the two samples
+    straddle a bound). The mean
+    takes each bin's upper bound too; max is the highest non-empty bin's bound (inf
+    past the last)."""
+    n = int(sum(counts))
+    out: dict[str, float] = {"count": n, "mean": np.nan}
+    if not n:
+        out.update({percentile_name(p): np.nan for p in percentiles}, max=np.nan)
+        return out
+    tops = np.append(np.asarray(bounds_ms, dtype=float), np.inf)
+    c = np.asarray(counts, dtype=np.int64)
+    cum = np.cumsum(c)
+    for p in percentiles:
+        upper = int(np.ceil(p / 100 * (n - 1) - 1e-9))  # 0-based, as numpy's "linear"
+        out[percentile_name(p)] = float(tops[int(np.searchsorted(cum, upper + 1))])
+    finite = np.isfinite(tops)
+    out["mean"] = float((c[finite] * tops[finite]).sum() / n) if c[~finite].sum() == 0 \
+        else np.inf
+    out["max"] = float(tops[np.nonzero(c)[0][-1]])
     return out
 
 
@@ -103,8 +132,16 @@ def _latency_series(latency: pd.Series, ts: np.ndarray, rows: np.ndarray) -> pd.
                      index=pd.Index(ts[rows], name="ts"), name="delivery_latency_ms")
 
 
-def delivery(run: Run) -> dict[str, int]:
-    """End-to-end accounting (`loadtests.accounting`): owed, delivered, lost, duplicates."""
+def delivery(run: Run) -> dict[str, Any]:
+    """End-to-end accounting (`loadtests.accounting`): owed, delivered, lost, duplicates.
+
+    A run without a row a delivery (`--no-deliveries`) cannot say which recipient got
+    which message: everything the (message, recipient) pairs decide (owed, delivered,
+    lost, duplicates) is None, not measured; `frames` is the delivered frames its
+    histogram holds, and `logged` says so."""
+    if run.delivery_histogram is not None:
+        return {**dict.fromkeys(DeliveryReport.__dataclass_fields__),
+                "frames": run.delivery_count(), "logged": False}
     if "delivery" not in run._cache:
         report = delivery_report_of_run(run.dir, run.client) if run.deliveries_on_disk \
             else delivery_report(run.client)

@@ -80,8 +80,21 @@ class Run:
             self._cache["requests"] = c[~c.op.isin(NOTE_OPS)]
         return self._cache["requests"]
 
+    @property
+    def delivery_histogram(self) -> dict[str, Any] | None:
+        """A virtual run's deliveries by latency when it logged no row each
+        (`rtmsim simulate --no-deliveries`): {bounds_ms, counts}; None when it did."""
+        engine = self.meta.get("engine") or {}
+        if engine.get("deliveries_logged", True):
+            return None
+        return engine.get("delivery_histogram") or {"bounds_ms": [], "counts": []}
+
     def delivery_count(self) -> int:
-        """Delivery rows of the client log (in `client`, or counted on disk)."""
+        """Delivery rows of the client log (in `client`, or counted on disk); without
+        rows, the deliveries the virtual run's histogram holds."""
+        hist = self.delivery_histogram
+        if hist is not None:
+            return int(sum(hist["counts"]))
         if self.deliveries_on_disk:
             return self.deliveries_extent[0]
         return int((self.client.op == "deliver").sum())

@@ -26,6 +26,7 @@ from .latency import (
     amplification_by_policy,
     delivery,
     delivery_latency,
+    histogram_percentiles,
     latency_percentiles,
     percentiles_of,
     reused_message_ids,
@@ -66,6 +67,14 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return df.to_dict("records")
 
 
+def delivery_percentiles(run: Run, latencies: pd.Series) -> dict[str, float]:
+    """Delivery latency percentiles: of the rows, or of a virtual run's histogram."""
+    hist = run.delivery_histogram
+    if hist is not None:
+        return histogram_percentiles(hist["bounds_ms"], hist["counts"])
+    return percentiles_of(latencies.to_numpy())
+
+
 def summary(run: Run) -> dict[str, Any]:
     """Headline numbers, per-code tables and warnings for one run (JSON-ready)."""
     acct = delivery(run)  # first: its peak memory is the largest, and nothing else is held
@@ -98,7 +107,7 @@ def summary(run: Run) -> dict[str, Any]:
         "closes": close_section(run),
         "latency_ms": {str(op): {**row.to_dict(), "count": int(row["count"])}
                        for op, row in lat.iterrows()},
-        "delivery_latency_ms": percentiles_of(dlat.to_numpy()),
+        "delivery_latency_ms": delivery_percentiles(run, dlat),
         "delivery": {**acct, "reused_message_ids": reused},
         "retry_amplification": amp,
         "never_retry_violations": {
@@ -174,6 +183,11 @@ def summary_warnings(run: Run, violations: pd.DataFrame, rec: dict[str, Any],
             f"({top.user_class or '?'}) got {top.code} on {top.op or 'an unparsed frame'} "
             f"{int(top.repeats) + 1} times on connection {top.instance}/{top.conn}")
     warnings.extend(f"unreconciled: {d}" for d in rec["differences"])
+    if acct.get("logged") is False:
+        warnings.append("delivery: no row a delivery (rtmsim simulate --no-deliveries): "
+                        "lost, duplicate and reordered deliveries are not measured, and "
+                        "delivery latency is read from a histogram (each value as its "
+                        "bin's upper bound, bins 12% wide)")
     if acct["lost"]:
         warnings.append(f"delivery: {acct['lost']} of {acct['expected']} owed deliveries "
                         "lost")

@@ -30,7 +30,7 @@ from .. import rundir
 from ..scenario import Scenario, run_meta
 from .clients import VirtualClient
 from .cluster import ClusterBackend, SharedLedgers, VirtualRedis
-from .engine import Engine
+from .engine import LATENCY_BOUNDS_MS, Engine
 from .instance import Instance
 from .model import Model
 from .rng import SmallRandom
@@ -373,6 +373,15 @@ class VirtualRun:
                 "colocated": self.model.colocated,
                 **dataclasses.asdict(args["load_costs"])}
 
+    def _delivery_histogram(self) -> dict[str, Any] | None:
+        """Without a log row a delivery (`--no-deliveries`), what the analysis reads
+        instead: the deliveries by publish-to-read latency (counts[i]: at or under
+        bounds_ms[i], above the one before; the last, above every bound)."""
+        if self.log_deliveries or not hasattr(self, "engine"):
+            return None
+        return {"bounds_ms": LATENCY_BOUNDS_MS.tolist(),
+                "counts": self.engine.latency_hist.tolist()}
+
     def _redis_meta(self) -> dict[str, Any] | None:
         """redis-server's modelled CPU, and what other processes took of the
         instances' cores (`Model.colocated`)."""
@@ -398,6 +407,7 @@ class VirtualRun:
             "server_lead_s": SERVER_LEAD_S,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
             "deliveries_logged": self.log_deliveries,
+            "delivery_histogram": self._delivery_histogram(),
             "load_generator": self._load_generator_meta(), "host": self._redis_meta()}
         (self.dir / rundir.RUN).write_text(json.dumps(self.meta, indent=2, sort_keys=True,
                                                       default=str))
