@@ -26,14 +26,13 @@ the limits for K instances and this workload", it is one child of that instead.
 Every real step records the CPU of each process, interrupts and the rest of the
 machine, so a miss can be read against the model's CPU a publish.
 
-Where it stands (2 vCPU Xeon, quiet machine, load average about 1; 40 subscribers on 4
-channels, 20 publishers), 2026-12-07 05:15: predicted 3,537/s, measured 2,657/s (+33%,
-outside 25%; it was +95% with the shipped model and no sharing). At the first step over
-the limit the deployment costs 662 us of CPU a publish in all (instances 540, load
-process 79, redis-server 44; interrupts are inside these), the model 566 (454, 63, 49):
-the instances' own CPU a publish is 19% above the calibrated costs when they share their
-cores and run below saturation, and the real p99 crosses 100 ms at 90% busy, the
-model's near 100%.
+Where it stands (2 vCPU Intel Xeon, quiet, load average about 1; 40 subscribers on 4
+channels, 20 publishers; 2026-12-07 05:18-05:28): predicted 2,923/s in three runs,
+measured 2,657, 2,416 and 2,657/s (+10%, +21%, +10%: within 25%). The shipped model with
+each process on a core of its own predicted 5,178 (+95%). What is left: the real p99
+climbs well before the cores fill (25-94 ms at 85-95% busy; the model's stays near 2 ms
+until they are full), and the calibration's Redis sender figure spreads 270-359 us
+between calibrations minutes apart.
 """
 
 from __future__ import annotations
