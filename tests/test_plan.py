@@ -16,7 +16,7 @@ import pytest
 
 from server.schema import ConfigError
 from sim.cli import main
-from sim.plan.point import planned_closes
+from sim.plan.point import planned_closes, work_shares
 from sim.plan.search import _probes, first_guess
 from sim.plan.workload import Targets, Timing, plan_mix, point_scenario
 from sim.scenario import load_scenario, parse_scenario
@@ -186,6 +186,8 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
     # instance sends half the publishes and receives the other half).
     steady = two["steady"]["resource"]
     assert sum(steady["parts"].values()) == pytest.approx(steady["share"], abs=0.02)
+    storm = two["storm"]["resource"]
+    assert sum(storm["parts"].values()) == pytest.approx(storm["share"], abs=0.02)
     redis = load_model().redis
     assert steady["parts"]["redis_hop"] == pytest.approx(
         100 * (redis.send_us + redis.receive_us) / 1e6, rel=0.05)
@@ -200,6 +202,18 @@ def test_plan_finds_two_instances_where_one_runs_out(tmp_path: Path,
     html = (out / "plan.html").read_text()
     assert "data:image/png;base64," in html and "slow publish (a test)" in html
     assert (out / "points" / "k2-x1" / "run.json").exists()
+
+
+def test_a_deploys_second_is_charged_its_disconnects() -> None:
+    # A wave's second: 2,100 connections end and 100 open (the rest come back after
+    # retryAfterMs), so the open ones fall by 2,000: 2,100 disconnects, 100 connects.
+    model = load_model()
+    per = {"i0": {"connections_total": 100.0, "connections_now": -2000.0,
+                  "published": 0.0, "delivered": 0.0}}
+    connects = work_shares(per, 1.0, model, clustered=False)["i0"]["connects"]
+    cost = model.costs_us
+    assert connects == pytest.approx((100 * cost["connect_key"]
+                                      + 2100 * cost["disconnect"]) / 1e6)
 
 
 def test_plan_stops_when_redis_server_is_what_binds(tmp_path: Path,

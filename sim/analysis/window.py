@@ -19,7 +19,8 @@ import pandas as pd
 from .capacity import STEP_OPS, service_errors
 from .run import Run, observed_counts
 
-COUNTERS = ("connections_total", "published", "sent", "delivered", "cpu_s")
+COUNTERS = ("connections_total", "connections_now", "published", "sent", "delivered",
+            "cpu_s")
 
 
 def _counter_diffs(run: Run, lo: float, hi: float) -> dict[str, dict[str, float]]:

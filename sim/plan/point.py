@@ -69,15 +69,22 @@ def planned_closes(scenario: Scenario) -> frozenset[str]:
 def work_shares(per: dict[str, dict[str, float]], seconds: float, model: Model,
                 clustered: bool) -> dict[str, dict[str, float]]:
     """Per instance, the share of one core each kind of work took over `seconds`:
-    the model's costs times the instance's counters (`per`: their growth). Behind
+    the model's costs times the instance's counters (`per`: their growth), each
+    connection's disconnect when it ended. Behind
     Redis (`clustered`) an instance pays the sender's side of the hop for each publish
     it sends and the receiver's for each one every other instance sends."""
     published = sum(d.get("published", 0.0) for d in per.values())
     cost = model.costs_us
     send, receive = (model.redis.send_us, model.redis.receive_us) if clustered else (0, 0)
+    def admission(d: dict[str, float]) -> float:
+        # Connections that ended are those opened less the growth of those open: a
+        # deploy's second closes thousands and opens none (they come back later).
+        opened = d.get("connections_total", 0.0)
+        now = d.get("connections_now", math.nan)
+        ended = opened if math.isnan(now) else max(0.0, opened - now)
+        return opened * cost["connect_key"] + ended * cost["disconnect"]
     return {name: {
-        "connects": d.get("connections_total", 0.0) * (cost["connect_key"]
-                                                       + cost["disconnect"]) / 1e6 / seconds,
+        "connects": admission(d) / 1e6 / seconds,
         "messages": (d.get("published", 0.0) * cost["publish"]
                      + d.get("sent", 0.0) * cost["send"]
                      + d.get("delivered", 0.0) * cost["delivery"]) / 1e6 / seconds,
