@@ -344,13 +344,21 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     idle = [ms for ms, _ in model.wake_curve]
     assert idle == [200.0, 50.0, 10.0, 3.333, 1.0][::-1] and all(
         us >= 0 for _, us in model.wake_curve)
-    # The Locust process's costs, from its two swarms.
+    # The Locust process's costs, from its three swarms: a read of one frame (the
+    # deliveries) split by the bursts into its reader's wake and the frame.
     lg = model.load_generator
-    assert lg.send_us + lg.receive_us > 0 and lg.delivery_us > 0
+    assert lg.send_us + lg.receive_us > 0 and lg.delivery_us >= 0
     swarms = raw["measured"]["load_generator"]
     assert swarms["requests"]["round_trips"] > 0 and swarms["deliveries"]["deliveries"] > 0
-    assert swarms["requests"]["round_trip_us"] == pytest.approx(lg.send_us + lg.receive_us,
-                                                                abs=0.02)
+    bursts = swarms["bursts"]
+    assert bursts["rounds"] > 0 and bursts["deliveries"] >= bursts["rounds"] * 10 * 20
+    assert (lg.wake_us, lg.delivery_us) == (bursts["wake_us"], bursts["frame_us"])
+    assert lg.wake_us + lg.delivery_us == pytest.approx(
+        swarms["deliveries"]["delivery_us"], abs=0.02)
+    assert lg.receive_us == lg.delivery_us
+    if lg.send_us > 0:
+        assert swarms["requests"]["round_trip_us"] == pytest.approx(
+            lg.send_us + lg.wake_us + lg.receive_us, abs=0.02)
     # The raw client's costs, fitted from the load's own CPU in the publish steps.
     fitted = raw["measured"]["raw_client"]
     assert fitted["measured"] is True, fitted.get("reason")

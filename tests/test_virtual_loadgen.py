@@ -1,5 +1,5 @@
-"""The load generator in virtual time (`rtmsim simulate --load-generator`): one FIFO
-core per Locust process, between the users and the network.
+"""The load generator in virtual time (`rtmsim simulate --load-generator`): one event
+loop per Locust process, between the users and the network.
 
 Unit tests pin the core's clock arithmetic; the runs pin what it does to what users
 measure (a closed loop bound by the process, a reply behind a fan-out's deliveries,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,23 +22,28 @@ from test_virtual_engine import (
     ORIGIN,
     QUIET,
     SUBS,
+    Ticker,
     costs,
     events,
     scenario,
     stats,
 )
 
+from loadtests.intents import Sleep
 from sim import rundir
 from sim.cli import main
+from sim.virtual.engine import HeapQueue
 from sim.virtual.loadgen import ProcessCore
 from sim.virtual.model import LoadGenerator, load_model
 from sim.virtual.run import VirtualRun
 
 
-def simulate(tmp_path: Path, text: str, model, *, load_generator: bool = True) -> Path:
+def simulate(tmp_path: Path, text: str, model, *, load_generator: bool = True,
+             behaviours: dict | None = None) -> Path:
     run_dir = tmp_path / ("lg" if load_generator else "devices")
     status = VirtualRun(scenario(text), run_dir, model, out=io.StringIO(), epoch=EPOCH,
-                        behaviours=BEHAVIOURS, load_generator=load_generator).run()
+                        behaviours=behaviours or BEHAVIOURS,
+                        load_generator=load_generator).run()
     assert status == "complete"
     return run_dir
 
@@ -47,30 +53,87 @@ def acked(run_dir: Path, start: float = 2.0, end: float = 8.0) -> list[dict]:
             and ORIGIN + start <= r["t"] < ORIGIN + end]
 
 
-# -- the core's clock -------------------------------------------------------------------
+# -- the loop's clock --------------------------------------------------------------------
 
 
-def test_a_busy_core_queues_frames_in_order() -> None:
-    core = ProcessCore(LoadGenerator(send_us=10.0, receive_us=20.0, delivery_us=5.0))
-    assert core.sent(1.0) == pytest.approx(1.0 + 10e-6)
-    # Arrives while the write is under way: read after it.
-    assert core.read(1.0 + 5e-6, core.receive_s) == pytest.approx(1.0 + 30e-6)
-    # Arrives at an idle core: read at once.
-    assert core.read(2.0, core.receive_s) == pytest.approx(2.0 + 20e-6)
-    assert core.sent(2.0 + 1e-6) == pytest.approx(2.0 + 30e-6)  # behind the read
-    assert core.busy_s == pytest.approx(60e-6)
+def _loop(**costs_us: float) -> tuple[HeapQueue, ProcessCore]:
+    clock = HeapQueue()
+    return clock, ProcessCore(LoadGenerator(**costs_us), clock)
 
 
-def test_read_many_is_read_one_after_another() -> None:
-    costs_ = LoadGenerator(delivery_us=5.0)
-    one, many = ProcessCore(costs_), ProcessCore(costs_)
-    arrivals = [1.0, 1.0 + 1e-6, 1.0 + 2e-4, 1.0 + 5e-3]
-    expected = [one.read(a, one.delivery_s) for a in arrivals]
-    assert many.read_many(arrivals, many.delivery_s) == pytest.approx(expected)
-    assert (many.free_at, many.busy_s) == pytest.approx((one.free_at, one.busy_s))
-    # The second queues behind the first; the last two find the core idle.
-    assert expected[1] - expected[0] == pytest.approx(5e-6)
-    assert expected[3] == pytest.approx(1.0 + 5e-3 + 5e-6)
+def _at(clock: HeapQueue, t: float, fn) -> None:
+    clock.call_at(t, fn)
+
+
+def test_an_idle_loop_writes_and_reads_at_once() -> None:
+    clock, core = _loop(send_us=10.0, receive_us=20.0, delivery_us=5.0, wake_us=7.0)
+    got: list[float] = []
+    _at(clock, 1.0, lambda: core.write(got.append))
+    _at(clock, 2.0, lambda: core.read("a", core.delivery_s, got.append, False))
+    clock.run(3.0)
+    assert got == pytest.approx([1.0 + 10e-6, 2.0 + 7e-6 + 5e-6])  # a wake and a read
+    assert core.busy_s == pytest.approx(22e-6)
+
+
+def test_the_loop_reads_in_iterations_and_resumes_replies_at_their_end() -> None:
+    # A reply for "p0" at an idle loop begins an iteration (a wake, 10 us, and its
+    # read, 20 us). Meanwhile a delivery for "s", a reply for "p" and a second
+    # delivery for "s" arrive, and a user writes: the next iteration writes first
+    # (4 us), then wakes "s" once for both its frames, then "p"; a reply's user
+    # resumes only when its iteration is over.
+    clock, core = _loop(send_us=4.0, receive_us=20.0, delivery_us=5.0, wake_us=10.0)
+    got: dict[str, float] = {}
+
+    def read(key: str, name: str, cost: float, reply: bool):
+        return lambda: core.read(key, cost, lambda t: got.__setitem__(name, t), reply)
+
+    _at(clock, 1.0, read("p0", "first", core.receive_s, True))
+    _at(clock, 1.0 + 5e-6, read("s", "d1", core.delivery_s, False))
+    _at(clock, 1.0 + 6e-6, read("p", "ack", core.receive_s, True))
+    _at(clock, 1.0 + 7e-6, read("s", "d2", core.delivery_s, False))
+    _at(clock, 1.0 + 8e-6, lambda: core.write(lambda t: got.__setitem__("write", t)))
+    clock.run(2.0)
+    first = 1.0 + 30e-6
+    assert got["first"] == pytest.approx(first)
+    assert got["write"] == pytest.approx(first + 4e-6)
+    s_read = first + 4e-6 + 10e-6 + 2 * 5e-6
+    assert got["d1"] == got["d2"] == pytest.approx(s_read)
+    assert got["ack"] == pytest.approx(s_read + 10e-6 + 20e-6)
+    assert core.busy_s == pytest.approx(got["ack"] - 1.0)
+
+
+def test_a_ready_socket_reads_what_arrived_before_its_turn() -> None:
+    # "a" and "b" are ready when the iteration begins; a second frame for "b" arrives
+    # while "a" is read, so "b" reads both at its turn (one wake); a frame for "c",
+    # not ready at the start, waits for the next iteration.
+    clock, core = _loop(delivery_us=5.0, wake_us=10.0)
+    got: dict[str, float] = {}
+
+    def read(key: str, name: str):
+        return lambda: core.read(key, core.delivery_s,
+                                 lambda t: got.__setitem__(name, t), False)
+
+    _at(clock, 1.0, read("a", "a"))
+    _at(clock, 1.0, read("b", "b1"))
+    _at(clock, 1.0 + 1e-6, read("c", "c"))
+    _at(clock, 1.0 + 2e-6, read("b", "b2"))
+    clock.run(2.0)
+    assert got["a"] == pytest.approx(1.0 + 15e-6)
+    assert got["b1"] == got["b2"] == pytest.approx(1.0 + 15e-6 + 20e-6)
+    assert got["c"] == pytest.approx(1.0 + 35e-6 + 15e-6)
+
+
+def test_without_a_wake_a_backlog_is_read_frame_after_frame() -> None:
+    # wake_us = 0 (a model file from before the loop): the reads of a backlog are
+    # 5 us apart whichever iteration holds them, as a FIFO would read them.
+    clock, core = _loop(delivery_us=5.0)
+    read: list[float] = []
+    for i in range(4):
+        _at(clock, 1.0 + i * 1e-6,
+            lambda i=i: core.read(i, core.delivery_s, read.append, False))
+    clock.run(2.0)
+    assert sorted(read) == pytest.approx([1.0 + 5e-6, 1.0 + 10e-6, 1.0 + 15e-6,
+                                          1.0 + 20e-6])
 
 
 # -- what users measure ----------------------------------------------------------------
@@ -134,7 +197,7 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     meta = json.loads((simulate(tmp_path, flood, model) / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] == {
         "kind": "locust", "processes": 1, "colocated": False, "send_us": 1.0,
-        "receive_us": 0.0, "delivery_us": 0.0}
+        "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0}
     meta = json.loads((simulate(tmp_path, flood, model, load_generator=False)
                        / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] is None
@@ -156,3 +219,44 @@ def test_a_bad_load_generator_figure_is_one_line(tmp_path: Path,
     path.write_text(FLOOD + "[model.load_generator]\nsend_ms = 1\n")
     assert main(["simulate", str(path), "--out", str(tmp_path / "out2")]) == 2
     assert "send_ms" in capsys.readouterr().err
+
+
+class AlignedTicker(Ticker):
+    """Publishes on each whole second of the clock, 10 us later for the second user."""
+
+    def task(self):
+        now = self.clock()
+        lag = 10e-6 if self.user.endswith("-2") else 0.0
+        yield Sleep(math.floor(now) + 1.0 + lag - now)
+        yield from self.publish("room/1")
+
+
+def test_acks_of_fan_outs_read_together_resume_together(tmp_path: Path) -> None:
+    # Two tickers publish 10 us apart, each to 40 listeners in the same process. The
+    # loop reads both fan-outs' frames socket by socket (a wake, then each frame), so
+    # both acks wait for the iteration that read their deliveries to end and resume
+    # at the same instant, after every delivery of both; each round of the tickers
+    # gives one such pair. (A FIFO of frames resumed each ack right after its own 40
+    # deliveries, 40 reads apart.)
+    model = replace(QUIET, costs_us=costs(publish=30.0, delivery=1.0),
+                    network=replace(QUIET.network, median_ms=0.2),
+                    load_generator=LoadGenerator(receive_us=5.0, delivery_us=5.0,
+                                                 wake_us=20.0))
+    text = SUBS.format(server="", faults="").replace("fixed_count = 1", "fixed_count = 2") \
+        .replace("users = 41", "users = 42")
+    rows = events(simulate(tmp_path, text, model,
+                           behaviours={**BEHAVIOURS, "Chatter": AlignedTicker}))
+    acks = sorted((r["t"], r["msg_id"]) for r in rows
+                  if r["op"] == "publish" and r["outcome"] == "ok")
+    read: dict[str, float] = {}
+    for r in rows:
+        if r["op"] == "deliver":
+            read[r["msg_id"]] = max(read.get(r["msg_id"], 0.0), r["t"])
+    rounds: dict[str, list[tuple[float, str]]] = {}
+    for t, m in acks:
+        rounds.setdefault(m.split(":")[1], []).append((t, m))
+    pairs = [v for v in rounds.values() if len(v) == 2]
+    assert len(pairs) >= 15
+    for (t1, m1), (t2, m2) in pairs:
+        assert t1 == pytest.approx(t2, abs=1e-6)
+        assert t1 >= max(read[m1], read[m2]) - 1e-6

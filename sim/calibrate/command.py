@@ -311,7 +311,8 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
     lg = measured.get("load_generator")
     if lg is not None:
         model["load_generator"] = loadgen.load_generator_table(lg)
-        record["load_generator"] = {**lg, "split": loadgen.SPLIT}
+        record["load_generator"] = {**lg, "split": loadgen.LOOP_SPLIT if "bursts" in lg
+                                    else loadgen.SPLIT}
     raw_client, record["raw_client"] = raw_client_costs(rows)
     if raw_client is not None:
         model["raw_client"] = raw_client
@@ -442,7 +443,8 @@ def table(model: dict[str, Any]) -> str:
     lg = model.get("load_generator")
     if lg is not None:
         lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
-                     f"{lg['receive_us']} us, delivery {lg['delivery_us']} us of its core")
+                     f"{lg['receive_us']} us, delivery {lg['delivery_us']} us, a reader's "
+                     f"wake {lg.get('wake_us', 0.0)} us of its core")
     raw = model.get("raw_client")
     if raw is not None:
         lines.append(f"raw client    send {raw['send_us']} us, receive {raw['receive_us']} us, "

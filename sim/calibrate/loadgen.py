@@ -8,14 +8,20 @@ load CPUs, against the calibration's server:
 - **requests**: publishers in closed loops (nobody subscribed): the process's CPU per
   publish round trip, a request written and its ack read and reported;
 - **deliveries**: subscribers on one channel, fed at a fixed rate by a raw publisher
-  from this process: the process's CPU per delivered frame, over its idle cost.
+  from this process: the process's CPU per delivered frame, over its idle cost. Each
+  frame finds its socket's reader asleep, so this is a wake and a read;
+- **bursts**: the same with the process stopped (SIGSTOP) while a burst of publishes
+  fills every subscriber's socket, then let go: each reader wakes once and reads the
+  whole burst. With the deliveries' figure this splits a read from a wake of its
+  reader (`wake_us`), which is what makes a fan-in of many frames cheaper per frame
+  than one frame at a time, and what the modelled loop charges per socket read.
 
 What a light-load round trip has beyond CPU is not the load generator's (a raw asyncio
 client shows the same): it is the model's `wake_curve`, measured with the server.
 
-A round trip's CPU is split as `receive_us` = `delivery_us` (reading a frame and
-reporting it is the same work whichever frame it is; at most the whole round trip) and
-`send_us` = the rest; only their sum is measured.
+A round trip's CPU is split as `wake_us` + `receive_us` = `wake_us` + `delivery_us`
+(reading a frame and reporting it is the same work whichever frame it is; at most the
+whole round trip) and `send_us` = the rest; only their sum is measured.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +50,9 @@ LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 PUBLISHERS = 8  # closed loops in the requests swarm (bench swarm's figure)
 SUBSCRIBERS = 20
 FEED_RATE = 250.0  # publishes/s to the subscribers' channel: 5,000 deliveries/s
+BURST_SUBSCRIBERS = 10
+BURST = 20  # publishes a burst: frames waiting in each subscriber's socket
+BURST_READ_S = 0.04  # after a burst, for the process to read it (about 10 ms here)
 START_TIMEOUT_S = 30.0
 
 
@@ -154,6 +164,56 @@ async def deliveries(server: Served, base: Path, seconds: float,
             "idle_cpu_per_s": round(idle_per_s, 6), "delivery_us": round(used / n * 1e6, 2)}
 
 
+async def bursts(server: Served, base: Path, seconds: float, cpus: set[int] | None,
+                 delivery_us: float) -> dict[str, Any]:
+    """CPU of the process per burst read (each reader wakes once for `BURST` frames),
+    split with `delivery_us` (a wake and one frame) into a wake and a frame."""
+    run_dir = base / "bursts"
+    channel = "cal/lg-b"
+    classes = {"Subscriber": {"fixed_count": BURST_SUBSCRIBERS, "channels": [channel],
+                              "subscriptions": 1, "wildcard_fraction": 0.0}}
+    proc = _locust(run_dir, server.ws_url, classes, 2 * seconds + 6, cpus)
+    i0, i1, idle_cpu = await _window(proc, run_dir, _subscribed(run_dir, BURST_SUBSCRIBERS),
+                                     0.5, seconds / 2)
+    t0, cpu0 = time.time(), process_cpu_s(proc.pid)
+    rounds = 0
+    try:
+        async with connect(f"{server.ws_url}?key={PUBLISHABLE_KEY}", max_size=None) as ws:
+            await ws.recv()  # welcome
+            while time.time() - t0 < seconds:
+                os.kill(proc.pid, signal.SIGSTOP)
+                try:
+                    for i in range(BURST):
+                        await ws.send(orjson.dumps({
+                            "type": "publish", "channel": channel, "data": {"text": "x" * 53},
+                            "requestId": f"{rounds}-{i}"}).decode())
+                    for _ in range(BURST):  # acked: every delivery was written before
+                        await ws.recv()
+                finally:
+                    os.kill(proc.pid, signal.SIGCONT)
+                rounds += 1
+                await asyncio.sleep(BURST_READ_S)
+    except OSError as exc:
+        proc.kill()
+        raise CalibrationError(f"the burst publisher failed: {exc}") from None
+    t1, cpu = time.time(), process_cpu_s(proc.pid) - cpu0
+    await _ended(proc, run_dir, 2 * seconds + 30)
+    n = len(_rows(run_dir, "deliver", t0, t1 + 1.0))
+    expected = rounds * BURST * BURST_SUBSCRIBERS
+    if n < expected:
+        raise CalibrationError(f"the bursts' subscribers read {n:,} of {expected:,} "
+                               f"frames; see {run_dir}/locust.log")
+    idle_per_s = idle_cpu / (i1 - i0)
+    used = max(0.0, cpu - idle_per_s * (t1 - t0))
+    read_us = used / (rounds * BURST_SUBSCRIBERS) * 1e6  # one reader's burst
+    frame_us = max(0.0, (read_us - delivery_us) / (BURST - 1))
+    frame_us = min(frame_us, delivery_us)
+    return {"rounds": rounds, "deliveries": n, "cpu_s": round(cpu, 6),
+            "wall_s": round(t1 - t0, 3), "idle_cpu_per_s": round(idle_per_s, 6),
+            "burst_read_us": round(read_us, 2), "frame_us": round(frame_us, 2),
+            "wake_us": round(delivery_us - frame_us, 2)}
+
+
 def _subscribed(run_dir: Path, n: int) -> Callable[[], bool]:
     def ready() -> bool:
         if not _has_rows(run_dir)():
@@ -196,18 +256,36 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     log(f"load generator: {SUBSCRIBERS} Locust subscribers fed {FEED_RATE:g} publishes/s")
     dlv = await deliveries(server, base, seconds, cpus)
     log(f"    {dlv['deliveries']:,} deliveries: {dlv['delivery_us']} us each")
-    return {"requests": req, "deliveries": dlv}
+    log(f"load generator: {BURST_SUBSCRIBERS} Locust subscribers read bursts of {BURST}")
+    bst = await bursts(server, base, seconds, cpus, dlv["delivery_us"])
+    log(f"    {bst['rounds']} bursts: {bst['burst_read_us']} us a reader's burst: a wake "
+        f"{bst['wake_us']} us and {bst['frame_us']} us a frame")
+    return {"requests": req, "deliveries": dlv, "bursts": bst}
 
 
 def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
-    """`[model.load_generator]` from `measure`'s figures."""
-    return client_table(measured["requests"]["round_trip_us"],
-                        measured["deliveries"]["delivery_us"])
+    """`[model.load_generator]` from `measure`'s figures (without `bursts`, a file of
+    before them: no wake, each frame the deliveries' figure)."""
+    table = client_table(measured["requests"]["round_trip_us"],
+                         measured["deliveries"]["delivery_us"])
+    bst = measured.get("bursts")
+    if bst is not None:
+        wake, frame = bst["wake_us"], bst["frame_us"]
+        table.update(receive_us=frame, delivery_us=frame, wake_us=wake)
+        table["send_us"] = round(max(0.0, measured["requests"]["round_trip_us"]
+                                     - wake - frame), 2)
+    return table
 
 
 # How `client_table` splits a round trip, for the record of each load client measured.
 SPLIT = ("receive_us = delivery_us (at most the round trip's CPU); send_us = the round "
          "trip's CPU less receive_us")
+
+
+# ... and the Locust process's, whose reads the bursts split into a wake and a frame.
+LOOP_SPLIT = ("wake_us and receive_us = delivery_us = frame_us from the bursts (their sum "
+              "the deliveries' delivery_us); send_us = the round trip's CPU less wake_us "
+              "and receive_us")
 
 
 def client_table(round_trip_us: float, delivery_us: float) -> dict[str, float]:

@@ -43,6 +43,9 @@ if TYPE_CHECKING:
     from .loadgen import ProcessCore
 
 ABNORMAL = CloseCode.ABNORMAL_CLOSURE
+# Frames a waiting user resumes on (in a Locust process, only at the end of the loop's
+# iteration); the others its socket's reader handles where it reads them.
+REPLIES = frozenset(("welcome", "ack", "error"))
 SYN_RETRIES = 6  # Linux's tcp_syn_retries: 1 + 2 + 4 + ... s before the connect fails
 
 
@@ -365,7 +368,8 @@ class VirtualClient:
         """The core sent `payload` to this client at `t`: it arrives a network draw later."""
         core = self.core
         cost = None if core is None or kind not in COUNTED else core.delivery_s
-        self.engine.to_client(t, lambda: self._arrived(payload, kind), core, cost)
+        self.engine.to_client(t, lambda: self._arrived(payload, kind), core, cost, self,
+                              kind in REPLIES)
 
     def _arrived(self, payload: bytes, kind: str) -> None:
         if kind == "welcome":

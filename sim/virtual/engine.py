@@ -28,7 +28,7 @@ from server.jsonenc import loads
 
 from .instance import COUNTED, Instance
 from .loadgen import ProcessCore, process_cores
-from .model import LoadGenerator, Model
+from .model import LoadGenerator, Model, WakeCurve
 
 
 class Timer:
@@ -181,7 +181,8 @@ class Engine:
         self._latency_counts = [0] * (len(LATENCY_BOUNDS_MS) + 1)
         steal = self.steal if model.colocated else None
         self.cores = process_cores(load_costs or model.load_generator, load_generator,
-                                   steal) if load_generator else []
+                                   self.env, steal, WakeCurve(model.wake_cpu_curve)
+                                   ) if load_generator else []
 
     # -- time -------------------------------------------------------------------------------
 
@@ -248,21 +249,26 @@ class Engine:
     def to_server(self, fn: Callable[[], None], core: ProcessCore | None = None) -> None:
         """A client frame leaves now (or, from a load-generator process, once the
         process has written it) and reaches its instance a draw later."""
-        now = self.env.now
-        leaves = now if core is None else core.sent(now)
-        self.env.call_at(leaves + self.one_way(), fn)
+        if core is None:
+            self.env.call_at(self.env.now + self.one_way(), fn)
+            return
+        call_at, one_way = self.env.call_at, self.one_way
+        core.write(lambda leaves: call_at(leaves + one_way(), fn))
 
     def to_client(self, t: float, fn: Callable[[], None], core: ProcessCore | None = None,
-                  cost: float | None = None) -> None:
+                  cost: float | None = None, key: Any = None, reply: bool = True) -> None:
         """A server frame written at virtual time `t` reaches its client a draw later
-        (in a load-generator process, `fn` runs once the process has read it: `cost`,
-        by default a reply's)."""
+        (in a load-generator process, `fn` runs once the process has read it from the
+        socket `key`: `cost`, by default a reply's; a `reply` resumes its user only at
+        the end of the loop's iteration, see `loadgen`)."""
         arrives = t + self.one_way()
         if core is None:
             self.env.call_at(arrives, fn)
             return
         read_s = core.receive_s if cost is None else cost
-        self.env.call_at(arrives, lambda: self.env.call_at(core.read(self.env.now, read_s), fn))
+        call_at = self.env.call_at
+        self.env.call_at(arrives, lambda: core.read(fn if key is None else key, read_s,
+                                                    lambda done: call_at(done, fn), reply))
 
     def process_core(self, index: int) -> ProcessCore | None:
         """The load-generator core of user number `index` (Locust hands users to its
@@ -303,7 +309,8 @@ class Engine:
             core = targets[0].transport.core
             self.to_client(end, lambda: [c.transport.presence(frame) for c in targets
                                          if c.close_code is None],
-                           core, None if core is None else core.delivery_s * len(targets))
+                           core, None if core is None else core.delivery_s * len(targets),
+                           reply=False)
             return
         if copies is not None:
             targets = tuple(t for t, k in zip(targets, copies, strict=True) for _ in range(k))
@@ -379,10 +386,12 @@ class _Fanout:
 
 
 class _Landing:
-    """A fan-out's frames reaching one load-generator process: read in arrival order,
-    those arriving within `LANDING_HORIZON_S` of each other in one event (the frames
-    of one fan-out arrive within a millisecond or so; a far network draw waits for
-    its own event, so it does not hold the process's clock ahead of other frames)."""
+    """A fan-out's frames reaching one load-generator process, in arrival order: those
+    that arrive before the first of them could have been read (a wake and a read) in
+    one event, as frames the loop finds together (the frames of one fan-out arrive
+    within a millisecond or so; a far network draw waits for its own event, so it
+    does not hold the process's clock ahead of other frames, and no frame is read
+    before it arrived)."""
 
     __slots__ = ("arrive", "engine", "fanout", "i", "targets")
 
@@ -399,11 +408,14 @@ class _Landing:
 
     def _land(self) -> None:
         arrive, i = self.arrive, self.i
-        until = self.engine.env.now + LANDING_HORIZON_S
-        j = bisect.bisect_right(arrive, until, lo=i)
         core = self.targets[i].transport.core
-        read = core.read_many(arrive[i:j], core.delivery_s)
-        self.engine._read(self.fanout, self.targets[i:j], read)
+        until = self.engine.env.now + min(LANDING_HORIZON_S, core.wake_s + core.delivery_s)
+        j = bisect.bisect_right(arrive, until, lo=i)
+        targets = self.targets[i:j]
+        engine, fanout = self.engine, self.fanout
+        core.read_batch([(c.transport, core.delivery_s,
+                          lambda t, c=c: engine._read(fanout, (c,), [t]), False)
+                         for c in targets])
         self.i = j
         if j < len(arrive):
             self.schedule()

@@ -106,15 +106,19 @@ class LoadGenerator:
 
     Each process is one event loop on one core (gevent): every frame its users send
     or receive costs that core CPU (the protocol client, the envelope, Locust's
-    statistics, the event log row), in arrival order, so a process that fans in 50
-    deliveries makes the next ack wait behind them, and a closed loop's rate is
-    bounded by the process, not the server. Real clients on their own devices pay
+    statistics, the event log row), each socket read a wake of its reader, in the
+    loop's order (`loadgen`), so a process that fans in 50 deliveries makes the acks
+    wait behind them, and a closed loop's rate is bounded by the process, not the
+    server. Real clients on their own devices pay
     none of this, so the engine applies it only when asked (`--load-generator`).
     """
 
     send_us: float = 0.0  # a request (or upgrade, or close) built and written
     receive_us: float = 0.0  # a reply (ack, error, welcome, close) read and reported
     delivery_us: float = 0.0  # a delivered frame read, checked and logged
+    # a socket's reader woken in an iteration of the loop, whatever it then reads (0:
+    # each frame pays only its own cost, as in a model file from before 2026-12-07)
+    wake_us: float = 0.0
 
 
 class WakeCurve:
