@@ -4,6 +4,13 @@ A `Ledger` is one app's usage in its current period: pure arithmetic over an inj
 `now`, so rollovers can be tested in virtual time. Overage is paid from the balance;
 auto-recharge tops the balance up when it runs short (choice: only where overages are
 allowed and enabled, since a recharge could not be spent otherwise).
+
+Money is counted in whole nano-units of the currency (`UNITS` a unit), integers, so
+that "the balance covers the price" is decided exactly: in binary floats a balance of
+0.5 paid 0.001 at a time covered 499 messages, not 500 (0.5 - 499 x 0.001 is a hair
+under 0.001). A nano-unit leaves room for per-message prices such as 2.5 per million
+(2,500 units), and the Redis ledger's Lua numbers (doubles) hold such integers exactly
+up to 9,007,199 currency units.
 """
 
 from __future__ import annotations
@@ -11,20 +18,31 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import Plan
+from .config import MONEY_UNITS, Plan
 
 MAX_RECHARGES_PER_CHARGE = 1_000_000  # a guard, not a business rule
+UNITS = MONEY_UNITS  # the ledger's money: nano-units of the currency
+
+
+def to_units(amount: float) -> int:
+    """A plan's amount (currency units, a float) in the ledger's whole nano-units."""
+    return round(amount * UNITS)
+
+
+def from_units(units: int) -> float:
+    """The ledger's nano-units back in currency units (for `/v1/usage`, reports)."""
+    return units / UNITS
 
 
 @dataclass(slots=True)
 class Ledger:
     plan: Plan
     period_start: float
-    balance: float
+    balance_units: int
     messages_used: int = 0
     overage_messages: int = 0
     overage_connections: int = 0
-    overage_charges: float = 0.0
+    overage_charge_units: int = 0
     recharges: int = 0
     rejected_messages: int = 0
     rejected_connections: int = 0
@@ -33,7 +51,15 @@ class Ledger:
 
     @classmethod
     def open(cls, plan: Plan, now: float) -> Ledger:
-        return cls(plan=plan, period_start=now, balance=plan.balance)
+        return cls(plan=plan, period_start=now, balance_units=to_units(plan.balance))
+
+    @property
+    def balance(self) -> float:
+        return from_units(self.balance_units)
+
+    @property
+    def overage_charges(self) -> float:
+        return from_units(self.overage_charge_units)
 
     @property
     def period_end(self) -> float:
@@ -48,7 +74,7 @@ class Ledger:
         self.messages_used = 0
         self.overage_messages = 0
         self.overage_connections = 0
-        self.overage_charges = 0.0
+        self.overage_charge_units = 0
         self.rejected_messages = 0
         self.rejected_connections = 0
         self.peak_concurrent = self.concurrent
@@ -57,19 +83,21 @@ class Ledger:
     def overages_possible(self) -> bool:
         return self.plan.overages_allowed and self.plan.overages_enabled
 
-    def _pay(self, price: float) -> bool:
+    def _pay(self, amount: float) -> bool:
         """Pay one overage unit from the balance, recharging if allowed; False if not."""
         if not self.overages_possible:
             return False
-        if self.balance < price:
-            amount = self.plan.auto_recharge
-            if not amount:
+        price = to_units(amount)
+        if self.balance_units < price:
+            recharge = to_units(self.plan.auto_recharge or 0.0)
+            if recharge <= 0:
                 return False
-            times = min(math.ceil((price - self.balance) / amount), MAX_RECHARGES_PER_CHARGE)
-            self.balance += times * amount
+            short = price - self.balance_units
+            times = min(-(-short // recharge), MAX_RECHARGES_PER_CHARGE)
+            self.balance_units += times * recharge
             self.recharges += times
-        self.balance -= price
-        self.overage_charges += price
+        self.balance_units -= price
+        self.overage_charge_units += price
         return True
 
     def charge_message(self, now: float) -> bool:
@@ -114,7 +142,7 @@ class Ledger:
             "messagesUsed": self.messages_used,
             "overageMessages": self.overage_messages,
             "overageConnections": self.overage_connections,
-            "balance": round(self.balance, 10),
+            "balance": self.balance,
             "plan": {
                 "name": plan.name,
                 "maxConcurrentConnections": plan.max_concurrent_connections,

@@ -190,6 +190,12 @@ def _parse_app(t: Table) -> App:
     return App(id=app_id, plan=plan, keys=keys, suspended=suspended)
 
 
+MONEY_UNITS = 1_000_000_000  # the ledgers count money in nano-units (server/billing.py)
+# An amount the ledgers hold to the nano-unit: the Redis ledger's Lua numbers are doubles,
+# exact for integers up to 2^53 nano-units.
+MAX_MONEY = 9_000_000.0
+
+
 def _parse_plan(t: Table) -> Plan:
     d = Plan()
     recharge = t.get("auto_recharge", False)
@@ -218,6 +224,14 @@ def _parse_plan(t: Table) -> Plan:
                                                     minimum=0)),
         auto_recharge=auto_recharge,
     )
+    for key in ("balance", "overage_price_per_message", "overage_price_per_connection",
+                "auto_recharge"):
+        amount = getattr(plan, key) or 0.0
+        if amount > MAX_MONEY:
+            raise t.fail(key, f"must be at most {MAX_MONEY:,.0f}, got {amount!r}")
+        if 0 < amount < 0.5 / MONEY_UNITS:
+            raise t.fail(key, f"must be 0 or at least {1 / MONEY_UNITS:g} (the ledger "
+                              f"counts nano-units of money), got {amount!r}")
     t.done()
     return plan
 

@@ -1,8 +1,9 @@
 """App ledgers kept in Redis so quotas hold across instances.
 
 Each operation is one Lua script: the same arithmetic as `billing.Ledger` (rollover,
-overage from the balance, auto-recharge), run atomically by Redis. The tests hold the
-two implementations to the same answers. Concurrent connections are counted per
+overage from the balance, auto-recharge), run atomically by Redis, in the same whole
+nano-units of money (`billing.UNITS`: Lua's doubles hold them exactly). The tests hold
+the two implementations to the same answers. Concurrent connections are counted per
 instance (a hash field each) and summed over live instances, so a crashed instance's
 connections stop counting when its heartbeat expires, and an instance can restore its
 own count after Redis restarts empty.
@@ -14,6 +15,7 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 from .backend import BackendError
+from .billing import from_units, to_units
 from .config import Config, Plan
 
 if TYPE_CHECKING:
@@ -65,8 +67,8 @@ local function pay(price)
     bal = bal + times * recharge
     redis.call('HINCRBY', ledger, 'rc', times)
   end
-  redis.call('HSET', ledger, 'bal', string.format('%.17g', bal - price),
-             'ch', string.format('%.17g', num('ch') + price))
+  redis.call('HSET', ledger, 'bal', string.format('%.0f', bal - price),
+             'ch', string.format('%.0f', num('ch') + price))
   return true
 end
 """
@@ -128,9 +130,9 @@ class RedisLedgers:
         p = self.plans[app_id]
         possible = 1 if p.overages_allowed and p.overages_enabled else 0
         return [repr(now), p.max_concurrent_connections, p.max_messages_per_period,
-                repr(float(p.period_seconds)), possible, repr(p.overage_price_per_message),
-                repr(p.overage_price_per_connection), repr(p.auto_recharge or 0.0),
-                self.link.key("alive", ""), repr(float(p.balance)), self.instance]
+                repr(float(p.period_seconds)), possible, to_units(p.overage_price_per_message),
+                to_units(p.overage_price_per_connection), to_units(p.auto_recharge or 0.0),
+                self.link.key("alive", ""), str(to_units(p.balance)), self.instance]
 
     async def _run(self, name: str, source: str, app_id: str, now: float, *,
                    direct: bool = False) -> Any:
@@ -187,7 +189,7 @@ class RedisLedgers:
             "messagesUsed": int(f.get("mu", 0)),
             "overageMessages": int(f.get("om", 0)),
             "overageConnections": int(f.get("oc", 0)),
-            "balance": round(float(f.get("bal", 0.0)), 10),
+            "balance": from_units(int(f.get("bal", 0))),
             "plan": {
                 "name": plan.name,
                 "maxConcurrentConnections": plan.max_concurrent_connections,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.billing import Ledger
+from server.billing import Ledger, to_units
 from server.config import Plan
 
 
@@ -26,6 +26,21 @@ def test_overage_charged_from_balance():
     assert led.overage_messages == 4
     assert led.balance == pytest.approx(0.0)
     assert led.overage_charges == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(("balance", "price", "paid"), [
+    (0.5, 0.001, 500),  # binary floats paid 499: 0.5 - 499 x 0.001 < 0.001
+    (0.3, 0.1, 3),  # 0.3 - 0.1 - 0.1 < 0.1 in floats: 2
+    (1.0, 0.0000025, 400_000),  # 2.5 per million, exactly
+])
+def test_a_balance_covers_exactly_as_many_overages_as_it_holds_prices(balance, price, paid):
+    led = ledger(max_messages_per_period=0, overages_allowed=True, overages_enabled=True,
+                 balance=balance, overage_price_per_message=price)
+    accepted = sum(led.charge_message(1000.0) for _ in range(paid + 1))
+    assert (accepted, led.overage_messages, led.rejected_messages) == (paid, paid, 1)
+    assert led.balance == 0.0 and led.balance_units == 0
+    assert led.overage_charges == balance
+    assert led.usage("a", 1000.0)["balance"] == 0.0
 
 
 @pytest.mark.parametrize(("allowed", "enabled"), [(True, False), (False, True), (False, False)])
@@ -116,7 +131,8 @@ def test_billing_invariants(quota, n, price, balance, recharge):
     assert led.messages_used == n
     assert accepted == min(n, quota) + led.overage_messages
     assert accepted + led.rejected_messages == n
-    assert led.balance >= -1e-9
-    assert led.overage_charges == pytest.approx(led.overage_messages * price)
-    topped_up = (recharge or 0) * led.recharges
-    assert led.balance == pytest.approx(balance + topped_up - led.overage_charges)
+    assert led.balance_units >= 0
+    # Exact: money is whole nano-units, so the ledger's books balance to the unit.
+    assert led.overage_charge_units == led.overage_messages * to_units(price)
+    topped_up = to_units(recharge or 0) * led.recharges
+    assert led.balance_units == to_units(balance) + topped_up - led.overage_charge_units

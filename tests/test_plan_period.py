@@ -18,7 +18,7 @@ from wsclient import client_pool, close_code, wait_until
 from server.billing import Ledger
 from server.config import Plan
 from server.schema import ConfigError
-from sim.plan.period import CHUNK, LedgerDriver, period_lines, project_period
+from sim.plan.period import LedgerDriver, period_lines, project_period
 from sim.plan.traffic import (
     Traffic,
     add_period_arguments,
@@ -155,14 +155,14 @@ def test_batched_runs_leave_the_ledger_as_one_call_per_event_does(
     for op, n, dt in ops:  # dt: some runs cross a period boundary (a rollover)
         now += dt
         assert getattr(fast, op)(now, n) == getattr(slow, op)(now, n)
-    assert batched == reference  # every field, floats bit for bit
+    assert batched == reference  # every field
 
 
-def test_a_long_paid_run_with_recharges_is_bit_identical_across_chunks():
+def test_a_long_paid_run_with_recharges_is_the_ledger_call_for_call():
     plan = Plan(max_messages_per_period=0, overages_allowed=True, overages_enabled=True,
                 balance=0.5, overage_price_per_message=0.001, auto_recharge=7.0)
     batched, reference = Ledger.open(plan, 0.0), Ledger.open(plan, 0.0)
-    n = 2 * CHUNK + 12_345
+    n = 536_633
     assert LedgerDriver(batched).charge(1.0, n) == n
     slow = LedgerDriver(reference, per_event=True)
     assert slow.charge(1.0, n) == n
@@ -303,15 +303,24 @@ def test_the_summary_says_who_is_refused_and_what_it_costs():
                         "balance 0 -> 0")
 
 
-def test_the_summary_shows_money_without_float_dust():
+@pytest.mark.parametrize(("balance", "price", "line"), [
+    # binary floats paid 499 (0.5 - 499 x 0.001 is a hair under 0.001) and left 0.001
+    ("0.5", "0.001", "overage: 500 messages, 0 connections, cost 0.5; 0 recharges (0); "
+                     "balance 0.5 -> 0"),
+    # ... and 2 here, with a cost of 0.30000000000000004 had all three been paid
+    ("0.3", "0.1", "overage: 3 messages, 0 connections, cost 0.3; 0 recharges (0); "
+                   "balance 0.3 -> 0"),
+])
+def test_the_balance_pays_every_price_it_holds_and_the_summary_shows_it(balance, price,
+                                                                       line):
     sc = scenario("max_messages_per_period = 0, period_seconds = 86400, "
-                  "overages_allowed = true, overages_enabled = true, balance = 0.5, "
-                  "overage_price_per_message = 0.001")
+                  f"overages_allowed = true, overages_enabled = true, balance = {balance}, "
+                  f"overage_price_per_message = {price}")
     r = project_period(sc, Traffic(clients=10, sessions_per_day=5, session_min=60,
                                    msgs_per_session=20))
-    assert r["cost"]["balance_end"] != 0.001  # the ledger's float: 0.0009999999999...
-    assert period_lines(r)[5] == ("overage: 499 messages, 0 connections, cost 0.499; "
-                                  "0 recharges (0); balance 0.5 -> 0.001")
+    assert r["cost"]["balance_end"] == 0.0
+    assert r["cost"]["overage_charges"] == float(balance)
+    assert period_lines(r)[5] == line
 
 
 # -- the cross-check: a real server given the same calls -------------------------------

@@ -24,8 +24,8 @@ Time compression, and why it is exact:
   over: nothing a decision reads moves, so every later call is refused too); a count
   below the cap or quota (`concurrent` or `messages_used` + 1, repeated while still
   below it); an overage paid without a recharge (balance - price, charges + price,
-  while the balance covers the price: `np.add.accumulate` does the same IEEE
-  operations in the same order, so the floats are bit-identical). A recharge, or any
+  while the balance covers the price: the ledger's money is whole nano-units, so k
+  payments are k times the price, exactly). A recharge, or any
   other change, is never batched: the next call goes to the ledger. The driver knows
   only where a run must stop (the cap, the quota, the balance against the price); what
   a call does it reads off the ledger. `per_event=True` makes every call on the
@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from server.billing import Ledger
+from server.billing import Ledger, to_units
 from server.config import App, Plan
 from server.ledgers import MemoryLedgers
 from server.schema import ConfigError
@@ -66,9 +66,8 @@ if TYPE_CHECKING:
 # Every field of the ledger but its plan: a change the driver does not expect (a
 # rollover's new period_start, a field added one day) stops a run from being batched.
 FIELDS = tuple(f.name for f in dataclasses.fields(Ledger) if f.name != "plan")
-BALANCE, CHARGES = FIELDS.index("balance"), FIELDS.index("overage_charges")
+BALANCE, CHARGES = FIELDS.index("balance_units"), FIELDS.index("overage_charge_units")
 _state = attrgetter(*FIELDS)
-CHUNK = 1 << 18  # payments per accumulate
 DETAIL_MAX = 100_000  # sessions listed by `detail`
 
 
@@ -82,7 +81,7 @@ class Op:
     limit: int | None  # the plan's cap or quota on `counter` (None: release)
     rejected: str | None
     overage: str | None
-    price: float
+    price: int  # the ledger's nano-units
 
 
 class LedgerDriver:
@@ -96,13 +95,13 @@ class LedgerDriver:
         self.events = 0  # calls they stand for
         plan = ledger.plan
         self.ops = {
-            "release": Op("release_connection", "concurrent", -1, None, None, None, 0.0),
+            "release": Op("release_connection", "concurrent", -1, None, None, None, 0),
             "admit": Op("admit_connection", "concurrent", 1, plan.max_concurrent_connections,
                         "rejected_connections", "overage_connections",
-                        plan.overage_price_per_connection),
+                        to_units(plan.overage_price_per_connection)),
             "charge": Op("charge_message", "messages_used", 1, plan.max_messages_per_period,
                          "rejected_messages", "overage_messages",
-                         plan.overage_price_per_message),
+                         to_units(plan.overage_price_per_message)),
         }
 
     def release(self, now: float, n: int) -> None:
@@ -155,8 +154,9 @@ class LedgerDriver:
             headroom = led.concurrent if op.limit is None else op.limit - getattr(led, op.counter)
             more = max(0, min(n, headroom))
         elif self._paid(op, changed, before):
-            more, led.balance, led.overage_charges = paid_run(
-                led.balance, led.overage_charges, op.price, n)
+            more = paid_run(led.balance_units, op.price, n)
+            led.balance_units -= more * op.price
+            led.overage_charge_units += more * op.price
             setattr(led, op.overage, getattr(led, op.overage) + more)
         else:
             return 0
@@ -169,29 +169,17 @@ class LedgerDriver:
         led = self.ledger
         return (op.overage is not None and changed.get(op.counter) == 1
                 and changed.get(op.overage) == 1
-                and set(changed) <= {op.counter, op.overage, "balance", "overage_charges"}
-                and led.balance == before[BALANCE] - op.price
-                and led.overage_charges == before[CHARGES] + op.price)
+                and set(changed) <= {op.counter, op.overage, "balance_units",
+                                     "overage_charge_units"}
+                and led.balance_units == before[BALANCE] - op.price
+                and led.overage_charge_units == before[CHARGES] + op.price)
 
 
-def paid_run(balance: float, charges: float, price: float, n: int
-             ) -> tuple[int, float, float]:
-    """Up to n payments of `price` while the balance covers it, one IEEE subtraction and
-    addition each, in order: (payments, balance, charges)."""
-    done = 0
-    if price == 0.0 and balance >= 0.0:
-        return n, balance, charges  # x - 0.0 == x and x + 0.0 == x
-    while done < n:
-        m = min(n - done, CHUNK)
-        balances = np.add.accumulate(np.concatenate(([balance], np.full(m, -price))))
-        short = np.flatnonzero(balances[:m] < price)
-        k = int(short[0]) if short.size else m
-        charged = np.add.accumulate(np.concatenate(([charges], np.full(k, price))))
-        balance, charges = float(balances[k]), float(charged[k])
-        done += k
-        if k < m:
-            break
-    return done, balance, charges
+def paid_run(balance: int, price: int, n: int) -> int:
+    """How many of up to n payments of `price` the balance covers (nano-units)."""
+    if price <= 0:
+        return n if balance >= 0 else 0
+    return max(0, min(n, balance // price))
 
 
 # -- the projection -------------------------------------------------------------------
