@@ -286,9 +286,13 @@ def test_two_instances_deliver_across_the_redis_hop(tmp_path: Path) -> None:
     published = [r for r in rows if r["op"] == "publish" and r["outcome"] == "ok"]
     assert len(delivered) == 40 * len(published) > 0
     lat = sorted(r["latency_ms"] for r in delivered)
-    # Half the listeners are on the publisher's instance (0.2 ms), half a Redis round
-    # trip (2 ms) away.
-    assert lat[0] < 1.0 and lat[-1] >= 2.0
+    # As RedisBackend does, the publisher's instance awaits the quota charge's round
+    # trip to Redis (2 ms) and the PUBLISH's (2 ms) before its own listeners get the
+    # message; the other instance's get it from Redis as that reply comes back. So
+    # both halves: 0.1 ms out, 4 ms of Redis, 0.1 ms back (and microseconds of CPU).
+    assert lat[0] >= 4.2 - 1e-3 and lat[-1] <= 4.2 + 0.05
+    acks = [r["latency_ms"] for r in published]
+    assert min(acks) >= 4.2 - 1e-3 and max(acks) <= 4.2 + 0.05
     s = stats(run_dir)
     assert sum(x["totals"]["messages"]["delivered"] for x in s.values()) == len(delivered)
 

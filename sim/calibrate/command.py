@@ -374,10 +374,12 @@ def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[fl
     server_us = redis["cpu_s"]["redis"] / n * 1e6
     extra_ms = (statistics.median(redis["crossed_delivery_s"])
                 - statistics.median(local)) * 1e3
-    # The engine waits 2 x latency_ms per hop (instance -> Redis -> instance) and charges
-    # the sender's and the receiver's CPU on the way: what a crossing adds beyond that
-    # CPU, halved.
-    latency_ms = max(MIN_LATENCY_MS, (extra_ms - (sender_us + receiver_us) / 1e3) / 2)
+    # A crossing in the engine, as RedisBackend does it: the quota charge's round trip
+    # to Redis (2 x latency_ms), the PUBLISH's way to Redis and on to the other instance
+    # (2 x latency_ms more), the sender's, redis-server's and the receiver's CPU on the
+    # way: what it adds beyond that CPU, quartered.
+    latency_ms = max(MIN_LATENCY_MS,
+                     (extra_ms - (sender_us + server_us + receiver_us) / 1e3) / 4)
     record = {
         "measured": True, "publishes": n, "wall_s": redis["wall_s"],
         "cpu_s": redis["cpu_s"], "idle_per_s": redis["idle_per_s"],
@@ -388,8 +390,8 @@ def _redis(redis: dict[str, Any] | None, costs: dict[str, float], local: list[fl
         "receive_us": "i1's CPU per message it receives from Redis and finds no one for",
         "server_us": "redis-server's CPU per publish (the ledger's charge included)",
         "latency_ms": "one way, instance <-> Redis: (median publish->delivery through "
-                      "Redis - a local one - send_us - receive_us) / 2 (includes the "
-                      "quota ledger's round trip to Redis before each publish)",
+                      "Redis - a local one - send_us - server_us - receive_us) / 4 (the "
+                      "quota charge's round trip, then the PUBLISH's way there and on)",
     }
     return ({"send_us": round(sender_us, 2), "receive_us": round(receiver_us, 2),
              "server_us": round(server_us, 2), "latency_ms": round(latency_ms, 4)},

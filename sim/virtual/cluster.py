@@ -3,12 +3,15 @@
 `ClusterBackend` does what `server.redis_backend.RedisBackend` does, with the same
 visible rules, on a `VirtualRedis` that is a dict and a clock instead of a server:
 
-- a publish is delivered through the local hub at once and, a Redis hop later, by
-  every other instance through its own hub: the sender's core pays `redis.send_us`,
-  each other's `redis.receive_us`, and redis-server `redis.server_us` of its own core
-  (a FIFO queue between the two latencies; with `Model.colocated`, of the least busy
-  instance core);
-- `send` reaches the peer's connections on every instance, and counts them;
+- a publish is delivered, a Redis hop later, by every other instance through its own
+  hub: the sender's core pays `redis.send_us`, each other's `redis.receive_us`, and
+  redis-server `redis.server_us` of its own core (a FIFO queue between the two
+  latencies; with `Model.colocated`, of the least busy instance core);
+- the sender awaits Redis as `RedisBackend` does: the quota charge (a Lua script) and
+  the PUBLISH each take a round trip, and only then does the local hub deliver and the
+  ack go out; the instance serves other jobs meanwhile (each await resumes as a job);
+- `send` reaches the peer's connections on every instance, and counts them (a round
+  trip to read where the peer is, and one for the PUBLISH when it is elsewhere);
 - presence is global: `joined`/`left` go out once per peer across instances, and a
   subscribe's snapshot lists peers on every instance;
 - while Redis is down (a scenario's `redis_blips`), subscribe, unsubscribe, publish
@@ -27,6 +30,8 @@ from server.backend import BackendError
 from server.hub import Hub, PresenceChange, presence_entry
 from server.ledgers import MemoryLedgers
 from server.patterns import subscription_key
+
+from .instance import Hold
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -101,8 +106,9 @@ class VirtualRedis:
         self.engine.at(up + RECONNECT_S, lambda: setattr(self, "up", True))
         return down, up
 
-    def hop(self, source: Instance, job: Any) -> None:
-        """`job(instance)` on every other instance, a Redis round later, after its hop.
+    def hop(self, source: Instance, job: Any) -> float:
+        """`job(instance)` on every other instance, a Redis round later, after its hop;
+        the virtual time Redis's reply is back at `source` (as the others get it).
 
         One event for all of them, not one each (19 a publish at 20 instances): they
         arrive at the same instant and are submitted in instance order, as the
@@ -110,25 +116,31 @@ class VirtualRedis:
         spends `server_us`: on its own core, a FIFO queue (at 37 us a message it runs
         out near 27,000 messages/s), or as work lent to an instance core.
         """
-        others = [other for other in self.instances if other is not source]
-        if not others:
-            return
         engine = self.engine
         latency = engine.model.redis.latency_ms / 1000.0
-        cost = engine.model.redis.server_us / 1e6
         reached = source.cursor + latency
+        others = [other for other in self.instances if other is not source]
+        if not others:
+            return reached + latency
+        cost = engine.model.redis.server_us / 1e6
 
         def forward(done: float) -> None:
             engine.at(done + latency, lambda: _arrived(others, job))
         if cost <= 0:
             forward(reached)
-        elif engine.model.colocated:
+            return reached + latency
+        if engine.model.colocated:  # the core it borrows is not known yet: no queue
             engine.at(reached, lambda: engine.host_core().lend(cost, forward))
-        else:
-            start = self.free_at if self.free_at > reached else reached
-            self.free_at = start + cost
-            self.busy_s += cost
-            forward(self.free_at)
+            return reached + cost + latency
+        start = self.free_at if self.free_at > reached else reached
+        self.free_at = start + cost
+        self.busy_s += cost
+        forward(self.free_at)
+        return self.free_at + latency
+
+    def round_trip_s(self) -> float:
+        """A command's round trip to Redis and back (a quota charge's Lua script)."""
+        return 2 * self.engine.model.redis.latency_ms / 1000.0
 
 
 def _arrived(others: list[Instance], job: Any) -> None:
@@ -154,7 +166,9 @@ class SharedLedgers(MemoryLedgers):
     async def charge_message(self, app_id: str, now: float) -> bool:
         if not self.redis.up:
             raise BackendError(DOWN)
-        return self.ledgers[app_id].charge_message(now)
+        charged = self.ledgers[app_id].charge_message(now)
+        await Hold(self.redis.round_trip_s())
+        return charged
 
 
 class ClusterBackend:
@@ -231,8 +245,9 @@ class ClusterBackend:
         node.spend_s(node.model.redis.send_us / 1e6)
         remote = Message(msg.app_id, msg.channel, msg.sender, msg.data, msg.sender_metadata,
                          None)
-        self.redis.hop(node, lambda other: other.deliver(
+        back = self.redis.hop(node, lambda other: other.deliver(
             other.backend.hub.deliver_message(remote)))
+        await Hold(back - node.cursor)  # the PUBLISH's reply, before the local fan-out
         deliveries = self.hub.deliver_message(msg)
         node.deliver(deliveries)
         return sum(len(d.targets) for d in deliveries)
@@ -243,12 +258,14 @@ class ClusterBackend:
         n_local = len(local[0].targets) if local else 0
         remote = 0
         if self.node.service.cross_instance_send:
+            await Hold(self.redis.round_trip_s())  # the peer's counts (HGETALL)
             counts = self.redis.peer_counts(msg.app_id, msg.to)
             remote = sum(n for i, n in counts.items() if i != self.node.index)
             if remote:
                 self.node.spend_s(self.node.model.redis.send_us / 1e6)
-                self.redis.hop(self.node, lambda other: other.deliver(
+                back = self.redis.hop(self.node, lambda other: other.deliver(
                     other.backend.hub.deliver_direct(msg)))
+                await Hold(back - self.node.cursor)
         self.node.deliver(local)
         return n_local + remote
 

@@ -43,15 +43,16 @@ DRAIN_HORIZON_S = 0.01  # how far ahead of the clock queued jobs may run
 COUNTED = ("message", "direct")
 
 
-class _Hold:
-    """What `Port.hold` returns: the coroutine yields it, the instance resumes it later."""
+class Hold:
+    """What `Port.hold` returns, and what a backend awaits for a Redis reply: the
+    coroutine yields it, the instance resumes it `seconds` later as a new job."""
 
     __slots__ = ("seconds",)
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
-    def __await__(self) -> Generator[_Hold, None, None]:
+    def __await__(self) -> Generator[Hold, None, None]:
         yield self
 
 
@@ -333,9 +334,9 @@ class Instance:
     def forget(self, conn: Connection) -> Any:
         return self.backend.disconnect(conn)
 
-    def hold(self, seconds: float) -> _Hold:
+    def hold(self, seconds: float) -> Hold:
         self.service.stats.holds.observe(seconds)
-        return _Hold(seconds)
+        return Hold(seconds)
 
     def call(self, origin: object, route: Route) -> Any:
         return call_backend(self.backend, origin, route)
