@@ -47,6 +47,7 @@ SCHEMA = pa.schema([
     ("msg_id", pa.string()), ("peer", pa.string()), ("intended_t", pa.float64()),
     ("policy", pa.string())])
 FLUSH_ROWS = 20000
+FLUSH_S = 1.0  # a Locust process flushes its log this often (`loadtests.locustlog`)
 COMPRESSION = "zstd"
 SUFFIX = ".parquet"
 # Dictionaries for the strings (users, codes, ops, channels repeat); floats split by

@@ -33,10 +33,9 @@ import gevent
 import gevent.event
 from locust.runners import MasterRunner, WorkerRunner
 
-from .eventlog import EventLog, ShippedLogs, log_dir
+from .eventlog import FLUSH_S, EventLog, ShippedLogs, log_dir
 from .swarmconfig import settings_for
 
-FLUSH_S = 1.0
 FINISH_MARGIN_S = 30.0  # beyond --stop-timeout, for a worker's last stop and batch
 # Locust message types (worker -> master unless said otherwise).
 OPENED = "rtmsim_events_open"  # {"tag"}: this worker ships its log

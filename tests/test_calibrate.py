@@ -356,6 +356,9 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     assert lg.wake_us + lg.delivery_us == pytest.approx(
         swarms["deliveries"]["delivery_us"], abs=0.02)
     assert lg.receive_us == lg.delivery_us
+    flush = swarms["flush"]  # the event log's flush, timed on 2,000 and 10,000 rows
+    assert (lg.flush_us, lg.flush_row_us) == (flush["flush_us"], flush["flush_row_us"])
+    assert flush["median_ms"][1] > flush["median_ms"][0] > 0 and lg.flush_row_us > 0
     if lg.send_us > 0:
         assert swarms["requests"]["round_trip_us"] == pytest.approx(
             lg.send_us + lg.wake_us + lg.receive_us, abs=0.02)

@@ -123,6 +123,23 @@ def test_a_ready_socket_reads_what_arrived_before_its_turn() -> None:
     assert got["c"] == pytest.approx(1.0 + 35e-6 + 15e-6)
 
 
+def test_the_event_logs_flush_holds_up_the_loop_by_the_rows_since_the_last() -> None:
+    # Three frames read (three rows), then the flush's timer: 1 ms and 10 us a row.
+    # A reply arriving during the flush is read after it; the next flush has one row.
+    clock, core = _loop(receive_us=5.0, flush_us=1000.0, flush_row_us=10.0)
+    got: list[float] = []
+    for i in range(3):
+        _at(clock, 1.0 + i * 1e-3, lambda i=i: core.read(i, core.receive_s, got.append, True))
+    _at(clock, 1.01, core.flush)
+    _at(clock, 1.0105, lambda: core.read("late", core.receive_s, got.append, True))
+    _at(clock, 2.01, core.flush)
+    clock.run(3.0)
+    flush = 1000e-6 + 3 * 10e-6
+    assert got[3] == pytest.approx(1.01 + flush + 5e-6)
+    assert core.busy_s == pytest.approx(4 * 5e-6 + flush + 1000e-6 + 10e-6)
+    assert core.rows == 0
+
+
 def test_without_a_wake_a_backlog_is_read_frame_after_frame() -> None:
     # wake_us = 0 (a model file from before the loop): the reads of a backlog are
     # 5 us apart whichever iteration holds them, as a FIFO would read them.
@@ -197,7 +214,8 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     meta = json.loads((simulate(tmp_path, flood, model) / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] == {
         "kind": "locust", "processes": 1, "colocated": False, "send_us": 1.0,
-        "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0}
+        "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0, "flush_us": 0.0,
+        "flush_row_us": 0.0}
     meta = json.loads((simulate(tmp_path, flood, model, load_generator=False)
                        / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] is None

@@ -10,6 +10,9 @@ load CPUs, against the calibration's server:
 - **deliveries**: subscribers on one channel, fed at a fixed rate by a raw publisher
   from this process: the process's CPU per delivered frame, over its idle cost. Each
   frame finds its socket's reader asleep, so this is a wake and a read;
+- **flush**: the event log's flush (`loadtests.eventlog.EventLog.flush`, which a
+  Locust process runs once a second in its loop) timed here on batches of 2,000 and
+  10,000 delivery rows: a fixed part and a part per row (`flush_us`, `flush_row_us`);
 - **bursts**: the same with the process stopped (SIGSTOP) while a burst of publishes
   fills every subscriber's socket, then let go: each reader wakes once and reads the
   whole burst. With the deliveries' figure this splits a read from a wake of its
@@ -43,6 +46,7 @@ from websockets.asyncio.client import connect
 
 from loadtests.benchconfig import PUBLISHABLE_KEY
 from loadtests.eventload import load_client_events
+from loadtests.eventlog import EventLog
 
 from .servers import ROOT, CalibrationError, Served, process_cpu_s
 
@@ -214,6 +218,37 @@ async def bursts(server: Served, base: Path, seconds: float, cpus: set[int] | No
             "wake_us": round(delivery_us - frame_us, 2)}
 
 
+FLUSH_SIZES = (2_000, 10_000)  # rows a flush: about 1 s of a light and a busy process
+FLUSH_REPEATS = 5
+
+
+def flush_costs(base: Path) -> dict[str, Any]:
+    """The event log's flush timed on delivery rows like a Locust process logs: the
+    median of `FLUSH_REPEATS` at each of `FLUSH_SIZES`, and the straight line through
+    them (a fixed part and a part a row)."""
+    log = EventLog(base / "flush")
+    medians = []
+    for n in FLUSH_SIZES:
+        times = []
+        for rep in range(FLUSH_REPEATS):
+            t = 1.9e9 + rep
+            for i in range(n):
+                log.row(t + i * 1e-4, f"Subscriber-1-{i % 20}", "Subscriber", "deliver",
+                        "message", 1.0 + i * 1e-6, 1, 180, "cal/flush",
+                        f"Publisher-1-{i % 10}:{i}", f"Publisher-1-{i % 10}", None,
+                        "default")
+            start = time.perf_counter()
+            log.flush()
+            times.append(time.perf_counter() - start)
+        medians.append(sorted(times)[FLUSH_REPEATS // 2])
+    log.close()
+    (small, big), (a, b) = FLUSH_SIZES, medians
+    row_us = max(0.0, (b - a) / (big - small) * 1e6)
+    return {"rows": list(FLUSH_SIZES), "median_ms": [round(m * 1e3, 3) for m in medians],
+            "flush_us": round(max(0.0, a * 1e6 - row_us * small), 2),
+            "flush_row_us": round(row_us, 4)}
+
+
 def _subscribed(run_dir: Path, n: int) -> Callable[[], bool]:
     def ready() -> bool:
         if not _has_rows(run_dir)():
@@ -260,7 +295,11 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     bst = await bursts(server, base, seconds, cpus, dlv["delivery_us"])
     log(f"    {bst['rounds']} bursts: {bst['burst_read_us']} us a reader's burst: a wake "
         f"{bst['wake_us']} us and {bst['frame_us']} us a frame")
-    return {"requests": req, "deliveries": dlv, "bursts": bst}
+    flush = flush_costs(base)
+    log(f"load generator: its event log's flush: {flush['flush_us']:.0f} us and "
+        f"{flush['flush_row_us']} us a row ({flush['median_ms'][0]} ms for "
+        f"{FLUSH_SIZES[0]:,} rows)")
+    return {"requests": req, "deliveries": dlv, "bursts": bst, "flush": flush}
 
 
 def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
@@ -274,6 +313,9 @@ def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
         table.update(receive_us=frame, delivery_us=frame, wake_us=wake)
         table["send_us"] = round(max(0.0, measured["requests"]["round_trip_us"]
                                      - wake - frame), 2)
+    flush = measured.get("flush")
+    if flush is not None:
+        table.update(flush_us=flush["flush_us"], flush_row_us=flush["flush_row_us"])
     return table
 
 

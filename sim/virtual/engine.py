@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from loadtests.eventlog import EventLog
+from loadtests.eventlog import FLUSH_S, EventLog
 from server.actions import Deliver
 from server.jsonenc import loads
 
@@ -183,6 +183,14 @@ class Engine:
         self.cores = process_cores(load_costs or model.load_generator, load_generator,
                                    self.env, steal, WakeCurve(model.wake_cpu_curve)
                                    ) if load_generator else []
+        if any(core.flushes for core in self.cores):
+            self.env.call_at(FLUSH_S, self._flush_logs)
+
+    def _flush_logs(self) -> None:
+        """Each load process's event log flushes, once a `FLUSH_S` (its greenlet)."""
+        for core in self.cores:
+            core.flush()
+        self.env.call_at(self.env.now + FLUSH_S, self._flush_logs)
 
     # -- time -------------------------------------------------------------------------------
 

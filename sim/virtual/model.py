@@ -119,6 +119,10 @@ class LoadGenerator:
     # a socket's reader woken in an iteration of the loop, whatever it then reads (0:
     # each frame pays only its own cost, as in a model file from before 2026-12-07)
     wake_us: float = 0.0
+    # the event log's flush, once a second in the loop (Parquet: a fixed part and a
+    # part per row logged since the last): it holds up every user of the process
+    flush_us: float = 0.0
+    flush_row_us: float = 0.0
 
 
 class WakeCurve:
