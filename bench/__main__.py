@@ -205,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-load-generator", dest="load_generator", action="store_false",
                    help="simulate without modelling the real run's Locust processes "
                         "(rtmsim simulate without --load-generator)")
+    p.add_argument("--repeat", action="store_true", help="run each scenario for real twice "
+                   "and hold the second run to the same bounds against the first (how far "
+                   "the real harness agrees with itself; with --from, compares the second "
+                   "run that --repeat --keep wrote)")
     p.add_argument("--check", action="store_true", help="exit 1 if a check misses its bound")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -250,7 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise BenchError(f"--model {args.model}: no such file")
         return validate(args.scenarios, users=args.users, seed=args.seed, keep=args.keep,
                         existing=args.existing, log=log, load_generator=args.load_generator,
-                        model=args.model)
+                        model=args.model, repeat=args.repeat)
     if not (args.ours_root / "sim" / "cli.py").is_file():
         raise BenchError(f"--ours-root {args.ours_root}: no sim/cli.py there; "
                          "give the root of an rtmsim checkout")

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from loadtests.eventload import load_client_events
 from .procs import ROOT, BenchError, checkout, machine
 
 SCENARIOS = ("default", "deploy-storm", "quota-exhaustion", "retry-bakeoff", "redis-blip")
+REPEAT = "real-repeat"  # --repeat's second real run, beside real/ and virtual/
 SCENARIO_DIR = ROOT / "scenarios"
 # sim.rundir's names; bench may not import it
 SUMMARY, RUN, TIMELINE = "summary.json", "run.json", "server-timeline.jsonl"
@@ -91,6 +92,9 @@ class Check:
     limit: float | None
     ok: bool | None
     note: str = ""
+    # --repeat: the second real run's figure, and whether it is within the same bound
+    repeat: float | None = None
+    repeat_ok: bool | None = None
 
     @property
     def bound(self) -> str:
@@ -487,16 +491,18 @@ def run_child(verb: str, scenario: Path, out: Path, *, users: int | None, seed: 
 def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
              keep: Path | None, existing: Path | None,
              log: Callable[[str], None], load_generator: bool = True,
-             model: Path | None = None) -> dict[str, Any]:
+             model: Path | None = None, repeat: bool = False) -> dict[str, Any]:
     """Run (or, with `existing`, re-read) each scenario real and virtual, and compare.
 
     The virtual run models the real run's Locust processes (`--load-generator`): what
-    the real run's clients measure includes them."""
+    the real run's clients measure includes them. `repeat`: a second real run of each,
+    held to the same bounds against the first (how far the real harness agrees with
+    itself; the bounds do not change)."""
     paths = [scenario_path(name) for name in scenarios]
     base = existing or keep
     if existing is None and keep is not None:
         for path in paths:
-            for kind in ("real", "virtual"):
+            for kind in ("real", "virtual", *((REPEAT,) if repeat else ())):
                 d = keep / path.stem / kind
                 if d.exists() and any(d.iterdir()):
                     raise BenchError(f"--keep {keep}: {d} exists and is not empty; choose "
@@ -509,7 +515,7 @@ def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
     try:
         results = [_scenario(path, base / path.stem, users=users, seed=seed,
                              run=existing is None, log=log,
-                             simulate=virtual_flags(load_generator, model))
+                             simulate=virtual_flags(load_generator, model), repeat=repeat)
                    for path in paths]
     finally:
         if tmp is not None:
@@ -519,15 +525,21 @@ def validate(scenarios: Sequence[str], *, users: int | None, seed: int | None,
             r["real_dir"] = r["virtual_dir"] = None  # deleted: --keep DIR keeps them
     checks = [c for r in results for c in r["checks"]]
     failed = sum(c["ok"] is False for c in checks)
-    return {"benchmark": "validate", "machine": machine(), "checkout": checkout(ROOT),
-            "load_generator": load_generator, "model": str(model) if model else None,
-            "bounds": bounds(), "scenarios": results, "checks": len(checks),
-            "failed": failed, "skipped": sum(c["ok"] is None for c in checks),
-            "passed": failed == 0}
+    out = {"benchmark": "validate", "machine": machine(), "checkout": checkout(ROOT),
+           "load_generator": load_generator, "model": str(model) if model else None,
+           "bounds": bounds(), "scenarios": results, "checks": len(checks),
+           "failed": failed, "skipped": sum(c["ok"] is None for c in checks),
+           "passed": failed == 0}
+    if repeat:
+        judged = [c for c in checks if c.get("repeat_ok") is not None]
+        out["repeat"] = {"checks": len(judged),
+                         "failed": sum(c["repeat_ok"] is False for c in judged)}
+    return out
 
 
 def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, run: bool,
-              log: Callable[[str], None], simulate: Sequence[str] = ()) -> dict[str, Any]:
+              log: Callable[[str], None], simulate: Sequence[str] = (),
+              repeat: bool = False) -> dict[str, Any]:
     real_dir, virtual_dir = base / "real", base / "virtual"
     wall: dict[str, float | None] = {"real": None, "virtual": None}
     log(f"{path.stem}: " + ("real and virtual runs" if run else f"comparing {base}"))
@@ -542,13 +554,23 @@ def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, ru
             f"{load['after']:.2f} after")
         wall["virtual"] = run_child("simulate", path, virtual_dir, users=users, seed=seed,
                                     log=log, extra=simulate)
+        if repeat:
+            wall[REPEAT] = run_child("run", path, base / REPEAT, users=users, seed=seed,
+                                     log=log)
+    dirs = (real_dir, virtual_dir, *((base / REPEAT,) if repeat else ()))
     summaries = []
-    for d in (real_dir, virtual_dir):
+    for d in dirs:
         if not (d / SUMMARY).is_file():
-            raise BenchError(f"--from {base.parent}: no {SUMMARY} in {d}")
+            made = " (a second real run: --repeat makes it)" if d.name == REPEAT else ""
+            raise BenchError(f"--from {base.parent}: no {SUMMARY} in {d}{made}")
         summaries.append(json.loads((d / SUMMARY).read_text()))
-    real, virtual = summaries
+    real, virtual = summaries[:2]
     checks = compare(real, virtual, real_dir, virtual_dir)
+    if repeat:
+        again = {c.name: c for c in compare(real, summaries[2], real_dir, base / REPEAT)}
+        checks = [c if c.name not in again else
+                  replace(c, repeat=again[c.name].virtual, repeat_ok=again[c.name].ok)
+                  for c in checks]
     missed = [c.name for c in checks if c.ok is False]
     skipped = sum(c.ok is None for c in checks)
     log(f"{path.stem}: {len(checks) - len(missed) - skipped} of {len(checks)} checks "
@@ -602,11 +624,15 @@ def bounds() -> dict[str, str]:
 
 
 def validate_summary(result: dict[str, Any]) -> str:
-    """The table: scenario, check, real, virtual, bound, ok; then one line of totals."""
-    rows = [("scenario", "check", "real", "virtual", "bound", "ok")]
+    """The table: scenario, check, real, virtual, bound, ok (with --repeat: the second
+    real run and whether it is within the same bound); then the totals."""
+    again = result.get("repeat")
+    rows = [("scenario", "check", "real", "virtual", "bound",
+             *(("real again", "within") if again else ()), "ok")]
     for r in result["scenarios"]:
         rows += [(r["scenario"], c["name"], _number(c["real"]), _number(c["virtual"]),
-                  c["bound"], _verdict(c)) for c in r["checks"]]
+                  c["bound"], *((_number(c.get("repeat")), _yes(c.get("repeat_ok")))
+                                if again else ()), _verdict(c)) for c in r["checks"]]
     lines = _table(rows)
     failed, skipped = result["failed"], result["skipped"]
     lines.append("")
@@ -614,10 +640,19 @@ def validate_summary(result: dict[str, Any]) -> str:
                  f"checks within their bounds, {skipped} skipped"
                  + (f", {failed} MISSED" if failed else "")
                  + f" ({result['machine']['cpus']} cpus)")
+    if again:
+        done = again["checks"] - again["failed"]
+        lines.append(f"the real runs again, against the first: {done}"
+                     f" of {again['checks']} within the same bounds (how far the real "
+                     "harness agrees with itself)")
     kept = [r["real_dir"] for r in result["scenarios"] if r["real_dir"]]
     if kept:
         lines.append(f"run directories: {Path(kept[0]).parent.parent}")
     return "\n".join(lines)
+
+
+def _yes(ok: bool | None) -> str:
+    return "-" if ok is None else "yes" if ok else "NO"
 
 
 def _verdict(check: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from bench.__main__ import main
 from bench.validate import (
     LARGE_COUNT,
     Check,
+    _scenario,
     amplification_by_class,
     client_rows,
     compare,
@@ -316,3 +317,42 @@ def test_bad_input_is_one_line_and_exit_2(argv: list[str], message: str, capsys)
     assert main(["validate", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"bench: {message}") and err.count("\n") == 1
+
+
+# -- --repeat: the real harness against itself -------------------------------------------
+
+
+def _runs(base: Path, **counts: dict[str, int]) -> None:
+    for kind, errs in counts.items():
+        base.mkdir(parents=True, exist_ok=True)
+        d = run_dir(base / kind.replace("_", "-"), [])
+        (d / "summary.json").write_text(json.dumps(errors(**errs)))
+
+
+def test_repeat_holds_a_second_real_run_to_the_same_bounds(tmp_path: Path):
+    # 3 sd of 100 is 30: the virtual 140 misses, the second real run's 110 is within,
+    # and a code only the first real run saw (200 against 0) misses both ways.
+    _runs(tmp_path, real={"x": 100, "y": 200}, virtual={"x": 140, "y": 200},
+          real_repeat={"x": 110, "y": 0})
+    result = _scenario(Path("default.toml"), tmp_path, users=None, seed=None, run=False,
+                       log=lambda _: None, repeat=True)
+    got = {c["name"]: (c["ok"], c["repeat"], c["repeat_ok"]) for c in result["checks"]}
+    assert got["errors.x.client"] == (False, 110, True)
+    assert got["errors.y.server"] == (True, 0, False)
+    table = validate_summary({"scenarios": [result], "checks": 4, "failed": 2, "skipped": 0,
+                              "machine": {"cpus": 2}, "repeat": {"checks": 4, "failed": 2}})
+    lines = table.splitlines()
+    assert lines[0].split() == ["scenario", "check", "real", "virtual", "bound", "real",
+                                "again", "within", "ok"]
+    assert ("the real runs again, against the first: 2 of 4 within the same bounds (how "
+            "far the real harness agrees with itself)") in lines
+
+
+def test_repeat_from_runs_made_without_it_is_one_line_and_exit_2(tmp_path: Path, capsys):
+    _runs(tmp_path / "default", real={"x": 1}, virtual={"x": 1})
+    assert main(["validate", "--scenarios", "default", "--from", str(tmp_path),
+                 "--repeat", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench: --from {tmp_path}: no summary.json in "
+                          f"{tmp_path}/default/real-repeat (a second real run: --repeat "
+                          "makes it)") and err.count("\n") == 1
