@@ -221,6 +221,19 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     assert meta["engine"]["load_generator"] is None
 
 
+def test_the_event_log_flushes_once_a_virtual_second_through_a_whole_run(
+        tmp_path: Path) -> None:
+    # Nothing else costs the process anything: its CPU is its flushes, 2 ms each, one
+    # a second from the start of the run to its end (20 s of scenario and the lead).
+    model = replace(QUIET, load_generator=LoadGenerator(flush_us=2000.0))
+    run_dir = simulate(tmp_path, SUBS.format(server="", faults=""), model)
+    meta = json.loads((run_dir / rundir.RUN).read_text())
+    flushes = meta["load_generator"]["cpu_s"] / 0.002
+    assert flushes == pytest.approx(round(flushes), abs=1e-6)
+    assert 20 <= round(flushes) <= 20 + 5
+    assert meta["load_generator"]["busiest_share"] == pytest.approx(0.002, abs=1e-4)
+
+
 def test_the_shipped_model_has_load_generator_costs() -> None:
     lg = load_model().load_generator
     assert lg.send_us > 0 and lg.receive_us > 0 and lg.delivery_us > 0
