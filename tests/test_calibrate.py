@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 
 from bench.calibratecheck import compare
-from sim.calibrate import command, servers
+from loadtests.client import RealtimeClient
+from sim.calibrate import command, loadgen, servers
 from sim.calibrate.fit import (
     FLOOR_US,
     FitError,
@@ -171,6 +172,43 @@ def with_load(rows: list[Row], costs: dict[str, float] | None, noise: float = 0.
                        {"server_busy": 0.9, "core_busy": 0.9, "load_cpu_s": load,
                         "load_busy": load, "load_other_threads_cpu_s": 0.0}))
     return out
+
+
+def test_the_locust_round_trip_is_split_around_the_bursts_wake() -> None:
+    def table(round_trip: float, wake: float, frame: float) -> dict[str, float]:
+        return loadgen.load_generator_table({
+            "requests": {"round_trip_us": round_trip},
+            "deliveries": {"delivery_us": wake + frame},
+            "bursts": {"wake_us": wake, "frame_us": frame}})
+    # a reply's frame is a delivery's when the round trip leaves room for it
+    assert table(60.0, 20.0, 15.0) == {"send_us": 25.0, "receive_us": 15.0,
+                                       "delivery_us": 15.0, "wake_us": 20.0}
+    # a delivery's frame (its envelope timed, reported, de-duplicated) can cost more
+    # than a whole round trip's send and reply: the two share what is left
+    assert table(43.0, 25.0, 21.0) == {"send_us": 9.0, "receive_us": 9.0,
+                                       "delivery_us": 21.0, "wake_us": 25.0}
+    assert table(20.0, 25.0, 21.0)["send_us"] == table(20.0, 25.0, 21.0)["receive_us"] == 0
+
+
+def test_the_calibration_feeds_subscribers_what_a_locust_publisher_publishes() -> None:
+    frame = json.loads(loadgen.publish_frame("cal/x", 7))
+    data = frame["data"]
+    assert (frame["type"], frame["channel"], frame["requestId"]) == ("publish", "cal/x", "7")
+    assert data["id"] == f"{loadgen.FEEDER}:7" and data["ch"] == "cal/x"
+    assert isinstance(data["ts"], float) and len(data["v"]) == 64
+    # the subscriber's client times, reports and sequences it as a run's delivery
+    reported: list[tuple[float | None, str]] = []
+
+    class Reporter:
+        def delivery(self, kind: str, latency: float | None, **kw: str) -> None:
+            reported.append((latency, kw["msg_id"]))
+    client = RealtimeClient("ws://127.0.0.1:9", reporter=Reporter())  # never connects
+    raw = json.dumps({"type": "message", "channel": "cal/x", "data": data})
+    client._dispatch(json.loads(raw), raw)
+    client._dispatch(json.loads(raw), raw)
+    assert [msg_id for _, msg_id in reported] == [data["id"]] * 2
+    assert all(latency is not None and latency >= 0 for latency, _ in reported)
+    assert (client.received, client.duplicates) == (2, 1)
 
 
 def test_raw_client_costs_recover_the_costs_put_into_the_publish_steps() -> None:
@@ -355,13 +393,17 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     assert (lg.wake_us, lg.delivery_us) == (bursts["wake_us"], bursts["frame_us"])
     assert lg.wake_us + lg.delivery_us == pytest.approx(
         swarms["deliveries"]["delivery_us"], abs=0.02)
-    assert lg.receive_us == lg.delivery_us
+    rest = max(0.0, swarms["requests"]["round_trip_us"] - lg.wake_us)
+    assert lg.receive_us == pytest.approx(min(lg.delivery_us, rest / 2), abs=0.01)
+    timers = swarms["timers"]  # an idle gevent loop's sleeps: whole ms, then later
+    assert lg.timer_ms == timers["timer_ms"] == 1.0
+    assert [ms for ms, _ in lg.timer_wake_curve] == [1.0, 4.0, 10.0, 50.0, 200.0]
+    assert [list(p) for p in lg.timer_wake_curve] == timers["timer_wake_curve"]
+    assert all(us >= 0 for _, us in lg.timer_wake_curve)
     flush = swarms["flush"]  # the event log's flush, timed on 2,000 and 10,000 rows
     assert (lg.flush_us, lg.flush_row_us) == (flush["flush_us"], flush["flush_row_us"])
     assert flush["median_ms"][1] > flush["median_ms"][0] > 0 and lg.flush_row_us > 0
-    if lg.send_us > 0:
-        assert swarms["requests"]["round_trip_us"] == pytest.approx(
-            lg.send_us + lg.wake_us + lg.receive_us, abs=0.02)
+    assert lg.send_us + lg.receive_us == pytest.approx(rest, abs=0.02)
     # The raw client's costs, fitted from the load's own CPU in the publish steps.
     fitted = raw["measured"]["raw_client"]
     assert fitted["measured"] is True, fitted.get("reason")

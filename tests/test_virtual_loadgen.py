@@ -153,6 +153,73 @@ def test_without_a_wake_a_backlog_is_read_frame_after_frame() -> None:
                                           1.0 + 20e-6])
 
 
+def test_an_idle_loop_runs_its_timers_on_whole_milliseconds() -> None:
+    # The loop last worked at 1.0 (a write), so it sleeps until its first timer in
+    # whole milliseconds: a sleep ending at 1.0253 runs at 1.026, and one ending at
+    # 1.0258 joins it. The loop is busy until 1.026 + 2 writes; a timer ending at
+    # 1.0261 then waits from there, 1 ms rounded up.
+    clock, core = _loop(send_us=10.0, timer_ms=1.0)
+    ran: list[tuple[str, float]] = []
+
+    def user(name: str):
+        def run() -> None:
+            ran.append((name, clock.now))
+            core.write(lambda t: ran.append((name + " wrote", t)))
+        return lambda: core.timer(run)
+
+    _at(clock, 1.0, lambda: core.write(lambda t: None, 0.0))
+    _at(clock, 1.0253, user("a"))
+    _at(clock, 1.0258, user("b"))
+    _at(clock, 1.0261, user("c"))
+    clock.run(2.0)
+    got = dict(ran)
+    assert got["a"] == got["b"] == pytest.approx(1.026)
+    assert (got["a wrote"], got["b wrote"]) == pytest.approx((1.026 + 10e-6, 1.026 + 20e-6))
+    assert got["c"] == pytest.approx(1.026 + 20e-6 + 1e-3)
+
+
+def test_a_frame_wakes_a_loop_sleeping_to_its_timer_and_the_timer_runs_first() -> None:
+    # The timer ended at 1.0253 (the loop would wake at 1.026); a frame at 1.0255
+    # wakes it sooner, and the user whose timer ended runs first in that iteration.
+    clock, core = _loop(delivery_us=5.0, wake_us=10.0, timer_ms=1.0)
+    ran: list[tuple[str, float]] = []
+    _at(clock, 1.0, lambda: core.write(lambda t: None, 0.0))
+    _at(clock, 1.0253, lambda: core.timer(lambda: ran.append(("timer", clock.now))))
+    _at(clock, 1.0255, lambda: core.read("s", core.delivery_s,
+                                         lambda t: ran.append(("read", t)), False))
+    clock.run(2.0)
+    assert ran == [("timer", pytest.approx(1.0255)), ("read", pytest.approx(1.0255 + 15e-6))]
+
+
+def test_a_timer_wakes_the_loop_later_the_longer_it_slept() -> None:
+    # timer_wake_curve [[1 ms, 100 us], [50 ms, 300 us]]: a 25 ms sleep (25 ms on the
+    # dot) wakes at 25 ms + the curve at 25 ms, linear in log idle between the points.
+    clock, core = _loop(timer_ms=1.0, timer_wake_curve=((1.0, 100.0), (50.0, 300.0)))
+    ran: list[float] = []
+    _at(clock, 1.0, lambda: core.write(lambda t: None, 0.0))
+    _at(clock, 1.025, lambda: core.timer(lambda: ran.append(clock.now)))
+    clock.run(2.0)
+    extra = 100e-6 + 200e-6 * math.log(25.0) / math.log(50.0)
+    assert ran == [pytest.approx(1.025 + extra)]
+
+
+def test_a_busy_loop_runs_an_expired_timer_first_in_its_next_iteration() -> None:
+    # A frame's read holds the loop 1.0 -> 1.0 + 110 us; a timer ending meanwhile
+    # runs when it ends (not on a millisecond: the loop did not sleep), and with
+    # timer_ms = 0 an idle loop runs a timer when it ends.
+    clock, core = _loop(delivery_us=100.0, wake_us=10.0, timer_ms=1.0)
+    ran: list[float] = []
+    _at(clock, 1.0, lambda: core.read("s", core.delivery_s, lambda t: None, False))
+    _at(clock, 1.00005, lambda: core.timer(lambda: ran.append(clock.now)))
+    clock.run(2.0)
+    assert ran == [pytest.approx(1.0 + 110e-6)]
+    clock, core = _loop(send_us=10.0)
+    _at(clock, 1.0, lambda: core.write(lambda t: None))
+    _at(clock, 1.0253, lambda: core.timer(lambda: ran.append(clock.now)))
+    clock.run(2.0)
+    assert ran[1] == pytest.approx(1.0253)
+
+
 # -- what users measure ----------------------------------------------------------------
 
 
@@ -215,7 +282,7 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     assert meta["engine"]["load_generator"] == {
         "kind": "locust", "processes": 1, "colocated": False, "send_us": 1.0,
         "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0, "flush_us": 0.0,
-        "flush_row_us": 0.0}
+        "flush_row_us": 0.0, "timer_ms": 0.0, "timer_wake_curve": []}
     meta = json.loads((simulate(tmp_path, flood, model, load_generator=False)
                        / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] is None
@@ -250,6 +317,21 @@ def test_a_bad_load_generator_figure_is_one_line(tmp_path: Path,
     path.write_text(FLOOD + "[model.load_generator]\nsend_ms = 1\n")
     assert main(["simulate", str(path), "--out", str(tmp_path / "out2")]) == 2
     assert "send_ms" in capsys.readouterr().err
+    path.write_text(FLOOD + "[model.load_generator]\ntimer_wake_curve = [[10, 5], [1, 9]]\n")
+    assert main(["simulate", str(path), "--out", str(tmp_path / "out3")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "model.load_generator.timer_wake_curve" in err and "ascending" in err
+
+
+def test_a_model_file_sets_the_load_generators_timers(tmp_path: Path) -> None:
+    path = tmp_path / "model.toml"
+    path.write_text('[model]\n[model.costs_us]\n' + "".join(
+        f"{op} = 10.0\n" for op in load_model().costs_us)
+        + "[model.load_generator]\ntimer_ms = 1.0\n"
+          "timer_wake_curve = [[1.0, 90.0], [50.0, 300]]\n")
+    lg = load_model(path).load_generator
+    assert (lg.timer_ms, lg.timer_wake_curve) == (1.0, ((1.0, 90.0), (50.0, 300.0)))
 
 
 class AlignedTicker(Ticker):

@@ -45,9 +45,12 @@ import orjson
 from websockets.asyncio.client import connect
 
 from loadtests.benchconfig import PUBLISHABLE_KEY
+from loadtests.catalog import PublisherParams
+from loadtests.envelope import envelope
 from loadtests.eventload import load_client_events
 from loadtests.eventlog import EventLog
 
+from . import timers
 from .servers import ROOT, CalibrationError, Served, process_cpu_s
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
@@ -188,9 +191,7 @@ async def bursts(server: Served, base: Path, seconds: float, cpus: set[int] | No
                 os.kill(proc.pid, signal.SIGSTOP)
                 try:
                     for i in range(BURST):
-                        await ws.send(orjson.dumps({
-                            "type": "publish", "channel": channel, "data": {"text": "x" * 53},
-                            "requestId": f"{rounds}-{i}"}).decode())
+                        await ws.send(publish_frame(channel, rounds * BURST + i + 1))
                     for _ in range(BURST):  # acked: every delivery was written before
                         await ws.recv()
                 finally:
@@ -249,6 +250,20 @@ def flush_costs(base: Path) -> dict[str, Any]:
             "flush_row_us": round(row_us, 4)}
 
 
+FEEDER = "Publisher-calibrate-1"
+PAYLOAD = "x" * PublisherParams().payload_bytes  # a Locust Publisher's default value
+
+
+def publish_frame(channel: str, n: int) -> str:
+    """The `n`-th publish of the feeder, as a Locust Publisher sends it: in the
+    accounting envelope, so each delivery costs the subscriber what a run's does (its
+    latency timed and reported to Locust, its id de-duplicated and sequenced); a bare
+    payload takes the client's short path and measured a third less."""
+    _, data = envelope(FEEDER, n, PAYLOAD, channel, time.time())
+    return orjson.dumps({"type": "publish", "channel": channel, "data": data,
+                         "requestId": str(n)}).decode()
+
+
 def _subscribed(run_dir: Path, n: int) -> Callable[[], bool]:
     def ready() -> bool:
         if not _has_rows(run_dir)():
@@ -273,16 +288,14 @@ async def _feed(url: str, channel: str, rate: float, stop: asyncio.Event) -> Non
         i = 0
         while not stop.is_set():
             i += 1
-            await ws.send(orjson.dumps({"type": "publish", "channel": channel,
-                                        "data": {"text": "x" * 53},
-                                        "requestId": str(i)}).decode())
+            await ws.send(publish_frame(channel, i))
             await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
         reader.cancel()
 
 
 async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | None,
                   log: Callable[[str], None]) -> dict[str, Any]:
-    """The two swarms, one after another."""
+    """The swarms, one after another, the flush and the timers."""
     seconds = max(1.0, seconds)
     log(f"load generator: {PUBLISHERS} Locust publishers in closed loops ({seconds:g} s)")
     req = await requests(server, base, seconds, cpus)
@@ -299,10 +312,14 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     log(f"load generator: its event log's flush: {flush['flush_us']:.0f} us and "
         f"{flush['flush_row_us']} us a row ({flush['median_ms'][0]} ms for "
         f"{FLUSH_SIZES[0]:,} rows)")
-    return {"requests": req, "deliveries": dlv, "bursts": bst, "flush": flush}
+    tim = timers.measure(cpus, ROOT)
+    log("load generator: its timers: " + ", ".join(
+        f"{us:g} us past {ms:g} ms" for ms, us in tim["timer_wake_curve"]))
+    return {"requests": req, "deliveries": dlv, "bursts": bst, "flush": flush,
+            "timers": tim}
 
 
-def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
+def load_generator_table(measured: dict[str, Any]) -> dict[str, Any]:
     """`[model.load_generator]` from `measure`'s figures (without `bursts`, a file of
     before them: no wake, each frame the deliveries' figure)."""
     table = client_table(measured["requests"]["round_trip_us"],
@@ -310,12 +327,16 @@ def load_generator_table(measured: dict[str, Any]) -> dict[str, float]:
     bst = measured.get("bursts")
     if bst is not None:
         wake, frame = bst["wake_us"], bst["frame_us"]
-        table.update(receive_us=frame, delivery_us=frame, wake_us=wake)
-        table["send_us"] = round(max(0.0, measured["requests"]["round_trip_us"]
-                                     - wake - frame), 2)
+        rest = max(0.0, measured["requests"]["round_trip_us"] - wake)
+        receive = min(frame, rest / 2)
+        table.update(receive_us=round(receive, 2), delivery_us=frame, wake_us=wake,
+                     send_us=round(rest - receive, 2))
     flush = measured.get("flush")
     if flush is not None:
         table.update(flush_us=flush["flush_us"], flush_row_us=flush["flush_row_us"])
+    tim = measured.get("timers")
+    if tim is not None:
+        table.update(timer_ms=tim["timer_ms"], timer_wake_curve=tim["timer_wake_curve"])
     return table
 
 
@@ -325,9 +346,9 @@ SPLIT = ("receive_us = delivery_us (at most the round trip's CPU); send_us = the
 
 
 # ... and the Locust process's, whose reads the bursts split into a wake and a frame.
-LOOP_SPLIT = ("wake_us and receive_us = delivery_us = frame_us from the bursts (their sum "
-              "the deliveries' delivery_us); send_us = the round trip's CPU less wake_us "
-              "and receive_us")
+LOOP_SPLIT = ("wake_us and delivery_us = frame_us from the bursts (their sum the "
+              "deliveries' delivery_us); the round trip's CPU less wake_us is split into "
+              "receive_us (a reply's frame: delivery_us, at most half of it) and send_us")
 
 
 def client_table(round_trip_us: float, delivery_us: float) -> dict[str, float]:

@@ -134,7 +134,8 @@ class VirtualClient:
                 return
             if cls is Sleep:
                 if intent.seconds >= MIN_WAIT_S:
-                    engine.after(intent.seconds, self._wake)
+                    engine.after(intent.seconds, self._wake if self.core is None
+                                 else self._timer_expired)
                     return
                 value = None
             elif cls is Idle:
@@ -171,6 +172,10 @@ class VirtualClient:
 
     def _wake(self) -> None:
         self.resume(None)
+
+    def _timer_expired(self) -> None:
+        """A sleep is over; in a Locust process the user runs when its loop runs it."""
+        self.core.timer(self._wake)
 
     def note(self, op: str, outcome: str, t: float | None = None, **fields: str) -> None:
         self.engine.log.row(self.engine.now() if t is None else t, self.user,

@@ -26,6 +26,9 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     send_us = 14.0
     receive_us = 14.0
     delivery_us = 12.0
+    wake_us = 25.0            # a socket's reader woken in an iteration
+    timer_ms = 1.0            # an idle loop's timers fire on whole milliseconds
+    timer_wake_curve = [[1.0, 90.0], [50.0, 300.0]]  # [idle ms, us] then to wake
     [model.raw_client]        # the raw load client (--load-generator raw)
     send_us = 10.0
     receive_us = 8.0
@@ -123,6 +126,12 @@ class LoadGenerator:
     # part per row logged since the last): it holds up every user of the process
     flush_us: float = 0.0
     flush_row_us: float = 0.0
+    # A user's sleep ends when the loop next turns: an idle loop waits for its first
+    # timer in whole `timer_ms` (libev's epoll waits whole milliseconds, rounded up;
+    # 0: timers fire on time, as in a model file from before 2026-12-07), then wakes
+    # `timer_wake_curve` later ([idle ms, us], read as `Model.wake_curve` is).
+    timer_ms: float = 0.0
+    timer_wake_curve: tuple[tuple[float, float], ...] = ()
 
 
 class WakeCurve:
@@ -265,8 +274,10 @@ def _read(data: object, where: str, base: Model) -> Model:
         if key in t.data:
             sub = t.table(key)
             current = getattr(base, key)
-            values = {f.name: float(sub.number(f.name, getattr(current, f.name), minimum=0))
-                      for f in fields(kind) if f.name in sub.data}
+            values: dict[str, Any] = {
+                f.name: _wake_curve(sub, f.name) if f.name.endswith("_curve") else
+                float(sub.number(f.name, getattr(current, f.name), minimum=0))
+                for f in fields(kind) if f.name in sub.data}
             if kind is RedisModel and "hop_us" in sub.data:
                 hop = float(sub.number("hop_us", None, minimum=0))
                 values.setdefault("send_us", hop)
