@@ -461,6 +461,14 @@ def scenario_path(name: str) -> Path:
     return path
 
 
+def same_lead(real_dir: Path) -> list[str]:
+    """`--server-lead` of the real run (its servers' start to its swarm's, where its
+    billing periods fall in scenario time), for the virtual run to open them as it did;
+    nothing for a run directory of before it was recorded."""
+    lead = json.loads((real_dir / RUN).read_text()).get("server_lead_s")
+    return ["--server-lead", f"{lead}"] if isinstance(lead, int | float) and lead >= 0 else []
+
+
 def run_child(verb: str, scenario: Path, out: Path, *, users: int | None, seed: int | None,
               log: Callable[[str], None], extra: Sequence[str] = ()) -> float:
     """`rtmsim VERB SCENARIO --out OUT` in a child; its wall seconds. Its output goes to
@@ -553,7 +561,7 @@ def _scenario(path: Path, base: Path, *, users: int | None, seed: int | None, ru
         log(f"  load average (1 min) {load['before']:.2f} before the real run, "
             f"{load['after']:.2f} after")
         wall["virtual"] = run_child("simulate", path, virtual_dir, users=users, seed=seed,
-                                    log=log, extra=simulate)
+                                    log=log, extra=[*simulate, *same_lead(real_dir)])
         if repeat:
             wall[REPEAT] = run_child("run", path, base / REPEAT, users=users, seed=seed,
                                      log=log)

@@ -23,6 +23,9 @@ from . import rundir
 from .run import RunError, Runner, default_run_dir
 from .scenario import load_scenario
 
+# `simulate --server-lead`: a real run's servers start well within this of its swarm.
+MAX_SERVER_LEAD_S = 600.0
+
 
 class CliError(Exception):
     """A problem with the command's input, phrased for the user."""
@@ -114,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "costs): predict what a real run here measures, not what clients "
                           "on their own devices see; `raw`: one process of the raw load "
                           "client ([model.raw_client]), as the benchmarks load a server")
+    simulate.add_argument("--server-lead", type=_float, metavar="SECONDS",
+                          help="how long the servers run before the swarm starts (billing "
+                          "periods open then; default 3, a real run's run.json has its own "
+                          "as server_lead_s)")
     simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
     simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")
     plan = sub.add_parser("plan", help="capacity: the fewest instances that keep publish "
@@ -222,6 +229,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .virtual.run import VirtualRun  # noqa: PLC0415
 
     _check_overrides(args, ("users", "instances"))
+    lead = args.server_lead
+    if lead is not None and not 0 <= lead <= MAX_SERVER_LEAD_S:
+        raise CliError(f"--server-lead: must be 0 to {MAX_SERVER_LEAD_S:g} seconds, "
+                          f"got {lead:g}")
     scenario = load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
@@ -229,7 +240,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
                         log_deliveries=not args.no_deliveries,
-                        load_generator=args.load_generator).run()
+                        load_generator=args.load_generator,
+                        **({} if lead is None else {"server_lead_s": lead})).run()
     return finish_run(run_dir, status, args.junit)
 
 

@@ -291,6 +291,10 @@ class Runner:
         (self.dir / rundir.SERVER_STATS).write_text(json.dumps(final, indent=2, sort_keys=True))
         origins = [s.get("faults", {}).get("origin") for s in final.values()]
         self.meta["origin"] = next((o for o in origins if o), self.meta.get("started"))
+        ready = self.meta.get("servers_ready")
+        if ready is not None and self.meta["origin"] is not None:
+            # what `rtmsim simulate --server-lead` takes to open billing periods as here
+            self.meta["server_lead_s"] = round(self.meta["origin"] - ready, 3)
 
     def write_meta(self, status: str) -> None:
         self.meta.update(run_meta(self.scenario), status=status)
@@ -317,6 +321,7 @@ class Runner:
         try:
             self.start_redis()
             inst = self.start_server()
+            self.meta["servers_ready"] = time.time()  # billing periods open about now
             self.meta.update(ws_urls=inst.ws_urls, admin_urls=inst.admin_urls,
                              redis_url=self.redis_url)
             self.drive(inst)

@@ -91,7 +91,12 @@ def test_the_run_directory_is_complete(validation_run):
         assert (validation_run / name).is_file(), name
     assert list(validation_run.glob(rundir.CLIENT_EVENTS_GLOB))
     assert len(list((validation_run / rundir.CHARTS).glob("*.png"))) >= 6
-    assert rundir.read_json(validation_run, rundir.RUN)["status"] == "complete"
+    meta = rundir.read_json(validation_run, rundir.RUN)
+    assert meta["status"] == "complete"
+    # the servers were up before the swarm began: the lead a virtual run can replay
+    assert meta["server_lead_s"] == round(meta["origin"] - meta["servers_ready"], 3)
+    assert 0 < meta["server_lead_s"] < 60
+    assert meta["started"] < meta["servers_ready"] < meta["origin"]
 
 
 def test_client_and_server_counts_agree_exactly(validation_run):

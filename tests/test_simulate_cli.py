@@ -43,6 +43,7 @@ def test_a_virtual_run_is_a_run_directory_the_analysis_reads(tmp_path: Path,
     ([], "\n[model]\ncores = 0\n", "model.cores"),
     ([], "\n[model.costs_us]\nteleport = 1.0\n", "model.costs_us.teleport: unknown operation"),
     (["--users", "0"], "", "--users must be >= 1"),
+    (["--server-lead", "-1"], "", "--server-lead: must be 0 to 600 seconds, got -1"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                extra: list[str], scenario_tail: str, message: str) -> None:
@@ -53,6 +54,25 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert code == 2
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_server_lead_sets_where_billing_periods_open(tmp_path: Path) -> None:
+    # quota-exhaustion's 15 s periods open when its server starts: --server-lead
+    # seconds before scenario time 0, as in the real run whose lead it replays.
+    scenario = ROOT / "scenarios" / "quota-exhaustion.toml"
+    starts = {}
+    for lead in (0.7, 3.0):
+        out = tmp_path / f"lead-{lead}"
+        code = main(["simulate", str(scenario), "--users", "3", "--duration", "2",
+                     "--server-lead", str(lead), "--out", str(out), "--no-progress"])
+        assert code in (0, 1)
+        meta = json.loads((out / rundir.RUN).read_text())
+        assert meta["engine"]["server_lead_s"] == lead
+        assert meta["origin"] - meta["started"] == pytest.approx(lead)
+        first = json.loads((out / rundir.SERVER_TIMELINE).read_text().splitlines()[0])
+        starts[lead] = first["stats"]["usage"]["app_demo"]["periodStartUnix"] - meta["origin"]
+    assert starts[0.7] == pytest.approx(-0.7, abs=1.0)  # a whole second, as the API says
+    assert starts[3.0] == pytest.approx(-3.0, abs=1.0)
 
 
 def test_ctrl_c_stops_cleanly_and_keeps_the_partial_run(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from bench.validate import (
     error_tail_s,
     quota_exhausted_at,
     quota_used_up_at,
+    same_lead,
     validate_summary,
 )
 from loadtests.eventlog import EventLog, log_dir
@@ -356,3 +357,12 @@ def test_repeat_from_runs_made_without_it_is_one_line_and_exit_2(tmp_path: Path,
     assert err.startswith(f"bench: --from {tmp_path}: no summary.json in "
                           f"{tmp_path}/default/real-repeat (a second real run: --repeat "
                           "makes it)") and err.count("\n") == 1
+
+
+def test_the_virtual_run_opens_billing_periods_where_the_real_run_did(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "run.json").write_text(json.dumps({"origin": 10.0, "server_lead_s": 0.734}))
+    assert same_lead(real) == ["--server-lead", "0.734"]
+    (real / "run.json").write_text(json.dumps({"origin": 10.0}))  # recorded before it was
+    assert same_lead(real) == []

@@ -77,7 +77,8 @@ class VirtualRun:
                  out: TextIO = sys.stdout, progress: bool = True, epoch: float | None = None,
                  log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None,
-                 load_generator: bool | str = False, even_spawn: bool = False) -> None:
+                 load_generator: bool | str = False, even_spawn: bool = False,
+                 server_lead_s: float = SERVER_LEAD_S) -> None:
         """`load_generator`: model the Locust processes a real run of the scenario
         would use (True or "locust": `swarm.workers` of them, the model's
         `load_generator` costs), to predict what `rtmsim run` measures rather than
@@ -85,7 +86,9 @@ class VirtualRun:
         client (`model.raw_client`), as the benchmarks load a server. `even_spawn`:
         spread each second's users evenly over the second, as clients on their own
         devices arrive, instead of Locust's `SPAWN_GAP_S` apart (which spreads 10,000
-        a second over 20 s)."""
+        a second over 20 s). `server_lead_s`: how long the servers run before the
+        swarm starts (a real run's `server_lead_s`, here about 0.7 s), which sets where
+        billing periods fall in scenario time."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
@@ -100,6 +103,7 @@ class VirtualRun:
         self.load_generator: str | None = ("locust" if load_generator is True
                                            else load_generator or None)
         self.even_spawn = even_spawn
+        self.lead = server_lead_s  # the servers' start (billing periods) to scenario 0
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
         self.wall_s = 0.0
@@ -114,7 +118,7 @@ class VirtualRun:
         sc = self.scenario
         config = sc.config
         self.log = EventLog(log_dir(self.dir, LOG_TAG))
-        self.origin = self.epoch + SERVER_LEAD_S
+        self.origin = self.epoch + self.lead
         self.engine = engine = Engine(self.model, epoch=self.epoch, origin=self.origin,
                                       seed=config.server.seed, log=self.log,
                                       timeout_s=DEFAULT_TIMEOUT_S,
@@ -128,9 +132,9 @@ class VirtualRun:
             ledgers: MemoryLedgers = SharedLedgers(config, self.epoch, redis)
             backend = functools.partial(ClusterBackend, redis=redis)
             for at_s, down_s in sc.redis_blips:
-                down, _ = redis.blip(SERVER_LEAD_S + at_s, down_s)
+                down, _ = redis.blip(self.lead + at_s, down_s)
                 self.meta.setdefault("redis_blips", []).append(
-                    {"at_s": round(down - SERVER_LEAD_S, 3), "down_s": down_s})
+                    {"at_s": round(down - self.lead, 3), "down_s": down_s})
         else:
             ledgers, backend = MemoryLedgers(config, self.epoch), MemoryBackend
         engine.instances = [Instance(engine, config, self.model, i, ledgers, self.events,
@@ -182,7 +186,7 @@ class VirtualRun:
         sc = self.scenario
         swarm = sc.swarm
         engine = self.engine
-        self.load_start = SERVER_LEAD_S
+        self.load_start = self.lead
         self.load_end = self.load_start + swarm.duration_s
         if swarm.shape:
             engine.at(self.load_start, self._shape_tick)
@@ -279,7 +283,7 @@ class VirtualRun:
     def run(self) -> str:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
-        self.meta.update(started=self.epoch, origin=self.epoch + SERVER_LEAD_S, virtual=True)
+        self.meta.update(started=self.epoch, origin=self.epoch + self.lead, virtual=True)
         self._write_meta("running")
         self._build()
         status = "complete"
@@ -349,7 +353,7 @@ class VirtualRun:
             return shown
         wall = mono - started
         conns = sum(len(i.service.connections) for i in self.engine.instances)
-        self.out.write(f"  virtual {t - SERVER_LEAD_S:7.1f}/{self.scenario.swarm.duration_s:g} s"
+        self.out.write(f"  virtual {t - self.lead:7.1f}/{self.scenario.swarm.duration_s:g} s"
                        f"  wall {wall:6.1f} s  events/s {events / max(wall, 1e-9):9.0f}  "
                        f"connections {conns:7d}\n")
         self.out.flush()
@@ -404,7 +408,7 @@ class VirtualRun:
         self.meta["engine"] = {
             "kind": "virtual", "model": self.model.name, "wall_s": round(self.wall_s, 3),
             "events": self.engine.events_run if hasattr(self, "engine") else 0,
-            "server_lead_s": SERVER_LEAD_S,
+            "server_lead_s": self.lead,
             "deliveries": self.engine.deliveries if hasattr(self, "engine") else 0,
             "deliveries_logged": self.log_deliveries,
             "delivery_histogram": self._delivery_histogram(),
