@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "client ([model.raw_client]), as the benchmarks load a server")
     simulate.add_argument("--server-lead", type=_float, metavar="SECONDS",
                           help="how long the servers run before the swarm starts (billing "
-                          "periods open then; default 3, a real run's run.json has its own "
+                          "periods open then; default 0.7, a real run's run.json has its own "
                           "as server_lead_s)")
     simulate.add_argument("--no-progress", action="store_true", help="no live progress lines")
     simulate.add_argument("--junit", metavar="PATH", help="JUnit XML of the thresholds")

@@ -15,12 +15,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from loadtests.eventlog import COLUMNS
 from sim import analysis as A
 from sim import rundir
-from sim.analysis.capacity import _resource
+from sim.analysis.capacity import _rate, _resource
 
 ORIGIN = 1_000_000.0
 
@@ -668,3 +669,15 @@ def test_a_saturated_load_generator_is_a_warning(rd: RunDir, share: float,
                       "its busiest second: client latencies and closed-loop rates include "
                       "its own queue (more swarm.workers, or `rtmsim simulate`, to see "
                       "past it)"] if warned else [])
+
+
+def test_a_steps_rate_comes_from_the_samples_inside_it() -> None:
+    # 60 publishes a second from 6 s until the load stops at 9 s, sampled each second
+    # at .3: the samples inside [6.75, 9) give 60; interpolating at 9 s across the
+    # sample at 9.3 (nothing published after 9) would spread 0.7 s over the whole second.
+    t = [5.3, 6.3, 7.3, 8.3, 9.3, 10.3]
+    total = pd.Series([152, 197, 257, 317, 359, 359], index=t, dtype=float)
+    assert _rate(total, 6.75, 9.0) == pytest.approx(60.0)
+    # a step with fewer than two samples a second apart inside: interpolated
+    assert _rate(total, 6.5, 7.5) == pytest.approx(60.0)
+    assert _rate(total, 8.5, 9.0) == pytest.approx((359 - 317) / 1.0)

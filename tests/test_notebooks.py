@@ -105,8 +105,10 @@ def test_capacity_planning_sets_the_model_beside_the_ramp_and_answers_from_the_p
     assert "nb-ramp: scenario 'nb-ramp', shape step_ramp" in text
     # The same axes: the ramp replayed in virtual time, its steps measured alike.
     assert "nb-ramp: what differs between the three curves" in text
+    # Step 3's 6 publishers at 10 a second, read from the server's samples inside it
+    # (interpolated across the sample after the load stopped it read 54.4).
     assert ("knee, model, clients on their own devices: sustainable: 12 users, "
-            "12 connections, 59.9 msgs/s (step 3)") in text
+            "12 connections, 60.0 msgs/s (step 3)") in text
     # The planner's answer, its headroom, its assumptions and its points.
     assert ("answer: 1 instance(s) (memory backend) for 100 connections, 50 msgs/s, "
             "fan-out 50") in text

@@ -27,6 +27,9 @@ from .timeline import timeline_total
 P99_LIMIT_MS = 100.0
 ERROR_RATE_LIMIT = 0.01
 SETTLE_S = 2.0
+# A step's rate from its own samples needs them a second apart at least (the timeline's
+# period): one sample, or two closer, says nothing of a rate.
+MIN_RATE_SPAN_S = 1.0
 STEP_OPS = ("connect", "subscribe", "unsubscribe", "publish", "send")
 
 
@@ -112,18 +115,13 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
         hi = s.end_s
         in_step = (r.ts >= lo) & (r.ts < hi)
         pubs = r[in_step & (r.op == "publish") & (r.outcome == "ok")].latency_ms.dropna()
-        if len(published):
-            x, y = published.index.to_numpy(dtype=float), published.to_numpy(dtype=float)
-            rate = float(np.diff(np.interp([lo, hi], x, y))[0]) / (hi - lo)
-        else:
-            rate = len(pubs) / (hi - lo)
+        rate = _rate(published, lo, hi) if len(published) else len(pubs) / (hi - lo)
         n = int(in_step.sum())
         errors = int((in_step & failed).sum())
         c = conns[(conns.index >= lo) & (conns.index < hi)]
         busy = math.nan  # cores the server used: ~1 per instance means its CPU ran out
         if len(cpu.dropna()) > 1:
-            x, y = cpu.dropna().index.to_numpy(dtype=float), cpu.dropna().to_numpy(dtype=float)
-            busy = float(np.diff(np.interp([lo, hi], x, y))[0]) / (hi - lo)
+            busy = _rate(cpu.dropna(), lo, hi)
         rows.append({"step": int(s.step), "users": int(s.users), "start_s": float(s.start_s),
                      "end_s": float(s.end_s),
                      "connections": float(c.median()) if len(c) else math.nan,
@@ -136,6 +134,20 @@ def capacity_steps(run: Run, settle_s: float = SETTLE_S) -> pd.DataFrame:
                                                    & (windows.end_s >= lo)]),
                      "server_cpu": busy})
     return pd.DataFrame(rows, columns=cols)
+
+
+def _rate(total: pd.Series, lo: float, hi: float) -> float:
+    """How fast a cumulative server counter (indexed by scenario seconds) grew in
+    [lo, hi): between the first and last of its samples inside, when they span at least
+    a second; else interpolated at lo and hi. Interpolating across a sample outside
+    the step spreads what came before or after it over the step: the last step's
+    sample after the load stopped read 54.4 publishes a second of 60."""
+    x, y = total.index.to_numpy(dtype=float), total.to_numpy(dtype=float)
+    inside = np.flatnonzero((x >= lo) & (x <= hi))
+    if len(inside) >= 2 and x[inside[-1]] - x[inside[0]] >= MIN_RATE_SPAN_S:
+        a, b = inside[0], inside[-1]
+        return float(y[b] - y[a]) / float(x[b] - x[a])
+    return float(np.diff(np.interp([lo, hi], x, y))[0]) / (hi - lo)
 
 
 def service_errors(requests: pd.DataFrame,
