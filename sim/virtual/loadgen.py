@@ -18,8 +18,9 @@ one process, read in time order):
   turn comes, those that arrived since the iteration began included (a delivery
   `delivery_us` each, a reply `receive_us`); a socket that became ready meanwhile
   waits for the next iteration;
-- the users whose timers expired meanwhile run first in the next iteration, and their
-  writes go then; an idle loop sleeps until its first timer in whole milliseconds,
+- the users whose timers expired meanwhile run first in the next iteration, one after
+  another (each stamps its request when its turn comes, after the sends of those
+  ahead of it, as greenlets run one at a time), and write then; an idle loop sleeps until its first timer in whole milliseconds,
   rounded up (libev's epoll backend, `EV_TS_TO_MSEC`), and wakes a little later still
   (`timer_wake_curve`): a sleep of 25 ms from an idle loop lasts 25.3 ms here, one of
   5.3 ms 6.1 ms, and users whose timers fall in the same millisecond run together;
@@ -70,7 +71,7 @@ class ProcessCore:
     frames they receive have been read."""
 
     __slots__ = ("_order", "_planned", "_planned_at", "_resume", "_sends", "_sockets",
-                 "_state", "_timers", "busy_s", "clock", "delivery_s", "flush_row_s",
+                 "_state", "_timers", "_turns", "busy_s", "clock", "delivery_s", "flush_row_s",
                  "flush_s", "free_at", "receive_s", "rows", "send_s", "steal", "timer_s",
                  "timer_wake", "wake_cpu", "wake_s")
 
@@ -95,6 +96,7 @@ class ProcessCore:
         self._resume: list[Done] = []  # the iteration's replies' users
         self._sends: list[tuple[float, Done]] = []  # (cost, done): for the next iteration
         self._timers: list[Callable[[], None]] = []  # users to run first in the next one
+        self._turns: list[Callable[[], None]] = []  # those of the iteration under way
         self._state = IDLE
         self._planned = 0  # which call of `_begin` is the one due (WAKING)
         self._planned_at = 0.0  # and when
@@ -182,19 +184,35 @@ class ProcessCore:
             self._state = IDLE
             self._wake(self.free_at)
             return
-        timers, self._timers = self._timers, []
-        for fn in timers:  # their writes join `_sends`: the loop is not idle
-            fn()
+        self._state = BUSY
+        self._order = list(reversed(self._sockets))  # what the poll found ready
         t = now + self._woken(now)
         for cost, done in self._sends:
             t += cost
             done(t)
         self._sends = []
         self._work(now, t - now)
-        self._order = list(reversed(self._sockets))
-        self._state = BUSY
         self.free_at = t
-        self.clock.call_at(t, self._step)
+        self._turns, self._timers = self._timers[::-1], []
+        self.clock.call_at(t, self._timer_turn)
+
+    def _timer_turn(self) -> None:
+        """The next user whose timer expired runs (it stamps its request now) and
+        writes; the next one runs when it is done, as greenlets do one at a time; the
+        sockets' turns follow the last."""
+        now = self.clock.now
+        if not self._turns:
+            self._step()
+            return
+        self._turns.pop()()  # its writes join `_sends`: the loop is busy
+        t = now
+        for cost, done in self._sends:
+            t += cost
+            done(t)
+        self._sends = []
+        self._work(now, t - now)
+        self.free_at = t
+        self.clock.call_at(t, self._timer_turn)
 
     def _step(self) -> None:
         """The next socket's turn: its reader reads all it holds now."""
