@@ -20,10 +20,11 @@ one process, read in time order):
   waits for the next iteration;
 - the users whose timers expired meanwhile run first in the next iteration, one after
   another (each stamps its request when its turn comes, after the sends of those
-  ahead of it, as greenlets run one at a time), and write then; an idle loop sleeps until its first timer in whole milliseconds,
-  rounded up (libev's epoll backend, `EV_TS_TO_MSEC`), and wakes a little later still
-  (`timer_wake_curve`): a sleep of 25 ms from an idle loop lasts 25.3 ms here, one of
-  5.3 ms 6.1 ms, and users whose timers fall in the same millisecond run together;
+  ahead of it, as greenlets run one at a time), and write then; an idle loop sleeps
+  until its first timer in whole milliseconds, rounded up (libev's epoll backend,
+  `EV_TS_TO_MSEC`), and wakes a little later still (`timer_wake_curve`): a sleep of
+  25 ms from an idle loop lasts 25.3 ms here, one of 5.3 ms 6.1 ms, and users whose
+  timers fall in the same millisecond run together;
 - a reply resumes the user waiting for it only at the end of the iteration (gevent
   switches to it from a callback), after every delivery read in it;
 - once a second the event log's greenlet turns the rows logged since into a Parquet
@@ -186,13 +187,7 @@ class ProcessCore:
             return
         self._state = BUSY
         self._order = list(reversed(self._sockets))  # what the poll found ready
-        t = now + self._woken(now)
-        for cost, done in self._sends:
-            t += cost
-            done(t)
-        self._sends = []
-        self._work(now, t - now)
-        self.free_at = t
+        t = self._write_out(now, now + self._woken(now))
         self._turns, self._timers = self._timers[::-1], []
         self.clock.call_at(t, self._timer_turn)
 
@@ -205,14 +200,18 @@ class ProcessCore:
             self._step()
             return
         self._turns.pop()()  # its writes join `_sends`: the loop is busy
-        t = now
+        self.clock.call_at(self._write_out(now, now), self._timer_turn)
+
+    def _write_out(self, now: float, t: float) -> float:
+        """The queued writes, one after another from `t` (the loop busy since `now`);
+        when they are done."""
         for cost, done in self._sends:
             t += cost
             done(t)
         self._sends = []
         self._work(now, t - now)
         self.free_at = t
-        self.clock.call_at(t, self._timer_turn)
+        return t
 
     def _step(self) -> None:
         """The next socket's turn: its reader reads all it holds now."""
