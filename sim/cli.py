@@ -232,7 +232,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     lead = args.server_lead
     if lead is not None and not 0 <= lead <= MAX_SERVER_LEAD_S:
         raise CliError(f"--server-lead: must be 0 to {MAX_SERVER_LEAD_S:g} seconds, "
-                          f"got {lead:g}")
+                       f"got {lead:g}")
     scenario = load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
@@ -240,8 +240,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
                         log_deliveries=not args.no_deliveries,
-                        load_generator=args.load_generator,
-                        **({} if lead is None else {"server_lead_s": lead})).run()
+                        load_generator=args.load_generator, server_lead_s=lead).run()
     return finish_run(run_dir, status, args.junit)
 
 

@@ -79,7 +79,7 @@ class VirtualRun:
                  log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None,
                  load_generator: bool | str = False, even_spawn: bool = False,
-                 server_lead_s: float = SERVER_LEAD_S) -> None:
+                 server_lead_s: float | None = None) -> None:
         """`load_generator`: model the Locust processes a real run of the scenario
         would use (True or "locust": `swarm.workers` of them, the model's
         `load_generator` costs), to predict what `rtmsim run` measures rather than
@@ -88,8 +88,8 @@ class VirtualRun:
         spread each second's users evenly over the second, as clients on their own
         devices arrive, instead of Locust's `SPAWN_GAP_S` apart (which spreads 10,000
         a second over 20 s). `server_lead_s`: how long the servers run before the
-        swarm starts (a real run's `server_lead_s`, here about 0.7 s), which sets where
-        billing periods fall in scenario time."""
+        swarm starts (a real run's `server_lead_s`; None: `SERVER_LEAD_S`), which sets
+        where billing periods fall in scenario time."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
@@ -104,7 +104,8 @@ class VirtualRun:
         self.load_generator: str | None = ("locust" if load_generator is True
                                            else load_generator or None)
         self.even_spawn = even_spawn
-        self.lead = server_lead_s  # the servers' start (billing periods) to scenario 0
+        # the servers' start (billing periods) to scenario time 0
+        self.lead = SERVER_LEAD_S if server_lead_s is None else server_lead_s
         self.clients: list[VirtualClient] = []
         self.meta: dict[str, Any] = {}
         self.wall_s = 0.0

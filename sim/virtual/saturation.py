@@ -23,7 +23,7 @@ from server.schema import ConfigError
 from sim.scenario import parse_scenario
 
 from .model import Model, load_model
-from .run import SERVER_LEAD_S, VirtualRun
+from .run import VirtualRun
 
 CONFIGS = {
     "fanout": {"subscribers": 50, "publishers": 4, "channel": "bench/fanout"},
@@ -70,8 +70,8 @@ def predict(name: str, model: Model, seconds: float = 10.0, warmup: float = 2.0
         run.run()
         lines = (Path(tmp) / "run" / "server-timeline.jsonl").read_text().splitlines()
     samples = [json.loads(line) for line in lines]
-    start = run.epoch + SERVER_LEAD_S + warmup
-    end = run.epoch + SERVER_LEAD_S + seconds
+    start = run.origin + warmup
+    end = run.origin + seconds
     window = [s for s in samples if start <= s["t"] <= end]
     key = "delivered" if name == "fanout" else "published"
     first, last = window[0], window[-1]

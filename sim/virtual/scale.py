@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from sim.scenario import load_scenario
 
 from .model import load_model
-from .run import SERVER_LEAD_S, VirtualRun
+from .run import VirtualRun
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIO = ROOT / "scenarios" / "deploy-million.toml"
@@ -53,7 +53,7 @@ def scale_run(clients: int, duration_s: float, queue: str, out_dir: Path) -> dic
         closes.update(s["totals"]["closes"])
         connects += s["totals"]["connections"]["total"]
     events = run.engine.events_run
-    storm = deploy_report(out_dir, run.epoch + SERVER_LEAD_S, clients)
+    storm = deploy_report(out_dir, run.origin, clients)
     return {"clients": clients, "instances": instances, "virtual_s": duration_s,
             "queue": queue, "status": status, "wall_s": round(wall, 1),
             "cpu_s": round(cpu, 1),  # the machine is shared: wall alone can mislead
