@@ -190,6 +190,18 @@ def test_the_locust_round_trip_is_split_around_the_bursts_wake() -> None:
     assert table(20.0, 25.0, 21.0)["send_us"] == table(20.0, 25.0, 21.0)["receive_us"] == 0
 
 
+def test_an_upgrade_costs_the_churn_cycle_less_what_its_frames_cost_anyway() -> None:
+    measured = {"requests": {"round_trip_us": 60.0}, "deliveries": {"delivery_us": 35.0},
+                "bursts": {"wake_us": 20.0, "frame_us": 15.0}}
+    # a connect and its close: an upgrade and a close written, a welcome and a close
+    # read (2 x (25 + 15) us), and the rest is the upgrade's own
+    table = loadgen.load_generator_table({**measured, "connects": {"cycle_us": 1100.0}})
+    assert table["connect_us"] == 1020.0
+    assert loadgen.load_generator_table(
+        {**measured, "connects": {"cycle_us": 50.0}})["connect_us"] == 0.0
+    assert "connect_us" not in loadgen.load_generator_table(measured)  # a file of before
+
+
 def test_the_calibration_feeds_subscribers_what_a_locust_publisher_publishes() -> None:
     frame = json.loads(loadgen.publish_frame("cal/x", 7))
     data = frame["data"]
@@ -395,6 +407,10 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
         swarms["deliveries"]["delivery_us"], abs=0.02)
     rest = max(0.0, swarms["requests"]["round_trip_us"] - lg.wake_us)
     assert lg.receive_us == pytest.approx(min(lg.delivery_us, rest / 2), abs=0.01)
+    churn = swarms["connects"]  # connect-and-close loops: an upgrade's own cost
+    assert churn["connects"] > 0 and churn["cycle_us"] > 0
+    assert lg.connect_us == pytest.approx(max(0.0, churn["cycle_us"] - 2 * (
+        lg.send_us + lg.receive_us)), abs=0.02)
     timers = swarms["timers"]  # an idle gevent loop's sleeps: whole ms, then later
     assert lg.timer_ms == timers["timer_ms"] == 1.0
     assert [ms for ms, _ in lg.timer_wake_curve] == [1.0, 4.0, 10.0, 50.0, 200.0]

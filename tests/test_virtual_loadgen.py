@@ -9,6 +9,7 @@ the wake-up of an idle process), each figure from the model's arithmetic.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 from dataclasses import replace
@@ -240,6 +241,47 @@ def test_closed_loops_are_bound_by_the_load_generator_process(tmp_path: Path) ->
         len(acked(run_dir, 0.0, 10.0)) * 10e-6, rel=0.01)
 
 
+SPAWN = """
+[server]
+seed = 4
+[swarm]
+users = 20
+spawn_rate = 1000
+duration_s = 1
+[swarm.classes.Subscriber]
+weight = 1
+subscriptions = 1
+"""
+
+
+def test_users_connecting_at_once_take_turns_at_their_process_handshakes(
+        tmp_path: Path) -> None:
+    # 20 users spawned 2 ms apart; each upgrade costs their one process 5 ms (the TCP
+    # connect and the client's side of the handshake), nothing else costs anything,
+    # the network 0.1 ms each way: the upgrades leave the process 5 ms apart, not as
+    # spawned, and a user's connect waits for the handshakes ahead of it (a real
+    # run's users, all spawned at once: connect p50 35 ms).
+    def connects(model) -> tuple[list[float], list[float]]:
+        run_dir = simulate(tmp_path / model.name, SPAWN, model)
+        rows = [r for r in events(run_dir) if r["op"] == "connect"]
+        assert len(rows) == 20 and all(r["outcome"] == "ok" for r in rows)
+        served = [e["t"] for e in map(json.loads, (run_dir / "server-events.jsonl")
+                                      .read_text().splitlines()) if e["event"] == "connect"]
+        served.sort()
+        return [b - a for a, b in itertools.pairwise(served)], sorted(
+            r["latency_ms"] for r in rows)
+
+    gaps, fast = connects(replace(QUIET, name="fast", load_generator=LoadGenerator()))
+    assert gaps == pytest.approx([0.002] * 19, abs=1e-5)  # as spawned
+    assert fast == pytest.approx([0.2] * 20, abs=1e-3)  # the two trips, nothing else
+    gaps, slow = connects(replace(QUIET, name="slow",
+                                  load_generator=LoadGenerator(connect_us=5000.0)))
+    assert gaps == pytest.approx([0.005] * 19, abs=1e-5)
+    assert slow[0] >= 5.2 - 1e-6  # its own handshake, then the trips
+    # the last spawned (at 38 ms) is welcomed no sooner than the 20th upgrade (100 ms)
+    assert slow[-1] >= 100 - 38 + 0.2 - 1e-6
+
+
 def test_two_processes_share_the_users_and_double_the_bound(tmp_path: Path) -> None:
     model = replace(QUIET, costs_us=costs(publish=10.0),
                     load_generator=LoadGenerator(send_us=40.0, receive_us=60.0))
@@ -282,7 +324,7 @@ def test_run_json_names_the_modelled_processes(tmp_path: Path) -> None:
     meta = json.loads((simulate(tmp_path, flood, model) / rundir.RUN).read_text())
     assert meta["engine"]["load_generator"] == {
         "kind": "locust", "processes": 1, "colocated": False, "send_us": 1.0,
-        "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0, "flush_us": 0.0,
+        "connect_us": 0.0, "receive_us": 0.0, "delivery_us": 0.0, "wake_us": 0.0, "flush_us": 0.0,
         "flush_row_us": 0.0, "timer_ms": 0.0, "timer_wake_curve": []}
     meta = json.loads((simulate(tmp_path, flood, model, load_generator=False)
                        / rundir.RUN).read_text())

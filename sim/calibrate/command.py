@@ -446,7 +446,9 @@ def table(model: dict[str, Any]) -> str:
     if lg is not None:
         lines.append(f"load gen      a Locust process: send {lg['send_us']} us, receive "
                      f"{lg['receive_us']} us, delivery {lg['delivery_us']} us, a reader's "
-                     f"wake {lg.get('wake_us', 0.0)} us of its core")
+                     f"wake {lg.get('wake_us', 0.0)} us of its core"
+                     + (f"; an upgrade {lg['connect_us']} us more than a send"
+                        if "connect_us" in lg else ""))
         if lg.get("timer_wake_curve"):
             lines.append(f"load timers   on whole {lg['timer_ms']:g} ms, then " + ", ".join(
                 f"{us:g} us after {ms:g} ms idle" for ms, us in lg["timer_wake_curve"]))

@@ -7,6 +7,12 @@ load CPUs, against the calibration's server:
 
 - **requests**: publishers in closed loops (nobody subscribed): the process's CPU per
   publish round trip, a request written and its ack read and reported;
+- **connects**: churners in closed loops (connect, close, again): the process's CPU
+  per connect and close. Less the two writes and two reads the model charges them
+  anyway, what is left is an upgrade's own cost (`connect_us`: the TCP connect and the
+  client's side of the handshake), which a real run's users pay one after another
+  when they all connect at once (retry-bakeoff's 40: connect p50 35 ms real, 1.7
+  modelled without it);
 - **deliveries**: subscribers on one channel, fed at a fixed rate by a raw publisher
   from this process: the process's CPU per delivered frame, over its idle cost. Each
   frame finds its socket's reader asleep, so this is a wake and a read;
@@ -55,6 +61,7 @@ from .servers import ROOT, CalibrationError, Served, process_cpu_s
 
 LOCUSTFILE = ROOT / "loadtests" / "locustfile.py"
 PUBLISHERS = 8  # closed loops in the requests swarm (bench swarm's figure)
+CHURNERS = 4  # closed connect-and-close loops in the connects swarm
 SUBSCRIBERS = 20
 FEED_RATE = 250.0  # publishes/s to the subscribers' channel: 5,000 deliveries/s
 BURST_SUBSCRIBERS = 10
@@ -141,6 +148,23 @@ async def requests(server: Served, base: Path, seconds: float,
                                f"{run_dir}/locust.log")
     return {"round_trips": acked, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
             "round_trip_us": round(cpu / acked * 1e6, 2)}
+
+
+async def connects(server: Served, base: Path, seconds: float,
+                   cpus: set[int] | None) -> dict[str, Any]:
+    """CPU of the process per connect and close, churners in closed loops."""
+    run_dir = base / "connects"
+    classes = {"Churner": {"fixed_count": CHURNERS, "rate": 1e9, "hold_s": 0.0,
+                           "policy": "none"}}
+    proc = _locust(run_dir, server.ws_url, classes, seconds + 3, cpus)
+    t0, t1, cpu = await _window(proc, run_dir, _has_rows(run_dir), 1.0, seconds)
+    await _ended(proc, run_dir, seconds + 30)
+    cycles = len(_rows(run_dir, "connect", t0, t1).query("outcome == 'ok'"))
+    if cycles == 0:
+        raise CalibrationError(f"no connect succeeded in the connects swarm; see "
+                               f"{run_dir}/locust.log")
+    return {"connects": cycles, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
+            "cycle_us": round(cpu / cycles * 1e6, 2)}
 
 
 async def deliveries(server: Served, base: Path, seconds: float,
@@ -301,6 +325,10 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     req = await requests(server, base, seconds, cpus)
     log(f"    {req['round_trips']:,} round trips: {req['round_trip_us']} us of the Locust "
         "process's cpu each")
+    log(f"load generator: {CHURNERS} Locust churners connecting and closing ({seconds:g} s)")
+    con = await connects(server, base, seconds, cpus)
+    log(f"    {con['connects']:,} connects: {con['cycle_us']} us of the Locust process's cpu "
+        "each, with its close")
     log(f"load generator: {SUBSCRIBERS} Locust subscribers fed {FEED_RATE:g} publishes/s")
     dlv = await deliveries(server, base, seconds, cpus)
     log(f"    {dlv['deliveries']:,} deliveries: {dlv['delivery_us']} us each")
@@ -315,8 +343,8 @@ async def measure(server: Served, base: Path, seconds: float, cpus: set[int] | N
     tim = timers.measure(cpus, ROOT)
     log("load generator: its timers: " + ", ".join(
         f"{us:g} us past {ms:g} ms" for ms, us in tim["timer_wake_curve"]))
-    return {"requests": req, "deliveries": dlv, "bursts": bst, "flush": flush,
-            "timers": tim}
+    return {"requests": req, "connects": con, "deliveries": dlv, "bursts": bst,
+            "flush": flush, "timers": tim}
 
 
 def load_generator_table(measured: dict[str, Any]) -> dict[str, Any]:
@@ -331,6 +359,10 @@ def load_generator_table(measured: dict[str, Any]) -> dict[str, Any]:
         receive = min(frame, rest / 2)
         table.update(receive_us=round(receive, 2), delivery_us=frame, wake_us=wake,
                      send_us=round(rest - receive, 2))
+    con = measured.get("connects")
+    if con is not None:  # the cycle less the two writes and two reads charged anyway
+        table["connect_us"] = round(max(0.0, con["cycle_us"] - 2 * (
+            table["send_us"] + table["receive_us"])), 2)
     flush = measured.get("flush")
     if flush is not None:
         table.update(flush_us=flush["flush_us"], flush_row_us=flush["flush_row_us"])

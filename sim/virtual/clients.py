@@ -214,7 +214,9 @@ class VirtualClient:
         else:
             params, jwt = {"token": [self.view.token]}, True
         instance = self.instance
-        self.engine.to_server(lambda: instance.upgrade(self, params, jwt), self.core)
+        core = self.core
+        self.engine.to_server(lambda: instance.upgrade(self, params, jwt), core,
+                              core.connect_s if core is not None else None)
 
     def syn_dropped(self, instance: Instance) -> None:
         """The listen backlog was full: the kernel retries the SYN, doubling its wait."""

@@ -254,14 +254,16 @@ class Engine:
             self._draws = np.minimum(block, self._cap).tolist()
         self._draw_i = 0
 
-    def to_server(self, fn: Callable[[], None], core: ProcessCore | None = None) -> None:
+    def to_server(self, fn: Callable[[], None], core: ProcessCore | None = None,
+                  cost: float | None = None) -> None:
         """A client frame leaves now (or, from a load-generator process, once the
-        process has written it) and reaches its instance a draw later."""
+        process has written it, `cost` by default a send's) and reaches its instance a
+        draw later."""
         if core is None:
             self.env.call_at(self.env.now + self.one_way(), fn)
             return
         call_at, one_way = self.env.call_at, self.one_way
-        core.write(lambda leaves: call_at(leaves + one_way(), fn))
+        core.write(lambda leaves: call_at(leaves + one_way(), fn), cost)
 
     def to_client(self, t: float, fn: Callable[[], None], core: ProcessCore | None = None,
                   cost: float | None = None, key: Any = None, reply: bool = True) -> None:

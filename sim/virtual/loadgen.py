@@ -72,14 +72,15 @@ class ProcessCore:
     frames they receive have been read."""
 
     __slots__ = ("_order", "_planned", "_planned_at", "_resume", "_sends", "_sockets",
-                 "_state", "_timers", "_turns", "busy_s", "clock", "delivery_s", "flush_row_s",
-                 "flush_s", "free_at", "receive_s", "rows", "send_s", "steal", "timer_s",
-                 "timer_wake", "wake_cpu", "wake_s")
+                 "_state", "_timers", "_turns", "busy_s", "clock", "connect_s", "delivery_s",
+                 "flush_row_s", "flush_s", "free_at", "receive_s", "rows", "send_s", "steal",
+                 "timer_s", "timer_wake", "wake_cpu", "wake_s")
 
     def __init__(self, costs: LoadGenerator, clock: Clock,
                  steal: Callable[[float, float], None] | None = None,
                  wake_cpu: Callable[[float], float] | None = None) -> None:
         self.send_s = costs.send_us / 1e6
+        self.connect_s = (costs.send_us + costs.connect_us) / 1e6  # an upgrade's write
         self.receive_s = costs.receive_us / 1e6
         self.delivery_s = costs.delivery_us / 1e6
         self.wake_s = costs.wake_us / 1e6

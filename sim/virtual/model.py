@@ -24,6 +24,7 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     latency_ms = 0.15         # one way, instance <-> Redis
     [model.load_generator]    # the Locust processes of a real run (--load-generator)
     send_us = 14.0
+    connect_us = 900.0        # an upgrade's handshake, beyond a send
     receive_us = 14.0
     delivery_us = 12.0
     wake_us = 25.0            # a socket's reader woken in an iteration
@@ -117,6 +118,9 @@ class LoadGenerator:
     """
 
     send_us: float = 0.0  # a request (or upgrade, or close) built and written
+    # what an upgrade costs beyond a send: the TCP connect and the client's side of the
+    # WebSocket handshake (0: a send, as in a model file from before 2026-12-07 evening)
+    connect_us: float = 0.0
     receive_us: float = 0.0  # a reply (ack, error, welcome, close) read and reported
     delivery_us: float = 0.0  # a delivered frame read, checked and logged
     # a socket's reader woken in an iteration of the loop, whatever it then reads (0:
