@@ -118,9 +118,6 @@ class LoadGenerator:
     """
 
     send_us: float = 0.0  # a request (or upgrade, or close) built and written
-    # what an upgrade costs beyond a send: the TCP connect and the client's side of the
-    # WebSocket handshake (0: a send, as in a model file from before 2026-12-07 evening)
-    connect_us: float = 0.0
     receive_us: float = 0.0  # a reply (ack, error, welcome, close) read and reported
     delivery_us: float = 0.0  # a delivered frame read, checked and logged
     # a socket's reader woken in an iteration of the loop, whatever it then reads (0:
@@ -136,6 +133,9 @@ class LoadGenerator:
     # `timer_wake_curve` later ([idle ms, us], read as `Model.wake_curve` is).
     timer_ms: float = 0.0
     timer_wake_curve: tuple[tuple[float, float], ...] = ()
+    # what an upgrade costs beyond a send: the TCP connect and the client's side of the
+    # WebSocket handshake (0: a send, as in a model file from before 2026-12-07 evening)
+    connect_us: float = 0.0
 
 
 class WakeCurve:

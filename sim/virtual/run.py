@@ -46,9 +46,12 @@ SAMPLE_S = 1.0  # the server timeline's period, as `rtmsim run` samples it
 # are that much ahead of the scenario. Real runs record theirs (`server_lead_s`): ten
 # here on 2026-12-07 took 0.50-0.91 s (the Locust process's start-up), median 0.6.
 SERVER_LEAD_S = 0.7
-# Locust spawns a second's worth of users (spawn_rate) at once, a couple of
-# milliseconds apart, then waits for the next second.
-SPAWN_GAP_S = 0.002
+# Locust spawns a second's worth of users (spawn_rate) at once, then waits for the
+# next second. How far apart: the connects of the first batch of five real runs here
+# (30-50 users each, 2026-12-07) began 0.06-0.14 ms apart (median gap), all within
+# 3-9 ms; each user only starts its connect before the next is spawned (the handshake
+# is the process's work after, `LoadGenerator.connect_us`). 2 ms until then.
+SPAWN_GAP_S = 0.0001
 DRAIN_S = 2.0  # after the users stop: closes and in-flight replies land
 GC_EVERY_S = 60.0  # virtual seconds between collections of the young generations
 
@@ -86,10 +89,10 @@ class VirtualRun:
         what clients on their own devices would; "raw": one process of the raw load
         client (`model.raw_client`), as the benchmarks load a server. `even_spawn`:
         spread each second's users evenly over the second, as clients on their own
-        devices arrive, instead of Locust's `SPAWN_GAP_S` apart (which spreads 10,000
-        a second over 20 s). `server_lead_s`: how long the servers run before the
-        swarm starts (a real run's `server_lead_s`; None: `SERVER_LEAD_S`), which sets
-        where billing periods fall in scenario time."""
+        devices arrive, instead of Locust's burst (`SPAWN_GAP_S` apart).
+        `server_lead_s`: how long the servers run before the swarm starts (a real
+        run's `server_lead_s`; None: `SERVER_LEAD_S`), which sets where billing periods
+        fall in scenario time."""
         self.scenario = scenario
         self.dir = run_dir
         self.model = model
