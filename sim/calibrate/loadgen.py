@@ -133,38 +133,39 @@ def _has_rows(run_dir: Path) -> Callable[[], bool]:
     return lambda: any(run_dir.glob("client-events-*/*.parquet"))
 
 
-async def requests(server: Served, base: Path, seconds: float,
-                   cpus: set[int] | None) -> dict[str, Any]:
-    """CPU of the process per publish round trip, publishers in closed loops."""
-    run_dir = base / "requests"
-    classes = {"Publisher": {"fixed_count": PUBLISHERS, "rate": 1e9, "channels": ["cal/lg"],
-                             "payload_bytes": 64, "policy": "none"}}
+async def _closed_loops(server: Served, run_dir: Path, classes: dict[str, Any], op: str,
+                        seconds: float, cpus: set[int] | None) -> dict[str, Any]:
+    """One swarm of closed loops: the process's CPU over `seconds` once it logs, and
+    how many `op`s succeeded meanwhile (CalibrationError if none did)."""
     proc = _locust(run_dir, server.ws_url, classes, seconds + 3, cpus)
     t0, t1, cpu = await _window(proc, run_dir, _has_rows(run_dir), 1.0, seconds)
     await _ended(proc, run_dir, seconds + 30)
-    acked = len(_rows(run_dir, "publish", t0, t1).query("outcome == 'ok'"))
-    if acked == 0:
-        raise CalibrationError(f"no publish was acked in the requests swarm; see "
+    done = len(_rows(run_dir, op, t0, t1).query("outcome == 'ok'"))
+    if done == 0:
+        raise CalibrationError(f"no {op} succeeded in the {run_dir.name} swarm; see "
                                f"{run_dir}/locust.log")
-    return {"round_trips": acked, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
-            "round_trip_us": round(cpu / acked * 1e6, 2)}
+    return {"done": done, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
+            "per_us": round(cpu / done * 1e6, 2)}
+
+
+async def requests(server: Served, base: Path, seconds: float,
+                   cpus: set[int] | None) -> dict[str, Any]:
+    """CPU of the process per publish round trip, publishers in closed loops."""
+    classes = {"Publisher": {"fixed_count": PUBLISHERS, "rate": 1e9, "channels": ["cal/lg"],
+                             "payload_bytes": 64, "policy": "none"}}
+    r = await _closed_loops(server, base / "requests", classes, "publish", seconds, cpus)
+    return {"round_trips": r["done"], "cpu_s": r["cpu_s"], "wall_s": r["wall_s"],
+            "round_trip_us": r["per_us"]}
 
 
 async def connects(server: Served, base: Path, seconds: float,
                    cpus: set[int] | None) -> dict[str, Any]:
     """CPU of the process per connect and close, churners in closed loops."""
-    run_dir = base / "connects"
     classes = {"Churner": {"fixed_count": CHURNERS, "rate": 1e9, "hold_s": 0.0,
                            "policy": "none"}}
-    proc = _locust(run_dir, server.ws_url, classes, seconds + 3, cpus)
-    t0, t1, cpu = await _window(proc, run_dir, _has_rows(run_dir), 1.0, seconds)
-    await _ended(proc, run_dir, seconds + 30)
-    cycles = len(_rows(run_dir, "connect", t0, t1).query("outcome == 'ok'"))
-    if cycles == 0:
-        raise CalibrationError(f"no connect succeeded in the connects swarm; see "
-                               f"{run_dir}/locust.log")
-    return {"connects": cycles, "cpu_s": round(cpu, 6), "wall_s": round(t1 - t0, 3),
-            "cycle_us": round(cpu / cycles * 1e6, 2)}
+    r = await _closed_loops(server, base / "connects", classes, "connect", seconds, cpus)
+    return {"connects": r["done"], "cpu_s": r["cpu_s"], "wall_s": r["wall_s"],
+            "cycle_us": r["per_us"]}
 
 
 async def deliveries(server: Served, base: Path, seconds: float,
