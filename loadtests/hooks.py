@@ -5,8 +5,9 @@ locustfile that uses the user classes, the provided one or a user's own few line
 takes rtmsim's options (`swarmconfig.OPTIONS`: `--rtmsim-key`, `--rtmsim-run-dir`,
 `--rtmsim-config`, ...), checks the hosts before the first user starts, serves the
 swarm's Prometheus metrics (`--rtmsim-metrics-port`), carries the event logs of workers
-without a run directory to the master (`locustlog`) and aligns the servers' fault
-clocks at test start. (`users` checks its classes' parameters.)
+without a run directory to the master (`locustlog`), keeps the process's own start-up
+out of what it measures (`_quiet_start`) and aligns the servers' fault clocks at test
+start. (`users` checks its classes' parameters.)
 """
 
 from __future__ import annotations
