@@ -4,7 +4,8 @@ saturation throughput?
 The calibration is `sim`'s, and the layers keep `bench` and `sim` independent, so (as
 `bench simulate` does) `rtmsim calibrate --json` runs in a child process and its model
 comes back as JSON: the costs and their prediction for one core (`fanout`: 50
-deliveries per `publish + 50 x delivery`; `reqack`: one round trip per `publish`).
+deliveries per `publish + 50 x delivery`; `reqack`: one round trip per `publish`;
+each with its share of a loop turn, `turn_us / requests in flight`).
 Then `fanout` (50 subscribers, 4 publishers) and `reqack` (8 connections) run exactly
 as `python -m bench` runs them: the server pinned to CPU 0, the load client on CPU 1,
 alternating with the bare baseline in short turns. A prediction more than
@@ -87,6 +88,9 @@ def calibrate_check(*, seconds: float, warmup: float, calibrate_seconds: float,
     log(f"calibrate-check: rtmsim calibrate --seconds {calibrate_seconds:g}")
     model = calibrate(calibrate_seconds, log)
     costs, predicted = model["costs_us"], model["measured"]["predicted"]
+    # a publish's CPU with as many in flight as each benchmark keeps: its cost and
+    # that share of its loop turn (model files from before 2026-12-08 have no turns)
+    turn = model.get("turn_us", {}).get("publish", 0.0)
     log("calibrate-check: the benchmarks at saturation")
     fanout = benchmarks.fanout(seconds=seconds, warmup=warmup, slice_s=0.25,
                                payload_bytes=PAYLOAD_BYTES, placement=placement, log=log,
@@ -98,13 +102,15 @@ def calibrate_check(*, seconds: float, warmup: float, calibrate_seconds: float,
     core = min(placement.server_cpus) if placement.server_cpus else None
     checks = [
         compare("fanout", predicted["fanout_delivered_per_s"],
-                costs["publish"] + n * costs["delivery"], fanout, core),
-        compare("reqack", predicted["reqack_round_trips_per_s"], costs["publish"], reqack,
-                core),
+                costs["publish"] + turn / FANOUT["publishers"] + n * costs["delivery"],
+                fanout, core),
+        compare("reqack", predicted["reqack_round_trips_per_s"],
+                costs["publish"] + turn / REQACK["connections"], reqack, core),
     ]
     return {"benchmark": "calibrate-check", "tolerance": TOLERANCE,
             "passed": all(c["within"] for c in checks), "checks": checks,
             "model": {"name": model["name"], "costs_us": costs,
+                      "turn_us": model.get("turn_us", {}),
                       "batching": model["measured"].get("batching"),
                       "server_core_used_by_others":
                           model["measured"].get("server_core_used_by_others")},

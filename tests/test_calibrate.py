@@ -390,6 +390,15 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     steps = {s["step"] for s in raw["measured"]["steps"]}
     assert {"connect_key", "publish_to_50", "kick_32", "rest_publish"} <= steps
     assert out.read_text().startswith("# Measured by `rtmsim calibrate")
+    # Each request at two depths in alternating slices; its turn from that pair alone.
+    by_step = {s["step"]: s for s in raw["measured"]["steps"]}
+    for op, main in (("publish", "publish"), ("send", "send"), ("frame", "ping"),
+                     ("subscribe", "subscribe"), ("unsubscribe", "unsubscribe")):
+        lo, hi = by_step[f"turn4_{main}"], by_step[f"turn16_{main}"]
+        assert (lo["in_flight"], hi["in_flight"]) == (4, 16)
+        per = [r["cpu_s"] / r["ops"][op] for r in (lo, hi)]
+        expected = max(0.0, (per[0] - per[1]) / (1 / 4 - 1 / 16) * 1e6)
+        assert model.turn_us[op] == pytest.approx(expected, abs=0.01), op
     # The wake-up of an idle server: one point per rate, idle ascending.
     idle = [ms for ms, _ in model.wake_curve]
     assert idle == [200.0, 50.0, 10.0, 3.333, 1.0][::-1] and all(

@@ -35,7 +35,7 @@ from server.schema import ConfigError
 from sim.virtual.model import OPERATIONS, RedisModel, load_model
 
 from ..tomlwrite import toml_text
-from . import loadgen, steps
+from . import latency, loadgen, steps, turns
 from .fit import Fit, FitError, Row, fit_costs, lognormal, saturation, used_rows
 from .rawclient import raw_client_costs
 from .report import header, table
@@ -129,6 +129,7 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
         ("frames", lambda: steps.frames(s)),
         ("kick", lambda: steps.kicks(s)),
         ("rest_publish", lambda: steps.rest_publishes(s)),
+        ("turns", lambda: turns.turn_steps(s)),
     ]
     total = len(plan) + 5
     speed = [steps.spin_rate()]
@@ -136,7 +137,9 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
     s.meter.idle_per_s = await steps.idle(s)
     rows: list[Row] = []
     for i, (name, run) in enumerate(plan, start=2):
-        log(f"[{i}/{total}] {name} ({sc.seconds:g} s, {sc.sockets} in flight)")
+        depth = (f"{sc.sockets} and {sc.turn_sockets} in flight, alternating"
+                 if name == "turns" else f"{sc.sockets} in flight")
+        log(f"[{i}/{total}] {name} ({sc.seconds:g} s, {depth})")
         for row in await run():
             rows.append(row)
             others = max(0.0, row.extra["core_busy"] - row.extra["server_busy"])
@@ -150,17 +153,17 @@ async def _steps(s: Session, log: Callable[[str], None]) -> dict[str, Any]:
     log(f"    {batch['publish_us_1_in_flight']} us cpu per publish with 1 in flight, "
         f"{batch['publish_us_8_in_flight']} with 8")
     log(f"[{total - 2}/{total}] round trips (one ping in flight)")
-    rtts, rtt_cpu = await steps.round_trips(s)
+    rtts, rtt_cpu = await latency.round_trips(s)
     log(f"    {len(rtts)} round trips, median {statistics.median(rtts) * 1e3:.3f} ms, "
         f"{rtt_cpu * 1e6:.1f} us server cpu each")
     log(f"[{total - 1}/{total}] round trips after an idle 1/rate, rate "
-        f"{', '.join(f'{r:g}' for r in steps.WAKE_RATES)} a second")
-    idle_rtts, idle_cpu = await steps.idle_round_trips(s)
+        f"{', '.join(f'{r:g}' for r in latency.WAKE_RATES)} a second")
+    idle_rtts, idle_cpu = await latency.idle_round_trips(s)
     log("    medians " + ", ".join(f"{statistics.median(v) * 1e3:.3f}" for v in
                                    idle_rtts.values()) + " ms; server cpu each "
         + ", ".join(f"{v * 1e6:.1f}" for v in idle_cpu.values()) + " us")
     log(f"[{total}/{total}] publish -> delivery, one message in flight")
-    local = await steps.delivery_latencies(s.server.ws_url, s.server.ws_url,
+    local = await latency.delivery_latencies(s.server.ws_url, s.server.ws_url,
                                            sc.latency_samples // 4, sc.seconds / 2)
     await s.settle(0)
     log(f"    {len(local)} deliveries, median {statistics.median(local) * 1e3:.3f} ms")
@@ -220,7 +223,7 @@ async def redis_hop(procs: Processes, scale: Scale, log: Callable[[str], None]
         log(f"    {n:,} publishes: {cpu['i0'] / n * 1e6:.1f} us cpu per publish in i0, "
             f"{cpu['i1'] / n * 1e6:.1f} in i1, {cpu['redis'] / n * 1e6:.1f} in redis-server")
         log("redis: publish on i0 -> delivery on i1, one message in flight")
-        crossed = await steps.delivery_latencies(i0.ws_url, i1.ws_url,
+        crossed = await latency.delivery_latencies(i0.ws_url, i1.ws_url,
                                                  scale.latency_samples // 4,
                                                  scale.seconds / 2)
         log(f"    {len(crossed)} deliveries, median "
@@ -244,8 +247,10 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
                 when: datetime) -> dict[str, Any]:
     """The model table (and its `measured` record) from `measure`'s output."""
     rows: list[Row] = measured["rows"]
+    turn_us = turns.turns_from_pairs(rows)
+    fit_rows = turns.less_turns(rows, turn_us)
     try:
-        fit = fit_costs(rows, [*OPERATIONS, *NUISANCE])
+        fit = fit_costs(fit_rows, [*OPERATIONS, *NUISANCE])
     except FitError as exc:
         raise CalibrationError(f"the measurements do not fit: {exc}; rerun with more "
                                "--seconds") from None
@@ -254,9 +259,11 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         rtt_median_s, sigma = lognormal(measured["rtts"])
     except FitError as exc:
         raise CalibrationError(f"the round trips do not fit: {exc}") from None
-    # One way is half of what a round trip spends outside the server's CPU; the spread
-    # is the round trips' own (the part the server takes varies with them).
-    median_ms = max(MIN_LATENCY_MS, (rtt_median_s - costs["frame"] / 1e6) / 2 * 1e3)
+    # One way is half of what a round trip spends outside the server's CPU (a lone
+    # ping: its cost and its whole turn); the spread is the round trips' own (the
+    # part the server takes varies with them).
+    alone_us = costs["frame"] + turn_us.get("frame", 0.0)
+    median_ms = max(MIN_LATENCY_MS, (rtt_median_s - alone_us / 1e6) / 2 * 1e3)
     redis_table, redis_record, source = _redis(measured.get("redis"), costs,
                                                measured["local_delivery"],
                                                measured.get("redis_missing", ""))
@@ -267,12 +274,13 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "date": when.isoformat(timespec="seconds"), **machine,
         "cpu_clock": "/proc/PID/task/*/schedstat (server process, all threads)",
         "seconds_per_step": scale.seconds, "sockets_per_step": scale.sockets,
+        "sockets_per_turn_step": scale.turn_sockets,
         "idle_cpu_per_s": round(measured["idle_per_s"], 6),
         "placement": measured.get("placement", {}),
         "nuisance_us": {op: round(fit.costs_us[op], 2) for op in NUISANCE},
         "clamped": fit.clamped,
         "fit_max_abs_residual": round(max(abs(r) for r in fit.residuals), 4),
-        "predicted": {k: round(v, 1) for k, v in saturation(costs).items()},
+        "predicted": {k: round(v, 1) for k, v in saturation(costs, turn_us).items()},
         "batching": measured["batching"],
         # Plain-Python loop turns per CPU second of the load process, before and after:
         # how fast the vCPUs ran (compare two calibrations by it).
@@ -281,11 +289,11 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "network": {
             "round_trips": len(measured["rtts"]),
             "rtt_median_ms": round(statistics.median(measured["rtts"]) * 1e3, 4),
-            "one_way": "median_ms = (median round trip - frame) / 2; sigma = the "
-                       "round trips' log interquartile range / 1.349",
+            "one_way": "median_ms = (median round trip - frame - its turn) / 2; "
+                       "sigma = the round trips' log interquartile range / 1.349",
         },
         "redis": redis_record,
-        "steps": _step_records(rows, fit),
+        "steps": _step_records(rows, fit, turn_us),
     }
     network = {"median_ms": round(median_ms, 4), "sigma": round(sigma, 3)}
     wake_cpu = wake_cpu_curve(measured.get("rtt_cpu"), measured.get("idle_cpu"))
@@ -304,6 +312,7 @@ def build_model(measured: dict[str, Any], scale: Scale, machine: dict[str, Any],
         "wake_curve": wake_curve(measured["rtts"], measured["idle_rtts"], wake_cpu),
         "wake_cpu_curve": wake_cpu,
         "costs_us": {op: round(v, 2) for op, v in costs.items()},
+        **({"turn_us": {op: round(v, 2) for op, v in turn_us.items()}} if turn_us else {}),
         "network": network,
         "redis": redis_table,
         "measured": record,
@@ -351,12 +360,16 @@ def _others(rows: list[Row]) -> float:
     return round(max(0.0, used / wall), 3) if wall else 0.0
 
 
-def _step_records(rows: list[Row], fit: Fit) -> list[dict[str, Any]]:
-    residual = dict(zip((r.step for r in used_rows(rows)), fit.residuals, strict=True))
+def _step_records(rows: list[Row], fit: Fit, turn_us: dict[str, float]
+                  ) -> list[dict[str, Any]]:
+    """Each step as measured, with what the costs and turns make of it."""
+    fitted = {r.step: fit.predicted_cpu_s(r) + turns.turn_cpu_s(r, turn_us) for r in rows}
+    used = {r.step for r in used_rows(rows)}
     return [{"step": r.step, "ops": {op: int(n) for op, n in r.ops.items()},
              "cpu_s": round(r.cpu_s, 6), "wall_s": round(r.wall_s, 3), **r.extra,
-             "fitted_cpu_s": round(fit.predicted_cpu_s(r), 6),
-             "residual": round(residual[r.step], 4) if r.step in residual else "unused"}
+             "fitted_cpu_s": round(fitted[r.step], 6),
+             "residual": round(fitted[r.step] / r.cpu_s - 1, 4) if r.step in used
+             else "unused"}
             for r in rows]
 
 

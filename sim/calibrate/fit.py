@@ -132,10 +132,15 @@ def lognormal(samples: Sequence[float]) -> tuple[float, float]:
     return float(q50), float((math.log(q75) - math.log(q25)) / 1.349)
 
 
-def saturation(costs_us: dict[str, float], subscribers: int = 50) -> dict[str, float]:
+def saturation(costs_us: dict[str, float], turn_us: dict[str, float] | None = None,
+               subscribers: int = 50, publishers: int = 4, connections: int = 8
+               ) -> dict[str, float]:
     """What one core does per second on the fitted costs alone, for the benchmarks'
-    configurations: fan-out (`publish` + `subscribers` x `delivery` per message, in
-    deliveries/s) and reqack (`publish` per round trip). No batching, no client."""
-    per_message = costs_us["publish"] + subscribers * costs_us["delivery"]
+    configurations: fan-out (`publishers` in flight, each message `publish` + its
+    turn's share + `subscribers` x `delivery`, in deliveries/s) and reqack
+    (`connections` in flight, `publish` and its turn's share a round trip). A
+    saturated core finds every request in flight ready in each turn; no client."""
+    turn = (turn_us or {}).get("publish", 0.0)
+    per_message = costs_us["publish"] + turn / publishers + subscribers * costs_us["delivery"]
     return {"fanout_delivered_per_s": subscribers * 1e6 / per_message,
-            "reqack_round_trips_per_s": 1e6 / costs_us["publish"]}
+            "reqack_round_trips_per_s": 1e6 / (costs_us["publish"] + turn / connections)}

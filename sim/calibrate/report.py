@@ -31,12 +31,18 @@ def table(model: dict[str, Any]) -> str:
         for op in step["ops"]:
             if op in by_op:
                 by_op[op].append(step["step"])
-    lines = [f"{'operation':<14}{'us of a core':>13}  measured in (residual)"]
+    turn = model.get("turn_us", {})
+    lines = [f"{'operation':<14}{'us of a core':>13}{'+ turn':>8}  measured in (residual)"]
     residual = {s["step"]: s["residual"] for s in m["steps"]}
     for op, cost in model["costs_us"].items():
         where = ", ".join(f"{s} ({_pct(residual[s])})" for s in by_op[op])
         flag = "  (clamped: fit <= 0)" if op in m["clamped"] else ""
-        lines.append(f"{op:<14}{cost:>13.2f}  {where}{flag}")
+        share = f"{turn[op]:>8.2f}" if op in turn else " " * 8
+        lines.append(f"{op:<14}{cost:>13.2f}{share}  {where}{flag}")
+    if turn:
+        lines.append(f"(+ turn: shared by the requests one loop turn serves; a lone request "
+                     f"pays it all, calibrated at {m['sockets_per_step']} and "
+                     f"{m['sockets_per_turn_step']} in flight)")
     net, red, pred = model["network"], model["redis"], m["predicted"]
     lines += [
         f"network       one way median {net['median_ms']} ms, sigma {net['sigma']} "
@@ -51,7 +57,7 @@ def table(model: dict[str, Any]) -> str:
         + ("" if m["redis"]["measured"] else "  (defaults: not measured)"),
         f"predicted     fan-out 50 subscribers {pred['fanout_delivered_per_s']:,.0f} "
         f"delivered/s; reqack {pred['reqack_round_trips_per_s']:,.0f} round trips/s "
-        "(one core, costs alone)",
+        "(one core, costs and turns alone)",
         f"batching      a publish costs {m['batching']['publish_us_1_in_flight']} us "
         f"with 1 in flight, {m['batching']['publish_us_8_in_flight']} with 8 "
         f"(calibrated at {m['sockets_per_step']})",

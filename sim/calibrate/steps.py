@@ -32,7 +32,6 @@ from server.config import Key
 
 from .clients import (
     Peer,
-    Probe,
     Requester,
     address,
     close_clients,
@@ -58,6 +57,7 @@ class Scale:
 
     seconds: float = 3.0  # per step
     sockets: int = 4  # closed loops in flight in a request step
+    turn_sockets: int = 16  # in flight in the turn steps (turns.py), the server saturated
     batch: int = 100  # connections opened, then closed, per connect phase
     upgrades_in_flight: int = 4
     channels: int = 50  # subscribed, then unsubscribed, per socket and phase
@@ -122,6 +122,7 @@ class Tally:
     irq_s: float = 0.0
     load_s: float = 0.0
     load_others_s: float = 0.0
+    in_flight: int = 0  # requests in flight in a closed-loop request step (0: not one)
 
     def add(self, before: tuple[float, ...], after: tuple[float, ...],
             ops: dict[str, float]) -> None:
@@ -136,8 +137,9 @@ class Tally:
 
     def row(self, idle_per_s: float) -> Row:
         w = self.wall_s or float("nan")
+        flight = {"in_flight": self.in_flight} if self.in_flight else {}
         return Row(self.step, dict(self.ops), self.cpu_s - idle_per_s * self.wall_s,
-                   self.wall_s, {"server_cpu_s": round(self.cpu_s, 6),
+                   self.wall_s, {**flight, "server_cpu_s": round(self.cpu_s, 6),
                                  "server_busy": round(self.cpu_s / w, 3),
                                  "core_busy": round(self.busy_s / w, 3),
                                  "core_irq": round(self.irq_s / w, 3),
@@ -260,11 +262,14 @@ async def connects(s: Session, credential: str) -> list[Row]:
     return [opened.row(s.meter.idle_per_s), closed.row(s.meter.idle_per_s)]
 
 
-async def subscriptions(s: Session) -> list[Row]:
+async def subscriptions(s: Session, sockets: int | None = None, prefix: str = ""
+                        ) -> list[Row]:
     """Each socket subscribes to channels of its own (no one else there: an empty
     presence snapshot, no deltas), then unsubscribes them; again until time is up."""
-    clients = await s.requesters(s.scale.sockets)
-    sub, unsub = Tally("subscribe"), Tally("unsubscribe")
+    n = sockets or s.scale.sockets
+    clients = await s.requesters(n)
+    sub = Tally(f"{prefix}subscribe", in_flight=n)
+    unsub = Tally(f"{prefix}unsubscribe", in_flight=n)
     start = time.perf_counter()
     rounds = itertools.count()
     while not sub.ops or s.until(start):
@@ -290,7 +295,8 @@ def publish_frame(channel: str) -> Callable[[int, int], bytes]:
     return lambda k, i: head + b',"requestId":"p' + str(k).encode() + b'"}'
 
 
-async def fanout(s: Session, subscribers: int) -> list[Row]:
+async def fanout(s: Session, subscribers: int, sockets: int | None = None,
+                 name: str | None = None) -> list[Row]:
     """Closed-loop publishers to a channel of `subscribers` (who only count frames)."""
     channel = f"cal/fan/{subscribers}"
     # ready on the presence snapshot, which follows the ack: no answer still in flight
@@ -301,8 +307,9 @@ async def fanout(s: Session, subscribers: int) -> list[Row]:
         await asyncio.wait_for(asyncio.gather(*(c.subscribed for c in subs)), 30)
     except SubscribeError as exc:
         raise CalibrationError(str(exc)) from None
-    pubs = await s.requesters(s.scale.sockets)
-    t = Tally(f"publish_to_{subscribers}")
+    in_flight = sockets or s.scale.sockets
+    pubs = await s.requesters(in_flight)
+    t = Tally(name or f"publish_to_{subscribers}", in_flight=in_flight)
     before = s.meter.read()
     n = await run_for(pubs, s.scale.seconds, publish_frame(channel), (b'"ack"',))
     t.add(before, s.meter.read(), {"publish": n, "delivery": n * subscribers})
@@ -343,14 +350,15 @@ def spin_rate(seconds: float = 0.2) -> float:
     return n / spent
 
 
-async def sends(s: Session) -> list[Row]:
+async def sends(s: Session, sockets: int | None = None, name: str = "send") -> list[Row]:
     """Closed-loop direct sends, each to a peer of its own (one `direct` delivered)."""
+    in_flight = sockets or s.scale.sockets
     targets = await open_clients(lambda: Peer(s.host, s.port, s.key_path()),
-                                 s.server.ws_url, s.scale.sockets)
-    senders = await s.requesters(s.scale.sockets)
+                                 s.server.ws_url, in_flight)
+    senders = await s.requesters(in_flight)
     heads = [b'{"type":"send","to":' + orjson.dumps(p.peer_id) + b',"data":' + PAYLOAD
              + b',"requestId":"d"}' for p in targets]
-    t = Tally("send")
+    t = Tally(name, in_flight=in_flight)
     before = s.meter.read()
     n = await run_for(senders, s.scale.seconds, lambda k, i: heads[k], (b'"ack"',))
     t.add(before, s.meter.read(), {"send": n, "delivery": n})
@@ -358,14 +366,20 @@ async def sends(s: Session) -> list[Row]:
     return [t.row(s.meter.idle_per_s)]
 
 
-async def frames(s: Session) -> list[Row]:
+FRAMES = (("ping", b'{"type":"ping"}', b'"pong"'),
+          ("bad_frame", b'{"type":"nope","requestId":"b"}', b'"error"'))
+
+
+async def frames(s: Session, sockets: int | None = None, prefix: str = "",
+                 kinds: tuple[str, ...] = ("ping", "bad_frame")) -> list[Row]:
     """Frames answered at once: an app-level ping (pong), then an unknown type (error)."""
     rows = []
-    for name, frame, answer in (("ping", b'{"type":"ping"}', b'"pong"'),
-                                ("bad_frame", b'{"type":"nope","requestId":"b"}',
-                                 b'"error"')):
-        clients = await s.requesters(s.scale.sockets)
-        t = Tally(name)
+    in_flight = sockets or s.scale.sockets
+    for name, frame, answer in FRAMES:
+        if name not in kinds:
+            continue
+        clients = await s.requesters(in_flight)
+        t = Tally(f"{prefix}{name}", in_flight=in_flight)
         before = s.meter.read()
         n = await run_for(clients, s.scale.seconds / 2, lambda k, i, f=frame: f, (answer,))
         t.add(before, s.meter.read(), {"frame": n})
@@ -422,84 +436,3 @@ async def rest_publishes(s: Session) -> list[Row]:
     await asyncio.gather(*(loop(k) for k in range(s.scale.sockets)))
     t.add(before, s.meter.read(), {"rest_publish": sum(counts)})
     return [t.row(s.meter.idle_per_s)]
-
-
-async def round_trips(s: Session) -> tuple[list[float], float]:
-    """Light-load ping round trips (one in flight), in seconds, and the server's CPU
-    a round trip (over its idle CPU)."""
-    (client,) = await s.requesters(1)
-    client.rtts = []
-    start = time.perf_counter()
-    budget = s.scale.latency_samples
-    before = s.meter.read()
-    while len(client.rtts) < budget and s.until(start):
-        await run_each([client], [[b'{"type":"ping"}'] * min(100, budget)], (b'"pong"',))
-    cpu = _cpu_per(s, before, len(client.rtts))
-    await s.done_with([client])
-    return client.rtts[:budget], cpu
-
-
-def _cpu_per(s: Session, before: tuple[float, ...], n: int) -> float:
-    """The server's CPU since `before` over its idle CPU, a round trip of `n`."""
-    after = s.meter.read()
-    cpu = after[1] - before[1] - s.meter.idle_per_s * (after[0] - before[0])
-    return max(0.0, cpu) / n if n else float("nan")
-
-
-# Round trips a second of the idle-server step: one ping each 1/rate apart.
-WAKE_RATES = (5.0, 20.0, 100.0, 300.0, 1000.0)
-
-
-async def idle_round_trips(s: Session) -> tuple[dict[float, list[float]], dict[float, float]]:
-    """Ping round trips (one in flight, seconds), `1/rate` apart for each of
-    `WAKE_RATES`: how long a server (and a client) that slept take to answer, and the
-    server's CPU a round trip at each rate (a core that slept runs slower: cold caches,
-    the wake-up itself)."""
-    (client,) = await s.requesters(1)
-    out: dict[float, list[float]] = {}
-    cpu: dict[float, float] = {}
-    per_rate = max(0.5, s.scale.seconds)
-    for rate in WAKE_RATES:
-        client.rtts = []
-        start = time.perf_counter()
-        before = s.meter.read()
-        while time.perf_counter() - start < per_rate:
-            await run_each([client], [[b'{"type":"ping"}']], (b'"pong"',))
-            await asyncio.sleep(1.0 / rate)
-        out[rate] = client.rtts
-        cpu[rate] = _cpu_per(s, before, len(client.rtts))
-    await s.done_with([client])
-    return out, cpu
-
-
-async def delivery_latencies(ws_pub: str, ws_sub: str, samples: int,
-                             seconds: float) -> list[float]:
-    """Publish -> delivery (seconds), one message in flight, publisher and subscriber
-    on the given servers (the same one, or two instances through Redis)."""
-    (pub_host, pub_port), (sub_host, sub_port) = address(ws_pub), address(ws_sub)
-    path = f"/v1?key={PUBLISHABLE_KEY}"
-    (sub,) = await open_clients(lambda: Probe(sub_host, sub_port, path), ws_sub, 1)
-    (pub,) = await open_clients(lambda: Probe(pub_host, pub_port, path), ws_pub, 1)
-    channel = orjson.dumps(f"cal/latency/{uuid.uuid4().hex[:8]}")
-    sub.send_text(b'{"type":"subscribe","channel":' + channel + b',"requestId":"s"}')
-    for _ in range(2):  # ack, snapshot
-        await sub.next_frame()
-    out: list[float] = []
-    start = time.perf_counter()
-    try:
-        while len(out) < samples and time.perf_counter() - start < seconds:
-            sent = time.perf_counter()
-            pub.send_text(b'{"type":"publish","channel":' + channel + b',"data":' + PAYLOAD
-                          + b',"requestId":"l"}')
-            (_, ack), (arrived, msg) = await asyncio.gather(pub.next_frame(),
-                                                            sub.next_frame())
-            if not ack.startswith(b'{"type":"ack"') or not msg.startswith(
-                    b'{"type":"message"'):
-                raise CalibrationError(f"latency probe: unexpected {ack[:80]!r} / "
-                                       f"{msg[:80]!r}")
-            out.append(arrived - sent)
-    finally:
-        for c in (pub, sub):
-            c.send_close(1000)
-        await asyncio.wait_for(asyncio.gather(pub.closed, sub.closed), 30)
-    return out

@@ -85,6 +85,10 @@ class Instance:
         self.lent_s = 0.0  # CPU of other processes run on this core (`lend`)
         self.connects_waiting = 0  # upgrades in the accept queue (the listen backlog)
         self.costs = {op: model.cost_s(op) for op in model.costs_us}
+        # each job's share of its loop turn (`Model.turn_us`): 1 / the jobs ready
+        # when the core came free to run them (a job reaching an idle core: 1)
+        self.turns = {op: us / 1e6 for op, us in model.turn_us.items() if us}
+        self.share = 1.0
         self.wake = WakeCurve(model.wake_curve)
         self.wake_cpu = WakeCurve(model.wake_cpu_curve)
         self.cursor = 0.0  # within a job: the virtual time its output has reached
@@ -109,6 +113,7 @@ class Instance:
             # arrives meanwhile queues behind it; and it runs slower (more CPU) the
             # longer the core idled.
             idle = now - self.free_at
+            self.share = 1.0
             self._run(job, now + self.wake(idle), self.wake_cpu(idle) if own else 0.0)
             return
         self.queue.append(job)
@@ -126,7 +131,10 @@ class Instance:
     def _drain(self) -> None:
         queue = self.queue
         horizon = self.env.now + DRAIN_HORIZON_S
+        # One turn of the loop: the jobs ready when the core came free share it.
+        share = 1.0 / len(queue)
         while queue and self.free_at <= horizon:
+            self.share = share
             self._run(queue.popleft(), self.free_at)
         if queue:
             self.engine.at(self.free_at, self._drain)
@@ -142,7 +150,11 @@ class Instance:
         return self.epoch + self.started
 
     def spend(self, op: str) -> float:
-        """Charge `op`'s cost to the running job; the virtual time after it."""
+        """Charge `op`'s cost to the running job, with its share of the loop turn;
+        the virtual time after it."""
+        turns = self.turns
+        if turns and op in turns:
+            self.cursor += turns[op] * self.share
         self.cursor += self.costs[op]
         return self.cursor
 

@@ -14,6 +14,8 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     [model.costs_us]          # server CPU per operation, microseconds of one core
     connect_key = 180.0
     ...
+    [model.turn_us]           # the part of a request's CPU one loop turn's jobs share
+    publish = 50.0            # (a job pays turn_us / the jobs ready when it starts)
     [model.network]           # one way, client <-> server
     median_ms = 0.05
     sigma = 0.5
@@ -183,6 +185,14 @@ class Model:
     # the busy one calibrated. `wake_curve` is then the latency beyond that CPU.
     wake_cpu_curve: tuple[tuple[float, float], ...] = ()
     costs_us: dict[str, float] = field(default_factory=dict)
+    # The part of an operation's CPU that the jobs of one event-loop turn share (the
+    # poll, the loop's own bookkeeping, resuming the handler): a job pays
+    # `turn_us[op]` / the jobs ready on its core when it starts (itself and those
+    # queued behind it), so a lone request costs `costs_us + turn_us` and one among
+    # many close to `costs_us`. Measured here: a publish costs 71 us with 1 in flight,
+    # 40 with 4, 32 with 8 and 28 with 32, with the server awake throughout. Absent
+    # (model files from before 2026-12-08): each operation costs `costs_us` alone.
+    turn_us: dict[str, float] = field(default_factory=dict)
     network: Network = field(default_factory=Network)
     redis: RedisModel = field(default_factory=RedisModel)
     load_generator: LoadGenerator = field(default_factory=LoadGenerator)
@@ -194,6 +204,10 @@ class Model:
     def cost_s(self, op: str) -> float:
         """Seconds of one core for `op` (KeyError names an operation the model lacks)."""
         return self.costs_us[op] / 1e6
+
+    def cost_in_turn_us(self, op: str, ready: float) -> float:
+        """`op`'s CPU (us) when `ready` jobs share its loop turn."""
+        return self.costs_us[op] + self.turn_us.get(op, 0.0) / ready
 
     def with_table(self, table: dict[str, Any], where: str) -> Model:
         """This model with a scenario's `[model]` overrides laid over it."""
@@ -262,6 +276,7 @@ def _read(data: object, where: str, base: Model) -> Model:
     t.get("source")  # free text: who made the figures
     t.get("file")  # a scenario's pointer to the model file, read by the caller
     t.get("measured")  # calibrate's raw figures, kept for the record
+    turns = dict(base.turn_us)
     if "costs_us" in t.data:
         c = t.table("costs_us")
         costs = dict(base.costs_us)
@@ -269,8 +284,20 @@ def _read(data: object, where: str, base: Model) -> Model:
             if key not in OPERATIONS:
                 raise c.fail(key, f"unknown operation (one of {', '.join(OPERATIONS)})")
             costs[key] = float(c.number(key, None, minimum=0))
+            # a cost set here is the operation's whole cost, unless the same table
+            # sets its turn part too
+            turns.pop(key, None)
         c.done()
         changes["costs_us"] = costs
+    if "turn_us" in t.data:
+        c = t.table("turn_us")
+        for key in c.data:
+            if key not in OPERATIONS:
+                raise c.fail(key, f"unknown operation (one of {', '.join(OPERATIONS)})")
+            turns[key] = float(c.number(key, None, minimum=0))
+        c.done()
+    if turns != base.turn_us:
+        changes["turn_us"] = turns
     if "colocated" in t.data:
         changes["colocated"] = t.boolean("colocated", False)
     for key, kind in (("network", Network), ("redis", RedisModel),
