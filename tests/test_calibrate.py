@@ -392,9 +392,9 @@ def test_calibrate_writes_a_model_the_engine_loads(tmp_path: Path) -> None:
     assert out.read_text().startswith("# Measured by `rtmsim calibrate")
     # Each request at two depths in alternating slices; its turn from that pair alone.
     by_step = {s["step"]: s for s in raw["measured"]["steps"]}
-    for op, main in (("publish", "publish"), ("send", "send"), ("frame", "ping"),
+    for op, kind in (("publish", "publish"), ("send", "send"), ("frame", "ping"),
                      ("subscribe", "subscribe"), ("unsubscribe", "unsubscribe")):
-        lo, hi = by_step[f"turn4_{main}"], by_step[f"turn16_{main}"]
+        lo, hi = by_step[f"turn4_{kind}"], by_step[f"turn16_{kind}"]
         assert (lo["in_flight"], hi["in_flight"]) == (4, 16)
         per = [r["cpu_s"] / r["ops"][op] for r in (lo, hi)]
         expected = max(0.0, (per[0] - per[1]) / (1 / 4 - 1 / 16) * 1e6)

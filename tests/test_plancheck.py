@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 import tomllib
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from bench.planreport import (
     shared_cores,
 )
 from sim.scenario import parse_scenario
+from sim.tomlwrite import toml_text
 from sim.virtual.model import DEFAULT_MODEL
 from sim.virtual.spawn import class_order
 
@@ -134,12 +134,14 @@ def test_the_engine_splits_each_class_of_the_default_workload_evenly_like_the_re
 
 
 def slow_publish_model(tmp_path: Path, publish_us: float) -> Path:
-    """The shipped model with a publish that costs `publish_us`: a capacity of a few
-    hundred publishes/s, so a tiny ladder finds it in a few virtual seconds."""
-    text = re.sub(r"(?m)^publish = [\d.]+$", f"publish = {publish_us}",
-                  DEFAULT_MODEL.read_text())
+    """The shipped model with a publish that costs `publish_us` in all (no loop-turn
+    share): a capacity of a few hundred publishes/s, so a tiny ladder finds it in a
+    few virtual seconds."""
+    data = tomllib.loads(DEFAULT_MODEL.read_text())
+    data["model"]["costs_us"]["publish"] = publish_us
+    data["model"].get("turn_us", {}).pop("publish", None)
     path = tmp_path / "slow.toml"
-    path.write_text(text)
+    path.write_text(toml_text(data))
     return path
 
 

@@ -8,6 +8,7 @@ lone client nor a saturated server (`bench calibrate-check`'s reqack was 18% off
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from test_virtual_engine import FLOOD, ORIGIN, QUIET, costs, events, simulate, s
 from server.schema import ConfigError
 from sim.calibrate.fit import Row, fit_costs, saturation
 from sim.calibrate.turns import TURN_OPS, less_turns, merge, step_name, turns_from_pairs
-from sim.virtual.model import Model, load_model
+from sim.tomlwrite import toml_text
+from sim.virtual.model import DEFAULT_MODEL, Model, load_model
 
 TURN_US = {"subscribe": 30.0, "unsubscribe": 25.0, "publish": 50.0, "send": 45.0,
            "frame": 35.0}
@@ -102,9 +104,9 @@ def test_saturation_shares_the_turn_over_the_requests_in_flight() -> None:
 
 def test_a_model_file_reads_turns_and_a_scenario_cost_replaces_one(tmp_path: Path) -> None:
     path = tmp_path / "m.toml"
-    base = (Path(__file__).resolve().parents[1] / "sim" / "virtual"
-            / "default_model.toml").read_text()
-    path.write_text(base + "\n[model.turn_us]\npublish = 50.0\nframe = 35.0\n")
+    data = tomllib.loads(DEFAULT_MODEL.read_text())
+    data["model"]["turn_us"] = {"publish": 50.0, "frame": 35.0}
+    path.write_text(toml_text(data))
     model = load_model(path)
     assert model.turn_us == {"publish": 50.0, "frame": 35.0}
     assert model.cost_in_turn_us("publish", 1) == model.costs_us["publish"] + 50.0
