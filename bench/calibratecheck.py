@@ -89,7 +89,7 @@ def calibrate_check(*, seconds: float, warmup: float, calibrate_seconds: float,
     model = calibrate(calibrate_seconds, log)
     costs, predicted = model["costs_us"], model["measured"]["predicted"]
     # a publish's CPU with as many in flight as each benchmark keeps: its cost and
-    # that share of its loop turn (model files from before 2026-12-08 have no turns)
+    # that share of its loop turn (calibrations before 2026-12-07 22:00 have none)
     turn = model.get("turn_us", {}).get("publish", 0.0)
     log("calibrate-check: the benchmarks at saturation")
     fanout = benchmarks.fanout(seconds=seconds, warmup=warmup, slice_s=0.25,

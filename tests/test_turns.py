@@ -109,10 +109,6 @@ def test_a_model_file_reads_turns_and_a_scenario_cost_replaces_one(tmp_path: Pat
     path.write_text(toml_text(data))
     model = load_model(path)
     assert model.turn_us == {"publish": 50.0, "frame": 35.0}
-    assert model.cost_in_turn_us("publish", 1) == model.costs_us["publish"] + 50.0
-    assert model.cost_in_turn_us("publish", 10) == pytest.approx(
-        model.costs_us["publish"] + 5.0)
-    assert model.cost_in_turn_us("delivery", 1) == model.costs_us["delivery"]
     # A scenario's cost is the operation's whole cost, unless it sets the turn too.
     over = model.with_table({"costs_us": {"publish": 3333.0}}, "model")
     assert over.turn_us == {"frame": 35.0} and over.costs_us["publish"] == 3333.0

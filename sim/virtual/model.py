@@ -15,7 +15,7 @@ names it under `[model] file = ...` or overrides single figures in `[model]`):
     connect_key = 180.0
     ...
     [model.turn_us]           # the part of a request's CPU one loop turn's jobs share
-    publish = 50.0            # (a job pays turn_us / the jobs ready when it starts)
+    publish = 50.0            # (a job pays turn_us / the jobs ready in its turn)
     [model.network]           # one way, client <-> server
     median_ms = 0.05
     sigma = 0.5
@@ -187,11 +187,11 @@ class Model:
     costs_us: dict[str, float] = field(default_factory=dict)
     # The part of an operation's CPU that the jobs of one event-loop turn share (the
     # poll, the loop's own bookkeeping, resuming the handler): a job pays
-    # `turn_us[op]` / the jobs ready on its core when it starts (itself and those
-    # queued behind it), so a lone request costs `costs_us + turn_us` and one among
-    # many close to `costs_us`. Measured here: a publish costs 71 us with 1 in flight,
-    # 40 with 4, 32 with 8 and 28 with 32, with the server awake throughout. Absent
-    # (model files from before 2026-12-08): each operation costs `costs_us` alone.
+    # `turn_us[op]` / the jobs ready when its core came free to run them, so a lone
+    # request costs `costs_us + turn_us` and one among many close to `costs_us`.
+    # Measured here: a publish costs 71 us with 1 in flight, 40 with 4, 32 with 8 and
+    # 28 with 32, with the server awake throughout. Absent (a model file calibrated
+    # before 2026-12-07 22:00): each operation costs `costs_us` alone.
     turn_us: dict[str, float] = field(default_factory=dict)
     network: Network = field(default_factory=Network)
     redis: RedisModel = field(default_factory=RedisModel)
@@ -204,10 +204,6 @@ class Model:
     def cost_s(self, op: str) -> float:
         """Seconds of one core for `op` (KeyError names an operation the model lacks)."""
         return self.costs_us[op] / 1e6
-
-    def cost_in_turn_us(self, op: str, ready: float) -> float:
-        """`op`'s CPU (us) when `ready` jobs share its loop turn."""
-        return self.costs_us[op] + self.turn_us.get(op, 0.0) / ready
 
     def with_table(self, table: dict[str, Any], where: str) -> Model:
         """This model with a scenario's `[model]` overrides laid over it."""
