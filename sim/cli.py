@@ -237,6 +237,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
+    if args.load_generator:
+        table = "load_generator" if args.load_generator == "locust" else "raw_client"
+        costs = getattr(model, table)
+        if not (costs.send_us or costs.receive_us or costs.delivery_us):
+            # modelled at no cost, the flag would change nothing and say it did
+            raise CliError(f"--load-generator {args.load_generator}: the model "
+                           f"({model.name}) has no [model.{table}] costs; calibrate them "
+                           "(rtmsim calibrate, without --no-load-generator) or drop the flag")
     run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
                         log_deliveries=not args.no_deliveries,

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import math
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,10 +34,11 @@ from test_virtual_engine import (
 from loadtests.intents import Sleep
 from sim import rundir
 from sim.cli import main
+from sim.tomlwrite import toml_text
 from sim.virtual import run as run_module
 from sim.virtual.engine import HeapQueue
 from sim.virtual.loadgen import ProcessCore
-from sim.virtual.model import LoadGenerator, load_model
+from sim.virtual.model import DEFAULT_MODEL, LoadGenerator, load_model
 from sim.virtual.run import VirtualRun
 
 
@@ -350,6 +352,29 @@ def test_the_event_log_flushes_once_a_virtual_second_through_a_whole_run(
 def test_the_shipped_model_has_load_generator_costs() -> None:
     lg = load_model().load_generator
     assert lg.send_us > 0 and lg.receive_us > 0 and lg.delivery_us > 0
+
+
+@pytest.mark.parametrize(("flag", "table"), [([], "load_generator"),
+                                             (["raw"], "raw_client")])
+def test_a_load_generator_the_model_has_no_costs_for_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: list[str],
+        table: str) -> None:
+    """A model calibrated with --no-load-generator (or one from before it) has no such
+    costs: modelled free, the flag would change nothing while run.json said it did."""
+    model = tmp_path / "m.toml"
+    data = tomllib.loads(DEFAULT_MODEL.read_text())
+    del data["model"][table]
+    model.write_text(toml_text(data))
+    path = tmp_path / "s.toml"
+    path.write_text(FLOOD)
+    out = tmp_path / "out"
+    assert main(["simulate", str(path), "--model", str(model), "--load-generator", *flag,
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"[model.{table}]" in err
+    assert not out.exists()  # refused before anything ran
+    assert main(["simulate", str(path), "--model", str(model), "--duration", "1",
+                 "--out", str(out), "--no-progress"]) == 0  # without the flag it runs
 
 
 def test_a_bad_load_generator_figure_is_one_line(tmp_path: Path,
