@@ -21,7 +21,7 @@ from server.config import BACKENDS, Config, ConfigError, default_config, load_co
 
 from . import rundir
 from .run import RunError, Runner, default_run_dir
-from .scenario import load_scenario
+from .scenario import Scenario, load_scenario
 
 # `simulate --server-lead`: a real run's servers start well within this of its swarm.
 MAX_SERVER_LEAD_S = 600.0
@@ -213,9 +213,19 @@ def _empty_run_dir(args: argparse.Namespace, default: Path) -> Path:
     return run_dir
 
 
+def _load_scenario(path: str) -> Scenario:
+    """The scenario at `path`, its `[traffic]` checked too (only `rtmsim plan --period`
+    reads it, but a bad one is bad input wherever the file is given)."""
+    from .plan.traffic import check_scenario_traffic  # noqa: PLC0415 (start-up time)
+
+    scenario = load_scenario(path)
+    check_scenario_traffic(scenario)
+    return scenario
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _check_overrides(args, ("users", "workers"))
-    scenario = load_scenario(args.scenario).with_overrides(
+    scenario = _load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, workers=args.workers, seed=args.seed)
     run_dir = _empty_run_dir(args, default_run_dir(scenario))
     status = Runner(scenario, run_dir, progress=not args.no_progress,
@@ -233,7 +243,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if lead is not None and not 0 <= lead <= MAX_SERVER_LEAD_S:
         raise CliError(f"--server-lead: must be 0 to {MAX_SERVER_LEAD_S:g} seconds, "
                        f"got {lead:g}")
-    scenario = load_scenario(args.scenario).with_overrides(
+    scenario = _load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)

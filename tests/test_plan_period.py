@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from wsclient import client_pool, close_code, wait_until
 from server.billing import Ledger
 from server.config import Plan
 from server.schema import ConfigError
+from sim.cli import main as cli_main
 from sim.plan.period import LedgerDriver, period_lines, project_period
 from sim.plan.traffic import (
     Traffic,
@@ -205,6 +207,7 @@ def test_a_month_of_many_clients_is_few_ledger_calls():
 
 # -- the traffic model: its table, its flags -------------------------------------------
 
+ROOT = Path(__file__).resolve().parents[1]
 GOOD = {"clients": 10, "sessions_per_day": 2, "session_min": 30, "msgs_per_session": 5}
 
 
@@ -223,6 +226,29 @@ def test_a_bad_traffic_table_names_the_key(change, message):
     with pytest.raises(ConfigError) as exc:
         parse_traffic(table)
     assert str(exc.value) == message
+
+
+@pytest.mark.parametrize("argv", [["run"], ["simulate"],
+                                  ["plan", "--connections", "100", "--msgs-per-s", "10"]])
+def test_every_command_refuses_a_bad_traffic_table(tmp_path, capsys, argv):
+    """Only `plan --period` reads [traffic], but a bad one is bad input wherever the
+    scenario is given: one line naming the key, before anything runs."""
+    path = tmp_path / "s.toml"
+    path.write_text((ROOT / "scenarios" / "default.toml").read_text()
+                    + "\n[traffic]\nclients = -5\n")
+    out = tmp_path / "out"
+    assert cli_main([argv[0], str(path), *argv[1:], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rtmsim: traffic.clients: must be >= 1, got -5" and not out.exists()
+
+
+def test_a_partial_traffic_table_is_not_bad_input_where_flags_may_complete_it(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text((ROOT / "scenarios" / "default.toml").read_text()
+                    + "\n[traffic]\nclients = 5\n")
+    assert cli_main(["simulate", str(path), "--duration", "1", "--no-progress",
+                     "--out", str(tmp_path / "out")]) in (0, 1)  # 1: a threshold
+    assert (tmp_path / "out" / "summary.json").is_file()
 
 
 def test_a_traffic_table_in_a_scenario_and_flags_over_it():

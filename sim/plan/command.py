@@ -110,10 +110,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from ..scenario import load_scenario  # noqa: PLC0415 (start-up time)
     from ..virtual.model import scenario_model  # noqa: PLC0415
     from .capacity import plan_capacity  # noqa: PLC0415
+    from .traffic import check_scenario_traffic  # noqa: PLC0415
 
     capacity = not args.period or args.connections is not None or args.msgs_per_s is not None
     request = request_from_args(args) if capacity else None
     scenario = load_scenario(args.scenario)
+    check_scenario_traffic(scenario)  # a bad [traffic] is refused with or without --period
     if args.period:
         period = _period(args, scenario)  # checked before any sweep starts
     out = _out_dir(args, scenario.name)

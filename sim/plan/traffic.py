@@ -107,13 +107,31 @@ def _traffic(values: dict[str, Any], missing: str) -> Traffic:
     return Traffic(**{k: v if k == "clients" else float(v) for k, v in out.items()})
 
 
-def parse_traffic(table: object, where: str = "traffic") -> Traffic:
-    """The traffic model of a `[traffic]` table; errors name the key
-    (`traffic.sessions_per_day: must be > 0, got -1`)."""
+def read_traffic(table: object, where: str = "traffic") -> dict[str, Any]:
+    """The values a `[traffic]` table sets (None for a key it leaves out), each within
+    its bounds; an unknown key or a bad value is a ConfigError naming it
+    (`traffic.sessions_per_day: must be > 0, got -1`). What may be left out depends
+    on the caller: `--period`'s flags can supply it."""
     t = Table({} if table is None else table, where)
     values = {f.key: f.read(t, f.key) for f in FIELDS}
     t.done()
-    return _traffic(values, f"{t.name('{key}')}: is required")
+    return values
+
+
+def check_scenario_traffic(scenario: Any) -> None:
+    """A scenario's `[traffic]`, if it has one, read as `read_traffic` reads it: every
+    command that loads the scenario refuses a bad one, not only `rtmsim plan --period`
+    (which alone uses it)."""
+    table = scenario.config.extra.get("traffic")
+    if table is not None:
+        read_traffic(table)
+
+
+def parse_traffic(table: object, where: str = "traffic") -> Traffic:
+    """The traffic model of a `[traffic]` table; errors name the key
+    (`traffic.sessions_per_day: must be > 0, got -1`)."""
+    values = read_traffic(table, where)
+    return _traffic(values, f"{where}.{{key}}: is required")
 
 
 def add_period_arguments(parser: argparse.ArgumentParser) -> None:
@@ -138,9 +156,7 @@ def add_period_arguments(parser: argparse.ArgumentParser) -> None:
 def period_from_args(args: argparse.Namespace, scenario: Any) -> Traffic:
     """The scenario's `[traffic]`, overridden by the flags given; a bad value is a
     ConfigError naming its key or flag (`--sessions-per-day: must be > 0, got -1.0`)."""
-    t = Table(scenario.config.extra.get("traffic") or {}, "traffic")
-    values = {f.key: f.read(t, f.key) for f in FIELDS}
-    t.done()
+    values = read_traffic(scenario.config.extra.get("traffic"))
     given = {f.flag: getattr(args, f.dest) for f in FIELDS
              if getattr(args, f.dest, None) is not None}
     flags = Table(given, "")
