@@ -7,14 +7,17 @@
     python -m bench analyze --events 10000000       `rtmsim analyze` wall, RSS, bytes on disk
     python -m bench simulate --check                virtual-time models vs published results
     python -m bench simulate --clients 100000       the virtual engine at scale: wall, RSS
+    python -m bench simulate --clients 1000000 --simulate-instances 2 --compare
+                                                    mirrored vs in full
     python -m bench calibrate-check --json          calibrated costs vs fanout/reqack saturation
     python -m bench validate --check                rtmsim run vs rtmsim simulate, same seed
     python -m bench plancheck --json                predicted vs measured capacity, 2 instances
 
 Progress goes to stderr; the result goes to stdout: one JSON object with `--json`, a
 short summary otherwise. Problems are one line and exit code 2 (`--debug` shows the
-traceback). These print numbers; nothing here asserts on speed. `simulate --check` and
-`calibrate-check` are checks: they exit 1 when a figure misses its bound.
+traceback). These print numbers; nothing here asserts on speed. `simulate --check`,
+`simulate --compare` and `calibrate-check` are checks: they exit 1 when a figure misses
+its bound.
 `validate --check` are checks: they exit 1 when a figure misses its bound.
 `plancheck` is a check: it exits 1 when the prediction misses the measured capacity by
 more than 25%.
@@ -33,6 +36,7 @@ from . import benchmarks
 from .analyze import analyze
 from .calibratecheck import calibrate_check
 from .calibratecheck import check_summary as calibrate_summary
+from .mirrorcheck import mirror_compare, mirror_summary
 from .plancheck import add_plancheck_arguments, plancheck_from_args
 from .planreport import plancheck_summary
 from .procs import FAULT_MODES, ROOT, BenchError
@@ -170,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="virtual seconds of the scale run (default 600)")
     p.add_argument("--queue", choices=("heap", "simpy"), default="heap",
                    help="the scale run's event queue: a plain heap or SimPy's")
+    p.add_argument("--simulate-instances", type=_positive(int), metavar="M",
+                   help="scale: M of the instances in full, the others mirrored "
+                   "(rtmsim simulate --simulate-instances)")
+    p.add_argument("--compare", action="store_true",
+                   help="with --simulate-instances: run the deployment in full too and "
+                   "read the mirrored figures against it; exit 1 if one misses its bound")
     p.add_argument("--trials", type=_positive(int), default=500,
                    help="trials per strategy in Brooker's model (default 500)")
     p.add_argument("--seed", type=int, default=1)
@@ -232,7 +242,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.command == "analyze":
         return analyze(args.events, candidates=args.candidates, keep=args.keep, log=log)
     if args.command == "simulate" and args.clients:
-        return simulate_scale(args.clients, args.duration, args.queue, log)
+        if args.compare:
+            if args.simulate_instances is None:
+                raise BenchError("--compare needs --simulate-instances M")
+            return mirror_compare(args.clients, args.simulate_instances, args.duration,
+                                  args.queue, log)
+        return simulate_scale(args.clients, args.duration, args.queue, log,
+                              args.simulate_instances)
     if args.command == "simulate":
         if args.trials < 2:
             raise BenchError(f"--trials {args.trials}: a mean and its error need >= 2")
@@ -306,6 +322,8 @@ def summary(result: dict[str, Any]) -> str:
                 + ("unexpected: " + "; ".join(result["unexpected"]) if result["unexpected"]
                    else "nothing unexpected"))
     if result.get("benchmark") == "simulate":
+        if result["mode"] == "mirror":
+            return mirror_summary(result)
         return scale_summary(result) if result["mode"] == "scale" else check_summary(result)
     if result.get("benchmark") == "calibrate-check":
         return calibrate_summary(result)

@@ -37,11 +37,17 @@ def simulate_check(trials: int, seed: int, log: Callable[[str], None]) -> dict[s
 
 
 def simulate_scale(clients: int, duration_s: float, queue: str,
-                   log: Callable[[str], None]) -> dict[str, Any]:
-    """One scale run in a child; its figures and the goals they are read against."""
+                   log: Callable[[str], None], simulate: int | None = None
+                   ) -> dict[str, Any]:
+    """One scale run in a child; its figures and the goals they are read against.
+    `simulate`: that many of the instances in full, the others mirrored."""
     args = [sys.executable, "-m", SCALE, "--clients", str(clients), "--duration",
             str(duration_s), "--queue", queue]
-    log(f"simulating a deploy storm of {clients:,} clients ({queue} queue) ...")
+    part = ""
+    if simulate is not None:
+        args += ["--simulate-instances", str(simulate)]
+        part = f", {simulate} instance(s) in full, the others mirrored"
+    log(f"simulating a deploy storm of {clients:,} clients ({queue} queue{part}) ...")
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -54,8 +60,12 @@ def simulate_scale(clients: int, duration_s: float, queue: str,
 def scale_summary(result: dict[str, Any]) -> str:
     goal = result["goal_wall_s"]
     wall = f"{result['wall_s']} s wall" + (f" (goal <= {goal:g} s)" if goal else "")
-    return (f"simulate --clients {result['clients']:,} ({result['instances']} instances, "
-            f"{result['virtual_s']:g} virtual s, {result['queue']} queue): {wall}, "
+    part = ("" if result["simulated_instances"] == result["instances"] else
+            f" of which {result['simulated_instances']} in full with "
+            f"{result['simulated_clients']:,} clients, the others mirrored; the counts "
+            "are the deployment's")
+    return (f"simulate --clients {result['clients']:,} ({result['instances']} instances"
+            f"{part}, {result['virtual_s']:g} virtual s, {result['queue']} queue): {wall}, "
             f"{result['events']:,} events ({result['events_per_s']:,}/s), peak RSS "
             f"{result['peak_rss_mb']:,} MB (goal <= {result['goal_rss_mb']:,}); "
             f"{result['connects']:,} connects, closes {result['closes']}, "

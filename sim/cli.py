@@ -106,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--users", type=_int, help="override swarm.users")
     simulate.add_argument("--duration", type=_float, help="override swarm.duration_s (seconds)")
     simulate.add_argument("--instances", type=_int, help="override server.instances")
+    simulate.add_argument("--simulate-instances", type=_int, metavar="M",
+                          help="run M of the instances in full, with their share of the "
+                          "users, and take the others to do what these do (their Redis "
+                          "traffic as copies of these instances'): a deployment of alike "
+                          "instances at a fraction of the cost; counts are the M's")
     simulate.add_argument("--model", metavar="FILE", help="performance model (default: the "
                           "scenario's [model], else the shipped calibration)")
     simulate.add_argument("--seed", type=_int, help="override server.seed")
@@ -201,7 +206,7 @@ def _check_overrides(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
     for name in counts:
         value = getattr(args, name)
         if value is not None and value < 1:
-            raise CliError(f"--{name} must be >= 1, got {value}")
+            raise CliError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if args.duration is not None and args.duration <= 0:
         raise CliError(f"--duration must be > 0, got {args.duration:g}")
 
@@ -235,10 +240,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """`rtmsim simulate`: the scenario in virtual time, then the same analysis."""
-    from .virtual.model import scenario_model  # noqa: PLC0415 (start-up time)
+    from .virtual.mirror import MirrorError, mirrored  # noqa: PLC0415 (start-up time)
+    from .virtual.model import scenario_model  # noqa: PLC0415
     from .virtual.run import VirtualRun  # noqa: PLC0415
 
-    _check_overrides(args, ("users", "instances"))
+    _check_overrides(args, ("users", "instances", "simulate_instances"))
     lead = args.server_lead
     if lead is not None and not 0 <= lead <= MAX_SERVER_LEAD_S:
         raise CliError(f"--server-lead: must be 0 to {MAX_SERVER_LEAD_S:g} seconds, "
@@ -246,6 +252,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     scenario = _load_scenario(args.scenario).with_overrides(
         users=args.users, duration_s=args.duration, seed=args.seed,
         instances=args.instances)
+    mirror = None
+    if args.simulate_instances is not None:
+        try:
+            scenario, mirror = mirrored(scenario, args.simulate_instances)
+        except MirrorError as e:
+            raise CliError(str(e)) from None
     model = scenario_model(scenario.config.extra.get("model"), scenario.path, args.model)
     if args.load_generator:
         table = "load_generator" if args.load_generator == "locust" else "raw_client"
@@ -256,9 +268,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                            f"({model.name}) has no [model.{table}] costs; calibrate them "
                            "(rtmsim calibrate, without --no-load-generator) or drop the flag")
     run_dir = _empty_run_dir(args, default_run_dir(scenario, virtual=True))
+    log_deliveries = not args.no_deliveries
+    if log_deliveries and mirror is not None and mirror.factor > 1:
+        log_deliveries = False  # a row per copy would read as the same message delivered again
+        print("rtmsim: mirrored instances: deliveries are counted, not logged a row each "
+              "(--no-deliveries)")
     status = VirtualRun(scenario, run_dir, model, progress=not args.no_progress,
-                        log_deliveries=not args.no_deliveries,
-                        load_generator=args.load_generator, server_lead_s=lead).run()
+                        log_deliveries=log_deliveries,
+                        load_generator=args.load_generator, server_lead_s=lead,
+                        mirror=mirror).run()
     return finish_run(run_dir, status, args.junit)
 
 

@@ -10,6 +10,7 @@ steady state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -52,6 +53,11 @@ def _shape_levels(run: Run) -> pd.DataFrame:
     follows it as Locust's runner does, once a second, spawning `spawn_rate` a second);
     without a shape, its users spawned `spawn_rate` a second."""
     swarm = load_scenario(run.dir / rundir.SCENARIO).swarm
+    # run.json's users and spawn rate are the run's: the file's, less --users and
+    # less a mirrored deployment's other instances (`--simulate-instances`)
+    swarm = dataclasses.replace(swarm, users=int(run.meta.get("users") or swarm.users),
+                                spawn_rate=float(run.meta.get("spawn_rate")
+                                                 or swarm.spawn_rate))
     per = max(1, int(swarm.spawn_rate))
     ts, users = [], []
     for sec in range(math.ceil(swarm.duration_s)):

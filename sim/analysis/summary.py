@@ -93,7 +93,7 @@ def summary(run: Run) -> dict[str, Any]:
     out: dict[str, Any] = {
         "run": {k: run.meta.get(k) for k in ("name", "description", "status", "duration_s",
                                              "users", "model", "shape", "seed", "backend",
-                                             "instances", "workers")},
+                                             "instances", "workers", "mirror")},
         "origin": run.origin,
         "method": {"percentiles": f"numpy.percentile(method={PERCENTILE_METHOD!r}) over "
                                   "raw client samples (ms); latency of ok requests only",

@@ -42,7 +42,18 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     return [f"== {meta.get('name') or 'run'}: {meta.get('status') or '?'}, "
             f"{num(meta.get('duration_s'))} s, {num(meta.get('users'))} users, "
             f"{meta.get('backend') or '?'} backend, {num(meta.get('instances'))} instance(s)",
-            f"requests: {num(req.get('total'))} ({num(req.get('ok'))} ok)"]
+            f"requests: {num(req.get('total'))} ({num(req.get('ok'))} ok)",
+            *mirror_lines(meta.get("mirror"))]
+
+
+def mirror_lines(mirror: dict[str, Any] | None) -> list[str]:
+    """A run of some instances standing for more (`rtmsim simulate
+    --simulate-instances`): every count here is theirs."""
+    if not mirror:
+        return []
+    return [f"mirrored: {mirror['simulated']} of {mirror['instances']} instances simulated, "
+            f"each standing for {mirror['factor']}: the counts here are theirs, "
+            f"x{mirror['factor']} the deployment's"]
 
 
 def errors_lines(summary: dict[str, Any]) -> list[str]:

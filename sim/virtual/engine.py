@@ -175,6 +175,9 @@ class Engine:
         self._delivery_draws: list[float] = []
         self._delivery_i = 0
         self._fanout: _Fanout | None = None  # the last fan-out's frame, read
+        # how much later than its publish a mirror's copy of a message was made
+        # (`cluster.MIRROR_SPREAD_S`): its deliveries' latency counts from then
+        self.ts_shift = 0.0
         self.instances: list[Instance] = []
         self.deliveries = 0  # delivered frames (message and direct)
         self.events_run = 0  # events the queue has run (progress: events/s)
@@ -332,6 +335,8 @@ class Engine:
             # The same message reaches every instance (a Redis hop): read its frame once.
             fanout = self._fanout = _Fanout(d)
         ts = fanout.ts
+        if ts is not None:
+            ts += self.ts_shift
         if not self.cores and not self.log_deliveries and ts is not None:
             # Only the histogram (a scale run): each latency in one expression, no lists.
             counts, bounds, epoch, bisect_left = self._latency_counts, _BOUNDS, self.epoch, \
@@ -341,7 +346,7 @@ class Engine:
             return
         arrive = [start + per * i + draw for i, draw in enumerate(draws, 1)]
         if not self.cores:
-            self._read(fanout, targets, arrive)
+            self._read(fanout, targets, arrive, self.ts_shift)
             return
         by_core: dict[int, list[int]] = {}
         for i, conn in enumerate(targets):
@@ -349,9 +354,10 @@ class Engine:
         for picks in by_core.values():
             order = sorted(picks, key=arrive.__getitem__)
             _Landing(self, fanout, [targets[i] for i in order],
-                     [arrive[i] for i in order]).schedule()
+                     [arrive[i] for i in order], self.ts_shift).schedule()
 
-    def _read(self, fanout: _Fanout, targets: Sequence[Any], read: list[float]) -> None:
+    def _read(self, fanout: _Fanout, targets: Sequence[Any], read: list[float],
+              shift: float = 0.0) -> None:
         """Deliveries read by their clients at virtual times `read`: the latency
         histogram, and a log row each. (In plain floats: numpy's calls cost more than
         the arithmetic for the handful of recipients of a fan-out on one instance.)"""
@@ -359,6 +365,7 @@ class Engine:
         times = [t + epoch for t in read]
         ts = fanout.ts
         if ts is not None:
+            ts += shift
             lats: list[float | None] = [(t - ts) * 1000.0 for t in times]
             counts, bounds = self._latency_counts, _BOUNDS
             for lat in lats:
@@ -403,14 +410,15 @@ class _Landing:
     does not hold the process's clock ahead of other frames, and no frame is read
     before it arrived)."""
 
-    __slots__ = ("arrive", "engine", "fanout", "i", "targets")
+    __slots__ = ("arrive", "engine", "fanout", "i", "shift", "targets")
 
     def __init__(self, engine: Engine, fanout: _Fanout, targets: list[Any],
-                 arrive: list[float]) -> None:
+                 arrive: list[float], shift: float = 0.0) -> None:
         self.engine = engine
         self.fanout = fanout
         self.targets = targets
         self.arrive = arrive
+        self.shift = shift
         self.i = 0
 
     def schedule(self) -> None:
@@ -422,9 +430,9 @@ class _Landing:
         until = self.engine.env.now + min(LANDING_HORIZON_S, core.wake_s + core.delivery_s)
         j = bisect.bisect_right(arrive, until, lo=i)
         targets = self.targets[i:j]
-        engine, fanout = self.engine, self.fanout
+        engine, fanout, shift = self.engine, self.fanout, self.shift
         core.read_batch([(c.transport, core.delivery_s,
-                          lambda t, c=c: engine._read(fanout, (c,), [t]), False)
+                          lambda t, c=c: engine._read(fanout, (c,), [t], shift), False)
                          for c in targets])
         self.i = j
         if j < len(arrive):

@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import gc
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from .clients import VirtualClient
 from .cluster import ClusterBackend, SharedLedgers, VirtualRedis
 from .engine import LATENCY_BOUNDS_MS, Engine
 from .instance import Instance
+from .mirror import Mirror
 from .model import Model
 from .rng import SmallRandom
 from .spawn import class_order
@@ -82,7 +84,7 @@ class VirtualRun:
                  log_deliveries: bool = True, queue: str = "heap",
                  behaviours: dict[str, Any] | None = None,
                  load_generator: bool | str = False, even_spawn: bool = False,
-                 server_lead_s: float | None = None) -> None:
+                 server_lead_s: float | None = None, mirror: Mirror | None = None) -> None:
         """`load_generator`: model the Locust processes a real run of the scenario
         would use (True or "locust": `swarm.workers` of them, the model's
         `load_generator` costs), to predict what `rtmsim run` measures rather than
@@ -92,8 +94,11 @@ class VirtualRun:
         devices arrive, instead of Locust's burst (`SPAWN_GAP_S` apart).
         `server_lead_s`: how long the servers run before the swarm starts (a real
         run's `server_lead_s`; None: `SERVER_LEAD_S`), which sets where billing periods
-        fall in scenario time."""
+        fall in scenario time. `mirror`: the scenario is `mirror.simulated` instances
+        of a deployment of `mirror.instances` (`mirror.mirrored` cut it), the others
+        mirrors of these."""
         self.scenario = scenario
+        self.mirror = mirror
         self.dir = run_dir
         self.model = model
         self.out = out
@@ -134,6 +139,9 @@ class VirtualRun:
         n = config.server.instances
         if config.server.backend == "redis" or n > 1:
             self.redis = redis = VirtualRedis(engine)
+            if self.mirror is not None:
+                redis.copies = self.mirror.factor
+                redis.rng = random.Random(f"{config.server.seed}:mirror")
             ledgers: MemoryLedgers = SharedLedgers(config, self.epoch, redis)
             backend = functools.partial(ClusterBackend, redis=redis)
             for at_s, down_s in sc.redis_blips:
@@ -213,7 +221,10 @@ class VirtualRun:
         self.batch_left, self.batch_rate = users, rate
         spawn = functools.partial(self._spawn, self.batch)
         per = max(1, int(rate))
-        gap = 1.0 / per if self.even_spawn else SPAWN_GAP_S
+        # mirrored, each simulated user stands for one on each of `factor` instances,
+        # spawned between ours: ours are that much further apart
+        factor = 1 if self.mirror is None else self.mirror.factor
+        gap = 1.0 / per if self.even_spawn else SPAWN_GAP_S * factor
         for i in range(users):
             self.engine.at(start + i // per + (i % per) * gap, spawn)
 
@@ -289,6 +300,8 @@ class VirtualRun:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / rundir.SCENARIO).write_text(self.scenario.source, encoding="utf-8")
         self.meta.update(started=self.epoch, origin=self.epoch + self.lead, virtual=True)
+        if self.mirror is not None and self.mirror.factor > 1:
+            self.meta["mirror"] = self.mirror.meta()
         self._write_meta("running")
         self._build()
         status = "complete"
