@@ -212,6 +212,7 @@ def test_simulate_instances_on_the_command_line(tmp_path: Path,
     assert meta["users"] == 2000 and meta["instances"] == 2
     assert meta["engine"]["deliveries_logged"] is False  # a copy would read as a duplicate
     assert "mirrored: 2 of 8 instances simulated, each standing for 4" in text
+    assert "mirrored: 2 of 8 instances simulated, counts x4" in (out / rundir.REPORT).read_text()
     code = main(["simulate", str(scenario), "--simulate-instances", "3", "--out",
                  str(tmp_path / "bad")])
     err = capsys.readouterr().err

@@ -128,6 +128,10 @@ def run_line(run: analysis.Run, summary: dict[str, Any]) -> str:
     bits += [f"{meta.get('backend') or '?'} backend", f"{num(meta.get('instances'))} "
              "instance(s)", f"{num(meta.get('workers'))} Locust worker(s)",
              f"seed {meta.get('seed')}"]
+    mirror = meta.get("mirror")
+    if mirror:  # the counts are the simulated instances', not the deployment's
+        bits.append(f"mirrored: {mirror['simulated']} of {mirror['instances']} instances "
+                    f"simulated, counts x{mirror['factor']} for the deployment")
     if machine:
         bits.append(f"{machine.get('cpus', '?')} CPUs, Python {machine.get('python', '?')}")
     return " · ".join(bits)
