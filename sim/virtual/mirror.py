@@ -34,7 +34,7 @@ from typing import Any
 from loadtests.catalog import parse_params
 
 from ..scenario import Scenario
-from .spawn import class_order
+from .spawn import class_order, instance_of
 
 NOT_MIRRORED = ("presence", "send")  # key actions whose peers a mirror would hold
 # Alike: each class's users on every instance within this share of their mean, or two
@@ -105,14 +105,14 @@ def mirrored(scenario: Scenario, simulated: int) -> tuple[Scenario, Mirror]:
 
 
 def _unlike(users: int, classes: dict[str, dict[str, Any]], instances: int) -> str | None:
-    """How `users` users of `classes`, given to `instances` instances in turn (user i
-    to instance i mod n, as `rtmsim run` and the engine do), fall unevenly; None when
-    every class is alike on every instance."""
+    """How `users` users of `classes`, given to `instances` instances as `rtmsim run`
+    and the engine give them (`spawn.instance_of`), fall unevenly; None when every
+    class is alike on every instance."""
     params = {name: parse_params(name, table) for name, table in classes.items()}
     order = class_order({name: (p.weight, p.fixed_count) for name, p in params.items()})
     counts: dict[str, list[int]] = collections.defaultdict(lambda: [0] * instances)
     for index, name in zip(range(1, users + 1), order, strict=False):  # fixed counts end
-        counts[name][index % instances] += 1
+        counts[name][instance_of(index, instances)] += 1
     for name, per in sorted(counts.items()):
         mean = sum(per) / instances
         if max(abs(k - mean) for k in per) > max(ALIKE_USERS, ALIKE_SHARE * mean):

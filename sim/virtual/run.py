@@ -36,7 +36,7 @@ from .instance import Instance
 from .mirror import Mirror
 from .model import Model
 from .rng import SmallRandom
-from .spawn import class_order
+from .spawn import class_order, instance_of
 
 if TYPE_CHECKING:
     from server.connection import Connection
@@ -183,7 +183,7 @@ class VirtualRun:
         params = self.params[name]
         user = f"{name}-virtual-{index}"
         instances = engine.instances
-        instance = instances[index % len(instances)]
+        instance = instances[instance_of(index, len(instances))]
         client = VirtualClient(engine, user, name, instance, self.credentials[name],
                                engine.process_core(index))
         seed = self.scenario.config.server.seed

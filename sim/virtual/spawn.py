@@ -34,3 +34,9 @@ def class_order(classes: dict[str, tuple[int | None, int | None]]) -> Iterator[s
     yield from itertools.islice(kl_generator(fixed), sum(k for _, k in fixed))  # type: ignore[arg-type]
     yield from kl_generator((n, classes[n][0] if classes[n][0] is not None else 1)
                             for n in names if not classes[n][1])
+
+
+def instance_of(index: int, instances: int) -> int:
+    """The instance user number `index` (from 1) connects to: the instances in turn, as
+    `rtmsim run` gives its Locust users their hosts (`loadtests/users.py`)."""
+    return index % instances
