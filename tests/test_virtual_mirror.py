@@ -263,3 +263,21 @@ def test_compare_needs_the_instances_to_simulate(capsys: pytest.CaptureFixture[s
     assert bench(["simulate", "--clients", "1000", "--compare"]) == 2
     err = capsys.readouterr().err
     assert err == "bench: --compare needs --simulate-instances M\n"
+
+
+def test_a_run_whose_instances_carry_unlike_loads_says_so() -> None:
+    """Users go to instances in turn, in class order: one Publisher in 80 users on 8
+    instances lands on one of them, and the summary's warnings say so (the alike check
+    of mirroring, on any run)."""
+    from sim.analysis.summary import uneven_instances  # noqa: PLC0415
+    from sim.scenario import run_meta  # noqa: PLC0415
+
+    warned = uneven_instances(run_meta(storm(sub_weight=79)))
+    assert warned == ("of 8,000 users on 8 instances, instance 0 holds 94 Publisher users, "
+                      "another 0")
+    assert uneven_instances(run_meta(storm())) is None  # 47-49 on each
+    one = run_meta(storm(sub_weight=79))
+    one["instances"] = 1
+    assert uneven_instances(one) is None
+    assert uneven_instances({**run_meta(storm(sub_weight=79)), "shape": "spike"}) is None
+    assert uneven_instances({**run_meta(storm()), "classes": {"Nobody": {}}}) is None

@@ -16,8 +16,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from loadtests.catalog import parse_params
+from server.schema import ConfigError
+
 from .. import rundir
 from ..thresholds import evaluate, parse_thresholds
+from ..virtual.spawn import uneven
 from .capacity import capacity
 from .codes import close_counts, error_counts, never_retry_violations, reconcile
 from .faults import reconnect_storms, recovery_times
@@ -201,6 +205,12 @@ def summary_warnings(run: Run, violations: pd.DataFrame, rec: dict[str, Any],
     for r in recovery.itertuples(index=False):
         if r.note == "not recovered before the scenario ended":
             warnings.append(f"fault {r.id} ({r.kind}): {r.note}")
+    spread = uneven_instances(run.meta)
+    if spread:
+        warnings.append(f"instances: {spread}: users go to instances in turn in Locust's "
+                        "class order, so the instances did not carry alike loads (a "
+                        "class's share whose period is not a multiple of the instance "
+                        "count spreads it)")
     loadgen = run.meta.get("load_generator") or {}
     if (loadgen.get("busiest_share") or 0.0) >= LOADGEN_SATURATED:
         warnings.append(
@@ -208,6 +218,21 @@ def summary_warnings(run: Run, violations: pd.DataFrame, rec: dict[str, Any],
             "core in its busiest second: client latencies and closed-loop rates include "
             "its own queue (more swarm.workers, or `rtmsim simulate`, to see past it)")
     return warnings
+
+
+def uneven_instances(meta: dict[str, Any]) -> str | None:
+    """How a run's users fell unevenly on its instances (`spawn.uneven`), from what
+    `run.json` says of the swarm; None when evenly, with one instance, under a shape
+    (its users come and go) or when the classes cannot be read (an older run)."""
+    instances, users = int(meta.get("instances") or 1), int(meta.get("users") or 0)
+    if instances < 2 or meta.get("shape") or not isinstance(meta.get("classes"), dict):
+        return None
+    try:
+        params = {name: parse_params(name, table) for name, table in meta["classes"].items()}
+    except (ConfigError, TypeError):
+        return None
+    return uneven(users, {name: (p.weight, p.fixed_count) for name, p in params.items()},
+                  instances)
 
 
 def quota_summary(run: Run) -> dict[str, Any]:

@@ -26,7 +26,6 @@ deployment's, and `run.json` says so (`mirror`).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -34,14 +33,9 @@ from typing import Any
 from loadtests.catalog import parse_params
 
 from ..scenario import Scenario
-from .spawn import class_order, instance_of
+from .spawn import uneven
 
 NOT_MIRRORED = ("presence", "send")  # key actions whose peers a mirror would hold
-# Alike: each class's users on every instance within this share of their mean, or two
-# users (Locust's class order drifts: a class of weight 1 in 1,001 lands 48-51 times
-# on each of 20 instances out of a million users).
-ALIKE_SHARE = 0.05
-ALIKE_USERS = 2
 
 
 class MirrorError(ValueError):
@@ -105,22 +99,14 @@ def mirrored(scenario: Scenario, simulated: int) -> tuple[Scenario, Mirror]:
 
 
 def _unlike(users: int, classes: dict[str, dict[str, Any]], instances: int) -> str | None:
-    """How `users` users of `classes`, given to `instances` instances as `rtmsim run`
-    and the engine give them (`spawn.instance_of`), fall unevenly; None when every
-    class is alike on every instance."""
+    """`spawn.uneven` of the classes' tables, with what to do about it."""
     params = {name: parse_params(name, table) for name, table in classes.items()}
-    order = class_order({name: (p.weight, p.fixed_count) for name, p in params.items()})
-    counts: dict[str, list[int]] = collections.defaultdict(lambda: [0] * instances)
-    for index, name in zip(range(1, users + 1), order, strict=False):  # fixed counts end
-        counts[name][instance_of(index, instances)] += 1
-    for name, per in sorted(counts.items()):
-        mean = sum(per) / instances
-        if max(abs(k - mean) for k in per) > max(ALIKE_USERS, ALIKE_SHARE * mean):
-            at = per.index(max(per))
-            return (f"of {users:,} users on {instances} instances, instance {at} holds "
-                    f"{max(per):,} {name} users, another {min(per):,}; spread them (a "
-                    "class's share whose period is not a multiple of the instance count)")
-    return None
+    uneven_by = uneven(users, {name: (p.weight, p.fixed_count) for name, p in params.items()},
+                       instances)
+    if uneven_by is None:
+        return None
+    return (f"{uneven_by}; spread them (a class's share whose period is not a multiple "
+            "of the instance count)")
 
 
 def _cut(count: int, f: int, what: str) -> int:

@@ -40,3 +40,31 @@ def instance_of(index: int, instances: int) -> int:
     """The instance user number `index` (from 1) connects to: the instances in turn, as
     `rtmsim run` gives its Locust users their hosts (`loadtests/users.py`)."""
     return index % instances
+
+
+# Even: each class's users on every instance within this share of their mean, or two
+# users (Locust's class order drifts: a class of weight 1 in 1,001 lands 48-51 times
+# on each of 20 instances out of a million users).
+EVEN_SHARE = 0.05
+EVEN_USERS = 2
+
+
+def uneven(users: int, classes: dict[str, tuple[int | None, int | None]],
+           instances: int) -> str | None:
+    """How `users` users of `classes` (name -> (weight, fixed_count)), given to
+    `instances` instances as `instance_of` gives them, fall unevenly; None when every
+    class is even on every instance. In turn, in class order: a class whose period is
+    a multiple of the instance count lands on one instance."""
+    counts: dict[str, list[int]] = {}
+    for index, name in zip(range(1, users + 1), class_order(classes), strict=False):
+        per = counts.get(name)
+        if per is None:
+            per = counts[name] = [0] * instances
+        per[instance_of(index, instances)] += 1
+    for name, per in sorted(counts.items()):
+        mean = sum(per) / instances
+        if max(abs(k - mean) for k in per) > max(EVEN_USERS, EVEN_SHARE * mean):
+            return (f"of {users:,} users on {instances} instances, instance "
+                    f"{per.index(max(per))} holds {max(per):,} {name} users, another "
+                    f"{min(per):,}")
+    return None
