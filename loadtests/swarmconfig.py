@@ -129,3 +129,10 @@ def locustfile_shape() -> str | None:
 def _read_json(path: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def instance_of(index: int, instances: int) -> int:
+    """The instance (of `SwarmSettings.hosts`) user number `index` connects to: the
+    instances in turn, by the process's user number. The one rule of it, read by the
+    Locust users and by the virtual engine and its checks (`sim.virtual.spawn`)."""
+    return index % instances

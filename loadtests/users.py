@@ -50,7 +50,7 @@ from .intents import (
 )
 from .locustlog import process_event_log
 from .reporting import Reporter
-from .swarmconfig import SwarmSettings, settings_for
+from .swarmconfig import SwarmSettings, instance_of, settings_for
 from .tokens import fetch_token
 
 _user_ids = itertools.count(1)
@@ -117,7 +117,8 @@ class RealtimeUser(User):
     def _new_client(self, token: str | None = None) -> RealtimeClient:
         key = self.params.key or self.settings.key
         hosts = self.settings.hosts
-        host = hosts[self.index % len(hosts)] if hosts else (self.host or self.settings.host)
+        host = hosts[instance_of(self.index, len(hosts))] if hosts else (
+            self.host or self.settings.host)
         return RealtimeClient(host, key=None if token else key, token=token,
                               reporter=self.reporter, name=self.user_id,
                               timeout=self.params.timeout_s)

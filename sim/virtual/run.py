@@ -22,7 +22,7 @@ from loadtests.catalog import parse_params
 from loadtests.client import DEFAULT_TIMEOUT_S
 from loadtests.eventlog import EventLog, log_dir
 from loadtests.schedules import target
-from loadtests.swarmconfig import DEFAULT_KEY
+from loadtests.swarmconfig import DEFAULT_KEY, instance_of
 from server.events import JsonlEventLog
 from server.ledgers import MemoryLedgers
 from server.memory import MemoryBackend
@@ -36,7 +36,7 @@ from .instance import Instance
 from .mirror import Mirror
 from .model import Model
 from .rng import SmallRandom
-from .spawn import class_order, instance_of
+from .spawn import class_order
 
 if TYPE_CHECKING:
     from server.connection import Connection

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Iterator
 from heapq import heapify, heapreplace
 from math import log2
 
+from loadtests.swarmconfig import instance_of
+
 
 def kl_generator(users: Iterable[tuple[str, float]]) -> Iterator[str]:
     """Locust's `_kl_generator`: weights 5 and 1 give AAABAAAAABAA."""
@@ -34,12 +36,6 @@ def class_order(classes: dict[str, tuple[int | None, int | None]]) -> Iterator[s
     yield from itertools.islice(kl_generator(fixed), sum(k for _, k in fixed))  # type: ignore[arg-type]
     yield from kl_generator((n, classes[n][0] if classes[n][0] is not None else 1)
                             for n in names if not classes[n][1])
-
-
-def instance_of(index: int, instances: int) -> int:
-    """The instance user number `index` (from 1) connects to: the instances in turn, as
-    `rtmsim run` gives its Locust users their hosts (`loadtests/users.py`)."""
-    return index % instances
 
 
 # Even: each class's users on every instance within this share of their mean, or two
